@@ -1,0 +1,333 @@
+"""Sharded activation storage.
+
+One folder per (model, benchmark, hook point):
+
+    shard_00000.safetensors   activations [n, d_model] (storage dtype) + per-token metadata
+                              (example_index, position, token_id int32; norm float32)
+    manifest.json             model, hook point, d_model, dtype, token count, shards with
+                              sizes and sha256, norm statistics, the massive-activation rule
+
+Shards are written to a temporary name and renamed, and the manifest is rewritten the
+same way after every shard, so an interrupted capture leaves only complete shards behind.
+Readers memory-map shards and always hand out float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+META_FIELDS = ("example_index", "position", "token_id")
+
+
+@dataclass(frozen=True)
+class MassiveActivationFilter:
+    """Which rows SAE training leaves out.
+
+    Some models write a huge residual norm at the first position of every sequence
+    (SmolLM2: ~140x the median at layer 15, whatever the token). Those rows would dominate
+    an MSE objective, so by default they are excluded: position 0, and any row whose norm
+    exceeds `max_norm_ratio` times the store's median norm. Set both off to keep all rows.
+    """
+
+    exclude_first_position: bool = True
+    max_norm_ratio: float | None = 10.0
+
+    def keep_mask(self, position: torch.Tensor, norm: torch.Tensor, median_norm: float) -> torch.Tensor:
+        keep = torch.ones_like(norm, dtype=torch.bool)
+        if self.exclude_first_position:
+            keep &= position != 0
+        if self.max_norm_ratio is not None:
+            keep &= norm <= self.max_norm_ratio * median_norm
+        return keep
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Buffers rows for one (model, benchmark, hook point) and writes fixed-size shards."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        header: dict,
+        d_model: int,
+        dtype: str = "float32",
+        shard_tokens: int = 65536,
+    ):
+        if dtype not in DTYPES:
+            raise ValueError(f"activation storage dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.folder, os.W_OK):
+            raise PermissionError(f"activation folder {self.folder} is not writable")
+        self.d_model = d_model
+        self.dtype = dtype
+        self.shard_tokens = shard_tokens
+        self.manifest = {
+            "format_version": FORMAT_VERSION,
+            **header,
+            "d_model": d_model,
+            "dtype": dtype,
+            "n_tokens": 0,
+            "complete": False,
+            "shards": [],
+        }
+        self._buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("activations", "norm", *META_FIELDS)}
+        self._buffered = 0
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
+
+    def add(self, activations: torch.Tensor, *, example_index, position, token_id) -> None:
+        """Append rows [n, d_model] with their per-token metadata (each [n])."""
+        if activations.ndim != 2 or activations.shape[1] != self.d_model:
+            raise ValueError(
+                f"activations of shape {tuple(activations.shape)} do not match d_model={self.d_model}"
+            )
+        acts = activations.detach().to("cpu", torch.float32)
+        self._buf["activations"].append(acts.to(DTYPES[self.dtype]))
+        self._buf["norm"].append(acts.norm(dim=-1))
+        for name, value in zip(META_FIELDS, (example_index, position, token_id)):
+            self._buf[name].append(torch.as_tensor(value, dtype=torch.int32).reshape(-1).cpu())
+        self._buffered += acts.shape[0]
+        while self._buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        if n == 0:
+            return
+        cat = {k: torch.cat(v) for k, v in self._buf.items()}
+        shard = {k: v[:n].contiguous() for k, v in cat.items()}
+        rest = {k: v[n:] for k, v in cat.items()}
+        self._buf = {k: [v] if len(v) else [] for k, v in rest.items()}
+        self._buffered -= n
+
+        index = len(self.manifest["shards"])
+        name = f"shard_{index:05d}.safetensors"
+        tmp = self.folder / f".{name}.tmp"
+        save_file(shard, str(tmp))
+        os.replace(tmp, self.folder / name)
+        self.manifest["shards"].append(
+            {"file": name, "n_tokens": n, "bytes": (self.folder / name).stat().st_size,
+             "sha256": sha256_file(self.folder / name)}
+        )
+        self.manifest["n_tokens"] += n
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
+
+    def close(self, **extra) -> dict:
+        """Write the last partial shard, norm statistics, and mark the folder complete."""
+        self._flush(self._buffered)
+        store = ActivationStore(self.folder, require_complete=False)
+        norms = store.column("norm")
+        positions = store.column("position")
+        median = float(norms.median()) if len(norms) else 0.0
+        first = norms[positions == 0]
+        self.manifest["norm_stats"] = {
+            "median": median,
+            "mean": float(norms.mean()) if len(norms) else 0.0,
+            "max": float(norms.max()) if len(norms) else 0.0,
+            "first_position_median": float(first.median()) if len(first) else None,
+            "first_position_ratio_to_median": (float(first.median()) / median) if len(first) and median else None,
+        }
+        self.manifest.update(extra)
+        self.manifest["complete"] = True
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
+        return self.manifest
+
+
+class ActivationStore:
+    """Read side of one shard folder; shards are memory-mapped, rows come out float32."""
+
+    def __init__(self, folder: str | Path, *, require_complete: bool = True):
+        self.folder = Path(folder)
+        path = self.folder / MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"no {MANIFEST} in activation folder {self.folder}")
+        self.manifest = json.loads(path.read_text())
+        if require_complete and not self.manifest.get("complete"):
+            raise ValueError(
+                f"activation folder {self.folder} is incomplete (capture was interrupted); "
+                "re-run capture to resume it"
+            )
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def hook_point(self) -> str:
+        return self.manifest["hook_point"]
+
+    @property
+    def median_norm(self) -> float:
+        return float(self.manifest.get("norm_stats", {}).get("median", float("nan")))
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def shard(self, i: int) -> dict[str, torch.Tensor]:
+        """All tensors of shard i (memory-mapped; activations converted to float32)."""
+        out = {}
+        with safe_open(str(self.folder / self.manifest["shards"][i]["file"]), framework="pt") as f:
+            for key in f.keys():
+                out[key] = f.get_tensor(key)
+        out["activations"] = out["activations"].float()
+        return out
+
+    def column(self, name: str) -> torch.Tensor:
+        """One metadata column over all shards (small: one number per token)."""
+        parts = []
+        for entry in self.manifest["shards"]:
+            with safe_open(str(self.folder / entry["file"]), framework="pt") as f:
+                parts.append(f.get_tensor(name))
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def metadata(self) -> pd.DataFrame:
+        """Per-token metadata: example_index, position, token_id, norm."""
+        return pd.DataFrame({k: self.column(k).numpy() for k in (*META_FIELDS, "norm")})
+
+    def verify(self) -> None:
+        """Check every shard's checksum against the manifest."""
+        for entry in self.manifest["shards"]:
+            if sha256_file(self.folder / entry["file"]) != entry["sha256"]:
+                raise ValueError(f"{self.folder / entry['file']}: checksum does not match {MANIFEST}")
+
+    def iter_rows(
+        self, exclude: MassiveActivationFilter | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(activations, keep-mask-applied example_index) per shard, in order."""
+        for i in range(len(self.manifest["shards"])):
+            s = self.shard(i)
+            keep = (exclude.keep_mask(s["position"], s["norm"], self.median_norm)
+                    if exclude else torch.ones(len(s["norm"]), dtype=torch.bool))
+            yield s["activations"][keep], s["example_index"][keep]
+
+
+class ActivationSet:
+    """All shard folders of one model: {benchmark: {hook point: ActivationStore}}."""
+
+    def __init__(self, root: str | Path, stores: dict[str, dict[str, ActivationStore]]):
+        self.root = Path(root)
+        self.stores = stores
+
+    @classmethod
+    def open(cls, root: str | Path) -> "ActivationSet":
+        root = Path(root)
+        stores: dict[str, dict[str, ActivationStore]] = {}
+        for manifest in sorted(root.glob(f"*/*/{MANIFEST}")):
+            store = ActivationStore(manifest.parent)
+            stores.setdefault(manifest.parent.parent.name, {})[store.hook_point] = store
+        if not stores:
+            raise FileNotFoundError(f"no activation folders under {root}")
+        return cls(root, stores)
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return sorted(self.stores)
+
+    @property
+    def hook_points(self) -> list[str]:
+        return sorted({h for per in self.stores.values() for h in per})
+
+    def for_hook(self, hook_point: str, benchmarks: list[str] | None = None) -> list[ActivationStore]:
+        chosen = benchmarks or self.benchmarks
+        missing = [b for b in chosen if hook_point not in self.stores.get(b, {})]
+        if missing:
+            raise KeyError(f"no activations for hook point {hook_point!r} on benchmarks {missing} in {self.root}")
+        return [self.stores[b][hook_point] for b in chosen]
+
+    def d_model(self, hook_point: str) -> int:
+        return self.for_hook(hook_point)[0].d_model
+
+    def n_tokens(self, hook_point: str, exclude: MassiveActivationFilter | None = None) -> int:
+        if exclude is None:
+            return sum(s.n_tokens for s in self.for_hook(hook_point))
+        return sum(
+            int(exclude.keep_mask(s.column("position"), s.column("norm"), s.median_norm).sum())
+            for s in self.for_hook(hook_point)
+        )
+
+    def iter_batches(
+        self,
+        hook_point: str,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_tokens: int = 262144,
+        exclude: MassiveActivationFilter | None = MassiveActivationFilter(),
+        benchmarks: list[str] | None = None,
+        drop_last: bool = False,
+        select_examples: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """float32 batches [batch_size, d_model] for one hook point, across benchmarks.
+
+        Shuffling visits shards in a random order and mixes rows in a buffer of at most
+        `buffer_tokens` rows, so memory stays bounded whatever the store's size.
+        `select_examples` maps a tensor of example indices to a keep mask (e.g. a
+        train/held-out split by example).
+        """
+        gen = torch.Generator().manual_seed(seed)
+        stores = self.for_hook(hook_point, benchmarks)
+        shards = [(s, i) for s in stores for i in range(len(s.manifest["shards"]))]
+        if shuffle:
+            shards = [shards[j] for j in torch.randperm(len(shards), generator=gen).tolist()]
+        pending: list[torch.Tensor] = []
+        n_pending = 0
+
+        def drain(final: bool):
+            nonlocal pending, n_pending
+            buf = torch.cat(pending) if pending else torch.empty(0, stores[0].d_model)
+            if shuffle:
+                buf = buf[torch.randperm(len(buf), generator=gen)]
+            n_out = len(buf) if final else (len(buf) - buffer_tokens // 2)
+            n_out = (n_out // batch_size) * batch_size if not final or drop_last else n_out
+            for start in range(0, n_out, batch_size):
+                yield buf[start:start + batch_size]
+            rest = buf[n_out:]
+            pending, n_pending = ([rest] if len(rest) else []), len(rest)
+
+        for store, i in shards:
+            s = store.shard(i)
+            keep = (exclude.keep_mask(s["position"], s["norm"], store.median_norm) if exclude
+                    else torch.ones(len(s["norm"]), dtype=torch.bool))
+            if select_examples is not None:
+                keep &= select_examples(s["example_index"])
+            rows = s["activations"][keep]
+            pending.append(rows)
+            n_pending += len(rows)
+            if n_pending >= buffer_tokens:
+                yield from drain(final=False)
+        yield from drain(final=True)

@@ -1,0 +1,1 @@
+"""Kedro datasets of this project: each wraps a plain library module for the catalog."""

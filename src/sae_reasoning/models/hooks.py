@@ -1,0 +1,140 @@
+"""Residual-stream hook points by layer index, for every decoder family we support.
+
+Hook point names follow TransformerLens/SAELens: `blocks.{L}.hook_resid_post` is the
+residual stream after transformer block L (0-based), i.e. the output of that block.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+# Where each family keeps its list of blocks (HF attribute paths).
+BLOCK_PATHS = (
+    "model.layers",          # Llama, Gemma, Phi, Qwen, Mistral, SmolLM
+    "transformer.h",         # GPT-2, GPT-J
+    "gpt_neox.layers",       # GPT-NeoX / Pythia
+    "model.decoder.layers",  # OPT
+    "transformer.blocks",    # MPT
+)
+
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+
+
+class HookPointError(ValueError):
+    """A requested hook point does not exist in the model."""
+
+
+def hook_point(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def parse_hook_point(name: str) -> int:
+    m = _HOOK_RE.match(name)
+    if not m:
+        raise HookPointError(f"hook point {name!r}: expected 'blocks.<layer>.hook_resid_post'")
+    return int(m.group(1))
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of transformer blocks, whatever its family."""
+    for path in BLOCK_PATHS:
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise HookPointError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def check_layers(model: nn.Module, layers: Iterable[int], model_name: str = "model") -> list[int]:
+    n = len(transformer_blocks(model))
+    layers = sorted(set(int(x) for x in layers))
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise HookPointError(
+            f"{model_name}: layer(s) {bad} out of range; the model has {n} blocks (0..{n - 1})"
+        )
+    return layers
+
+
+def _hidden(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_hidden(output, hidden):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextmanager
+def recording(model: nn.Module, layers: Iterable[int], *, stop: bool = True):
+    """Record the residual stream after each requested block into the yielded dict.
+
+    With stop=True the forward pass is cut right after the deepest requested block (the
+    caller catches `_StopForward`, as `capture_residuals` and cached_forward.forward do):
+    no compute is spent on layers nobody reads, nor on the unembedding.
+    """
+    layers = check_layers(model, layers)
+    blocks = transformer_blocks(model)
+    out: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def make_hook(layer):
+        def hook(_module, _inputs, output):
+            out[layer] = _hidden(output)
+            if stop and layer == deepest:
+                raise _StopForward
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def capture_residuals(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layers: Iterable[int],
+) -> dict[int, torch.Tensor]:
+    """Residual stream after each requested block, from one forward pass that stops early."""
+    with recording(model, layers) as out:
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+    return out
+
+
+@contextmanager
+def patch_residual(model: nn.Module, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Within the block, replace the residual stream after `layer` by fn(resid)."""
+    check_layers(model, [layer])
+    block = transformer_blocks(model)[layer]
+
+    def hook(_module, _inputs, output):
+        return _replace_hidden(output, fn(_hidden(output)))
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,12 @@
+from kedro.pipeline import Node, Pipeline
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    from sae_reasoning.pipelines.capture.nodes import capture_activations, score_baseline
+
+    return Pipeline([
+        Node(capture_activations, ["model", "prompts", "params:capture", "params:model"], "activations",
+             name="capture_activations"),
+        Node(score_baseline, ["model", "prompts", "params:capture"], "baseline_scores",
+             name="score_baseline"),
+    ])

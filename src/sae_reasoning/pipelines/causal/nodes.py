@@ -1,0 +1,17 @@
+"""Thin node: the work lives in sae_reasoning.causal.analysis."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sae_reasoning.activations.store import ActivationSet
+from sae_reasoning.causal.analysis import CausalConfig, run_causal_analysis
+from sae_reasoning.models.loading import ModelHandle
+
+
+def analyse_features(model: ModelHandle, saes: dict, prompts: pd.DataFrame, activations: ActivationSet,
+                     causal: dict):
+    lm = model.load()
+    effects, ranking, summary = run_causal_analysis(lm, saes, prompts, activations, CausalConfig.from_params(causal))
+    return effects.assign(model=model.name), {"model": model.name, "hook_points": ranking}, {
+        "model": model.name, "hook_points": summary}

@@ -1,0 +1,22 @@
+from kedro.pipeline import Node, Pipeline
+
+# Which dataset of each model namespace feeds each part of the report.
+SOURCES = {
+    "baseline": "baseline_scores",
+    "sae_metrics": "sae_metrics",
+    "activations": "activations",
+    "effects": "feature_effects",
+    "ranking": "feature_ranking",
+    "summary": "causal_summary",
+}
+
+
+def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
+    from sae_reasoning.pipelines.reporting.nodes import build_report
+
+    inputs = {f"{m}__{kind}": f"{m}.{ds}" for m in models for kind, ds in SOURCES.items()}
+    return Pipeline([
+        Node(build_report, inputs,
+             ["phase4_report", "training_summary", "causal_test_results", "feature_importance_ranking",
+              "baseline_accuracy_plot", "feature_effects_plot"], name="build_report"),
+    ])

@@ -1,0 +1,126 @@
+"""PHASE4_REPORT.md and its JSON files, from the saved results of every model namespace.
+
+Every number in the report comes from one of: <model>.baseline_scores,
+<model>.sae_metrics, <model>.activations (manifests), <model>.feature_effects,
+<model>.feature_ranking, <model>.causal_summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+
+def _fmt(x, pct=False, digits=3):
+    if x is None or (isinstance(x, float) and pd.isna(x)):
+        return "n/a"
+    return f"{x:.1%}" if pct else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def activation_summary(activations) -> dict:
+    out = {}
+    for bench, per_hook in activations.stores.items():
+        for hook, store in per_hook.items():
+            m = store.manifest
+            out.setdefault(hook, {})[bench] = {
+                "n_tokens": m["n_tokens"], "d_model": m["d_model"], "dtype": m["dtype"],
+                "median_norm": m.get("norm_stats", {}).get("median"),
+                "shared_block": m.get("shared_block"),
+            }
+    return out
+
+
+def build(models: dict[str, dict]) -> dict:
+    """models: namespace -> {baseline, sae_metrics, activations, effects, ranking, summary}."""
+    baseline = pd.concat([m["baseline"].assign(model=ns) for ns, m in models.items()], ignore_index=True)
+    effects = pd.concat([m["effects"].assign(model=ns) for ns, m in models.items()], ignore_index=True)
+    training = {ns: {"activations": activation_summary(m["activations"]), "sae_metrics": m["sae_metrics"]}
+                for ns, m in models.items()}
+    causal = {ns: m["summary"]["hook_points"] for ns, m in models.items()}
+    ranking = {ns: m["ranking"]["hook_points"] for ns, m in models.items()}
+    return {"baseline": baseline, "effects": effects, "training_summary": training,
+            "causal_test_results": causal, "feature_importance_ranking": ranking,
+            "markdown": markdown(baseline, training, causal, ranking)}
+
+
+def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict) -> str:
+    L = [f"# Phase 4 report: SAE features that models use to answer reasoning problems",
+         "", f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Models: "
+         + ", ".join(f"`{m}`" for m in training) + ".", ""]
+    L += ["## 1. Baseline: does the model solve the benchmarks?", "",
+          "Accuracy = greedy decoding reproduces the gold answer exactly (open answers) or the gold "
+          "choice has the highest log-probability (multiple choice). Chance = 1/#choices for choice "
+          "questions, 0 for open answers. Gold log-prob = summed log-probability of the gold answer "
+          "tokens (teacher-forced), mean over examples. All examples of the prompts table.", "",
+          "| model | benchmark | n | accuracy | chance | above chance | gold log-prob | model's own answer = gold |",
+          "|---|---|---|---|---|---|---|---|"]
+    for (model, bench), d in baseline.groupby(["model", "benchmark"]):
+        acc, chance = d.correct.mean(), d.chance.mean()
+        own = d.generated_correct.mean() if "generated_correct" in d else None
+        L.append(f"| {model} | {bench} | {len(d)} | {acc:.1%} | {chance:.1%} | {'yes' if acc > chance else 'no'}"
+                 f" (+{acc - chance:.1%}) | {d.gold_logprob.mean():.2f} | {_fmt(own, pct=True)} |")
+    L += ["", "![baseline accuracy](baseline_accuracy.png)", ""]
+    L += ["## 2. Activations and SAEs", ""]
+    for model, t in training.items():
+        for hook, per_bench in t["activations"].items():
+            toks = sum(v["n_tokens"] for v in per_bench.values())
+            L.append(f"- `{model}` `{hook}`: {toks:,} captured tokens ({', '.join(f'{b} {v['n_tokens']:,}' for b, v in per_bench.items())}).")
+            for b, v in per_bench.items():
+                sb = v.get("shared_block")
+                if sb and sb.get("first_position_ratio_to_captured_median"):
+                    L.append(f"  - {b}: residual norm at the first position {sb['first_position_norm']:.0f}, "
+                             f"{sb['first_position_ratio_to_captured_median']:.0f}x the median of captured tokens "
+                             f"({v['median_norm']:.1f}): massive activation, excluded from SAE training by rule.")
+                    break
+        metrics = t["sae_metrics"] or {}
+        for hook, m in (metrics.get("hook_points", metrics) or {}).items():
+            if not isinstance(m, dict):
+                continue
+            keys = [k for k in ("n_tokens", "mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction") if k in m]
+            L.append(f"- SAE `{model}` `{hook}` on held-out tokens: " + ", ".join(f"{k} {_fmt(m[k])}" for k in keys) + ".")
+    L += ["", f"Training curves: `<model>_sae_training_curve.png`.", ""]
+    L += ["## 3. Causal effects of SAE features", "",
+          "The SAE is spliced in at its layer with its error term kept, so the model is unchanged "
+          "until a feature is touched (checked: `splice identity` below). Features are ranked by "
+          "attribution patching on the `select` split; the top candidates, random live features "
+          "(control), and all features at once are then ablated exactly on the `heldout` split, at "
+          "the answer positions. Δ = ablated − clean, mean over held-out examples.", ""]
+    for model, per_hook in causal.items():
+        for hook, s in per_hook.items():
+            L += [f"### `{model}` `{hook}` (d_sae {s['d_sae']}, {s['alive_features']} alive; "
+                  f"{s['n_select_examples']} select / {s['n_heldout_examples']} held-out examples)", "",
+                  "| benchmark | n | clean accuracy | chance |", "|---|---|---|---|"]
+            for b, c in s["clean"].items():
+                L.append(f"| {b} | {c['n']} | {c['accuracy']:.1%} | {c['chance']:.1%} |")
+            a = s["all_features_zero"]
+            L += ["",
+                  f"- splice identity: max |Δ gold log-prob| with the SAE spliced in and nothing ablated = "
+                  f"{s['splice_identity_max_abs_logprob_change']:.2e}",
+                  f"- all features zero-ablated: Δ accuracy {a['delta_accuracy']:+.1%}, Δ gold log-prob "
+                  f"{a['delta_logprob']:+.3f}, KL {a['kl']:.3f}",
+                  f"- top-{len(ranking[model][hook])} features, mean Δ gold log-prob (zero ablation, each alone): "
+                  f"{_fmt(s['top_feature_mean_delta_logprob'])}; random live features: "
+                  f"{_fmt(s['random_control_mean_delta_logprob'])}",
+                  f"- Spearman correlation, attribution estimate vs exact effect over the candidates: "
+                  f"{_fmt(s['spearman_attribution_vs_exact'])}", "",
+                  "| rank | feature | Δ gold log-prob | Δ accuracy | KL | attribution estimate | firing rate |",
+                  "|---|---|---|---|---|---|---|"]
+            for r in ranking[model][hook][:10]:
+                L.append(f"| {r['rank']} | {r['feature']} | {r['delta_logprob']:+.3f} | {r['delta_accuracy']:+.1%} | "
+                         f"{r['kl']:.3f} | {r['attribution_estimate']:+.3f} | {r['firing_rate']:.3f} |")
+            L.append("")
+    L += ["![feature effects](feature_effects.png)", ""]
+    if len(causal) > 1:
+        L += ["## 4. Across models", "", "| model | hook point | all-features Δ log-prob | top-feature mean Δ | control mean Δ |",
+              "|---|---|---|---|---|"]
+        for model, per_hook in causal.items():
+            for hook, s in per_hook.items():
+                L.append(f"| {model} | {hook} | {s['all_features_zero']['delta_logprob']:+.3f} | "
+                         f"{_fmt(s['top_feature_mean_delta_logprob'])} | {_fmt(s['random_control_mean_delta_logprob'])} |")
+        L.append("")
+    L += ["## Sources", "", "Baseline: `data/07_model_output/<model>/baseline_scores.parquet`; SAE metrics: "
+          "`<model>/sae_metrics.json`; effects: `<model>/feature_effects.parquet`; ranking: "
+          "`feature_importance_ranking.json`; causal summary: `causal_test_results.json`; activations: "
+          "`data/04_feature/activations/<model>/<benchmark>/<hook point>/manifest.json`.", ""]
+    return "\n".join(L)

@@ -1,0 +1,310 @@
+"""How well a model answers each prompt: clean, or under any intervention.
+
+Per example:
+  gold_logprob   summed log-probability of the gold answer tokens, teacher-forced
+  correct        open answers: greedy decoding reproduces the gold answer exactly and then
+                 ends the line (checked on the teacher-forced pass: every gold token is the
+                 argmax, and so is a line break after it); choice questions: the gold
+                 choice has the highest summed log-probability among the choices
+  kl             KL(clean || condition) of the next-token distribution at the answer
+                 positions, averaged over them (0 for the clean condition)
+
+Prompts share a few-shot block per benchmark; it is run once and cached, each question
+is run once per batch, and every condition then runs only the answer tokens on top
+(see models/cached_forward.py). Interventions therefore act at the answer positions:
+the last prompt token and the answer tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from sae_reasoning.models.cached_forward import Context, forward, select
+from sae_reasoning.models.loading import LanguageModel
+
+log = logging.getLogger(__name__)
+
+Condition = Callable[["AnswerBatch"], ContextManager]
+
+
+@dataclass
+class EncodedExample:
+    row: int                      # position in the prompts table
+    id: str
+    benchmark: str
+    split: str
+    question: list[int]           # the example's own prompt tokens (after the shared block)
+    answers: list[list[int]]      # open: [gold answer]; choice: one token list per choice
+    gold: int                     # index of the gold answer in `answers`
+    is_choice: bool
+    chance: float
+
+
+@dataclass
+class EncodedBenchmark:
+    name: str
+    prefix: list[int]             # shared few-shot block (with BOS where the tokenizer adds one)
+    examples: list[EncodedExample] = field(default_factory=list)
+
+
+def shared_prefix(texts: list[str]) -> str:
+    """The few-shot block every prompt of a benchmark starts with, cut at a blank line."""
+    if not texts:
+        return ""
+    common = os.path.commonprefix(texts) if len(texts) > 1 else texts[0]
+    # Never swallow an example's own question: cut at the last blank line before it ends.
+    cut = common.rfind("\n\n", 0, min(len(t) for t in texts) - 1)
+    return common[:cut + 2] if cut >= 0 else ""
+
+
+def encode_prompts(tokenizer, prompts: pd.DataFrame) -> list[EncodedBenchmark]:
+    """Tokenize a prompts table into shared blocks, questions and answer candidates."""
+    required = {"id", "benchmark", "prompt", "target", "answer_type"}
+    missing = required - set(prompts.columns)
+    if missing:
+        raise ValueError(f"prompts table lacks columns {sorted(missing)}")
+    if len(prompts) == 0:
+        raise ValueError("prompts table is empty: nothing to score or capture")
+    out = []
+    prompts = prompts.reset_index(drop=True)
+    for name, group in prompts.groupby("benchmark", sort=False):
+        prefix = shared_prefix(group["prompt"].tolist())
+        bench = EncodedBenchmark(name, tokenizer(prefix)["input_ids"] if prefix else _bos(tokenizer))
+        for row, rec in group.iterrows():
+            question = tokenizer(rec["prompt"][len(prefix):], add_special_tokens=False)["input_ids"]
+            if not question:
+                raise ValueError(f"prompts row {row} ({rec['id']}): empty question after the shared block")
+            is_choice = rec["answer_type"] == "choice"
+            if is_choice:
+                targets = list(rec["choice_targets"])
+                if rec["target"] not in targets:
+                    raise ValueError(f"prompts row {row} ({rec['id']}): target {rec['target']!r} "
+                                     f"is not one of its choice_targets {targets}")
+                gold = targets.index(rec["target"])
+            else:
+                targets, gold = [rec["target"]], 0
+            answers = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
+            bench.examples.append(EncodedExample(
+                row=int(row), id=str(rec["id"]), benchmark=str(name), split=str(rec.get("split", "")),
+                question=question, answers=answers, gold=gold, is_choice=is_choice,
+                chance=float(rec.get("chance", 1.0 / len(targets) if is_choice else 0.0)),
+            ))
+        out.append(bench)
+    return out
+
+
+def _bos(tokenizer) -> list[int]:
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return list(ids)
+
+
+def stop_token_ids(tokenizer) -> torch.Tensor:
+    """Tokens that end an answer line: anything starting with a line break, and EOS."""
+    vocab = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(vocab)])
+    ids = [i for i, t in enumerate(texts) if t.startswith("\n")]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(sorted(set(ids)), dtype=torch.long)
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@dataclass
+class AnswerBatch:
+    """One batch of examples with its cached context, ready for answer passes."""
+
+    index: int
+    examples: list[EncodedExample]
+    context: Context | None
+    pair_example: torch.Tensor    # [R] example (within batch) of each answer row
+    pair_answer: torch.Tensor     # [R] candidate index of each answer row
+    ids: torch.Tensor             # [R, S] last question token + candidate answer, right-padded
+    mask: torch.Tensor
+    answer_len: torch.Tensor      # [R]
+
+    def run(self, model, *, grad: bool = False):
+        ctx = select(self.context, self.pair_example) if self.context is not None else None
+        with torch.set_grad_enabled(grad):
+            out, _ = forward(model, self.ids, self.mask, ctx)
+        return out.logits
+
+
+def iter_answer_batches(lm: LanguageModel, benchmarks: list[EncodedBenchmark], batch_size: int = 16,
+                        progress: str | None = None) -> Iterator[AnswerBatch]:
+    """Build contexts (shared block once per benchmark, then questions) batch by batch."""
+    model, dev = lm.model, lm.device
+    pad = lm.tokenizer.pad_token_id
+    total = sum(len(b.examples) for b in benchmarks)
+    bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
+    index = 0
+    with torch.no_grad():
+        for bench in benchmarks:
+            prefix_ctx = None
+            if bench.prefix:
+                ids = torch.tensor([bench.prefix], device=dev)
+                _, prefix_ctx = forward(model, ids, torch.ones_like(ids), keep=True)
+            order = sorted(bench.examples, key=lambda e: len(e.question))
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
+                heads = [e.question[:-1] for e in chunk]
+                if any(heads):
+                    ids, mask = pad_right(heads, pad, dev)
+                    _, ctx = forward(model, ids, mask, ctx, keep=True)
+                pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
+                seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
+                ids, mask = pad_right(seqs, pad, dev)
+                yield AnswerBatch(
+                    index=index, examples=chunk, context=ctx,
+                    pair_example=torch.tensor([i for i, _ in pairs], device=dev),
+                    pair_answer=torch.tensor([j for _, j in pairs], device=dev),
+                    ids=ids, mask=mask,
+                    answer_len=torch.tensor([len(chunk[i].answers[j]) for i, j in pairs], device=dev),
+                )
+                index += 1
+                bar.update(len(chunk))
+    bar.close()
+
+
+def answer_logprobs(batch: AnswerBatch, logits: torch.Tensor):
+    """Per answer row: summed gold-token log-probs, all-argmax flag, log-softmax at positions.
+
+    Position j of an answer row predicts answer token j; position len(answer) predicts what
+    follows the answer (a line break, for a greedy exact match).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tokens = batch.ids[:, 1:]
+    tok_lp = logp[:, :-1].gather(-1, tokens[..., None])[..., 0]          # [R, S-1]
+    pos = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    in_answer = pos < batch.answer_len[:, None]
+    summed = (tok_lp * in_answer).sum(1)
+    argmax_ok = ((logp[:, :-1].argmax(-1) == tokens) | ~in_answer).all(1)
+    return logp, summed, argmax_ok
+
+
+def score_batch(batch: AnswerBatch, logits: torch.Tensor, stop_ids: torch.Tensor,
+                clean_logp: torch.Tensor | None = None) -> pd.DataFrame:
+    logp, summed, argmax_ok = answer_logprobs(batch, logits)
+    rows = []
+    r = 0
+    for i, ex in enumerate(batch.examples):
+        n = len(ex.answers)
+        sl = slice(r, r + n)
+        gold_row = r + ex.gold
+        if ex.is_choice:
+            predicted = int(summed[sl].argmax())
+            correct = predicted == ex.gold
+        else:
+            end = int(batch.answer_len[gold_row])
+            stop = logp[gold_row, end].argmax()
+            predicted = None
+            correct = bool(argmax_ok[gold_row]) and bool(torch.isin(stop, stop_ids.to(stop.device)))
+        kl = 0.0
+        if clean_logp is not None:
+            end = int(batch.answer_len[gold_row]) + 1
+            p = clean_logp[gold_row, :end]
+            q = logp[gold_row, :end]
+            kl = float((p.exp() * (p - q)).sum(-1).mean())
+        rows.append({
+            "row": ex.row, "id": ex.id, "benchmark": ex.benchmark, "split": ex.split,
+            "gold_logprob": float(summed[gold_row]),
+            "n_answer_tokens": len(ex.answers[ex.gold]),
+            "correct": bool(correct), "predicted_choice": predicted, "chance": ex.chance, "kl": kl,
+        })
+        r += n
+    return pd.DataFrame(rows), logp
+
+
+def score_conditions(
+    lm: LanguageModel,
+    benchmarks: list[EncodedBenchmark],
+    conditions: dict[str, Condition] | None = None,
+    *,
+    batch_size: int = 16,
+    progress: str | None = "scoring",
+) -> dict[str, pd.DataFrame]:
+    """Score every example under each condition; 'clean' (no intervention) always included.
+
+    A condition is a function of the batch returning a context manager that installs the
+    intervention (e.g. an SAE splice with features ablated) for one answer pass.
+    """
+    conditions = {"clean": lambda _b: contextlib.nullcontext(), **(conditions or {})}
+    stop_ids = stop_token_ids(lm.tokenizer)
+    results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
+    t0, n = time.time(), 0
+    for batch in iter_answer_batches(lm, benchmarks, batch_size, progress):
+        clean_logp = None
+        for name, cond in conditions.items():
+            with cond(batch), torch.no_grad():
+                logits = batch.run(lm.model)
+            df, logp = score_batch(batch, logits, stop_ids, clean_logp)
+            if name == "clean":
+                clean_logp = logp
+            results[name].append(df)
+        n += len(batch.examples)
+    log.info("scored %d examples under %d condition(s) in %.1f s", n, len(conditions), time.time() - t0)
+    return {name: pd.concat(dfs, ignore_index=True).sort_values("row").reset_index(drop=True)
+            for name, dfs in results.items()}
+
+
+def greedy_answers(lm: LanguageModel, benchmarks: list[EncodedBenchmark], *, max_new_tokens: int = 12,
+                   batch_size: int = 16) -> pd.DataFrame:
+    """What the model actually writes after each prompt (greedy, to the end of the line)."""
+    stop_ids = stop_token_ids(lm.tokenizer).to(lm.device)
+    rows = []
+    for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="generating"):
+        ctx = batch.context
+        B = len(batch.examples)
+        nxt = torch.tensor([[e.question[-1]] for e in batch.examples], device=lm.device)
+        out = torch.zeros((B, 0), dtype=torch.long, device=lm.device)
+        done = torch.zeros(B, dtype=torch.bool, device=lm.device)
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                res, ctx = forward(lm.model, nxt, torch.ones_like(nxt), ctx, keep=True)
+                nxt = res.logits[:, -1].argmax(-1, keepdim=True)
+                done |= torch.isin(nxt[:, 0], stop_ids)
+                out = torch.cat([out, torch.where(done[:, None], lm.tokenizer.pad_token_id, nxt)], 1)
+                if done.all():
+                    break
+        for ex, toks in zip(batch.examples, out.tolist()):
+            text = lm.tokenizer.decode([t for t in toks if t != lm.tokenizer.pad_token_id])
+            rows.append({"row": ex.row, "generated": text.split("\n")[0].strip()})
+    return pd.DataFrame(rows).sort_values("row").reset_index(drop=True)
+
+
+def accuracy_summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark: n, accuracy, chance, mean gold log-prob."""
+    g = scores.groupby("benchmark")
+    return pd.DataFrame({
+        "n": g.size(), "accuracy": g["correct"].mean(), "chance": g["chance"].mean(),
+        "gold_logprob": g["gold_logprob"].mean(),
+    }).reset_index()
+
+
+def answers_match(generated: str, answer: str) -> bool:
+    """Loose match of a free-text answer: numbers numerically, text case-insensitively."""
+    g = str(generated).strip().rstrip(".").replace(",", "").strip()
+    a = str(answer).strip().rstrip(".").replace(",", "").strip()
+    try:
+        return abs(float(g) - float(a)) < 1e-6
+    except ValueError:
+        return g.lower() == a.lower()
