@@ -156,32 +156,35 @@ def iter_answer_batches(lm: LanguageModel, benchmarks: list[EncodedBenchmark], b
     total = sum(len(b.examples) for b in benchmarks)
     bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
     index = 0
-    with torch.no_grad():
-        for bench in benchmarks:
-            prefix_ctx = None
-            if bench.prefix:
-                ids = torch.tensor([bench.prefix], device=dev)
+    # Grad mode is global state: never hold no_grad across a yield (the consumer may need
+    # gradients, e.g. attribution), only around the context-building passes.
+    for bench in benchmarks:
+        prefix_ctx = None
+        if bench.prefix:
+            ids = torch.tensor([bench.prefix], device=dev)
+            with torch.no_grad():
                 _, prefix_ctx = forward(model, ids, torch.ones_like(ids), keep=True)
-            order = sorted(bench.examples, key=lambda e: len(e.question))
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
-                heads = [e.question[:-1] for e in chunk]
-                if any(heads):
-                    ids, mask = pad_right(heads, pad, dev)
+        order = sorted(bench.examples, key=lambda e: len(e.question))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
+            heads = [e.question[:-1] for e in chunk]
+            if any(heads):
+                ids, mask = pad_right(heads, pad, dev)
+                with torch.no_grad():
                     _, ctx = forward(model, ids, mask, ctx, keep=True)
-                pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
-                seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
-                ids, mask = pad_right(seqs, pad, dev)
-                yield AnswerBatch(
-                    index=index, examples=chunk, context=ctx,
-                    pair_example=torch.tensor([i for i, _ in pairs], device=dev),
-                    pair_answer=torch.tensor([j for _, j in pairs], device=dev),
-                    ids=ids, mask=mask,
-                    answer_len=torch.tensor([len(chunk[i].answers[j]) for i, j in pairs], device=dev),
-                )
-                index += 1
-                bar.update(len(chunk))
+            pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
+            seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
+            ids, mask = pad_right(seqs, pad, dev)
+            yield AnswerBatch(
+                index=index, examples=chunk, context=ctx,
+                pair_example=torch.tensor([i for i, _ in pairs], device=dev),
+                pair_answer=torch.tensor([j for _, j in pairs], device=dev),
+                ids=ids, mask=mask,
+                answer_len=torch.tensor([len(chunk[i].answers[j]) for i, j in pairs], device=dev),
+            )
+            index += 1
+            bar.update(len(chunk))
     bar.close()
 
 

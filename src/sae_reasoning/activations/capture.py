@@ -72,7 +72,7 @@ class CaptureJob:
     def run(self, root: str | Path) -> dict:
         """Write every benchmark's shard folders under root; returns a summary."""
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        _check_writable(root)
         fingerprint = self.fingerprint()
         benchmarks = list(dict.fromkeys(self.prompts["benchmark"]))
         todo = [b for b in benchmarks if not self._reusable(root / b, fingerprint)]
@@ -152,3 +152,14 @@ def _shared_block_stats(norms: torch.Tensor | None, manifest: dict) -> dict | No
         "median_norm": float(norms.median()),
         "first_position_ratio_to_captured_median": float(norms[0]) / median if median else None,
     }
+
+
+def _check_writable(root: Path) -> None:
+    """Fail before any model work if the folder cannot take shards."""
+    probe = root / ".write_probe"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"activation folder {root} is not writable: {exc}") from exc

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+
+from sae_reasoning.activations import ActivationSet, ActivationStore, MassiveActivationFilter, ShardWriter
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def write_store(root, bench="b", n_examples=10, seq=20, d=8, dtype="float32", shard_tokens=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = ShardWriter(root / bench / HOOK, header={"model": "m", "benchmark": bench, "hook_point": HOOK},
+                    d_model=d, dtype=dtype, shard_tokens=shard_tokens)
+    rows = []
+    for i in range(n_examples):
+        a = torch.randn(seq, d, generator=g)
+        a[0] *= 200  # a massive activation at the first position
+        w.add(a, example_index=torch.full((seq,), i), position=torch.arange(seq), token_id=torch.arange(seq))
+        rows.append(a)
+    w.close()
+    return torch.cat(rows)
+
+
+def test_round_trip_shards_manifest_and_checksums(tmp_path):
+    rows = write_store(tmp_path)
+    store = ActivationStore(tmp_path / "b" / HOOK)
+    m = store.manifest
+    assert m["complete"] and m["n_tokens"] == 200 and m["d_model"] == 8
+    assert [s["n_tokens"] for s in m["shards"]] == [50, 50, 50, 50]
+    assert all(len(s["sha256"]) == 64 for s in m["shards"])
+    store.verify()
+    got = torch.cat([store.shard(i)["activations"] for i in range(4)])
+    torch.testing.assert_close(got, rows)
+    meta = store.metadata()
+    assert list(meta.columns) == ["example_index", "position", "token_id", "norm"]
+    assert m["norm_stats"]["first_position_ratio_to_median"] > 50
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_storage_dtype_reads_back_as_float32(tmp_path, dtype):
+    rows = write_store(tmp_path, dtype=dtype)
+    store = ActivationStore(tmp_path / "b" / HOOK)
+    a = store.shard(0)["activations"]
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, rows[:50], rtol=1e-2, atol=1e-2 * 200)
+
+
+def test_corrupted_shard_fails_checksum(tmp_path):
+    write_store(tmp_path)
+    path = tmp_path / "b" / HOOK / "shard_00001.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="shard_00001.safetensors: checksum"):
+        ActivationStore(tmp_path / "b" / HOOK).verify()
+
+
+def test_incomplete_folder_is_refused(tmp_path):
+    w = ShardWriter(tmp_path / "b" / HOOK, header={"hook_point": HOOK}, d_model=4, shard_tokens=2)
+    w.add(torch.randn(5, 4), example_index=[0] * 5, position=range(5), token_id=range(5))
+    with pytest.raises(ValueError, match="incomplete"):
+        ActivationStore(tmp_path / "b" / HOOK)
+    assert json.loads((tmp_path / "b" / HOOK / "manifest.json").read_text())["n_tokens"] == 4
+
+
+def test_batches_exclude_massive_rows_shuffle_and_cover_everything(tmp_path):
+    write_store(tmp_path, "b1")
+    write_store(tmp_path, "b2", seed=1)
+    s = ActivationSet.open(tmp_path)
+    assert s.benchmarks == ["b1", "b2"] and s.hook_points == [HOOK]
+    rule = MassiveActivationFilter()
+    assert s.n_tokens(HOOK) == 400 and s.n_tokens(HOOK, rule) == 380
+    batches = list(s.iter_batches(HOOK, 32, buffer_tokens=64, seed=3))
+    allrows = torch.cat(batches)
+    assert len(allrows) == 380 and allrows.norm(dim=-1).max() < 50
+    ordered = torch.cat(list(s.iter_batches(HOOK, 32, shuffle=False)))
+    assert not torch.equal(allrows, ordered)
+    assert torch.allclose(allrows.sum(0), ordered.sum(0), atol=1e-3)
+    again = torch.cat(list(s.iter_batches(HOOK, 32, buffer_tokens=64, seed=3)))
+    assert torch.equal(allrows, again)
+    held = torch.cat(list(s.iter_batches(HOOK, 32, select_examples=lambda ex: ex % 5 == 0)))
+    assert len(held) == 2 * 2 * 19
+
+
+def test_bad_d_model_and_dtype(tmp_path):
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        ShardWriter(tmp_path / "x", header={}, d_model=4, dtype="int8")
+    w = ShardWriter(tmp_path / "x", header={}, d_model=4)
+    with pytest.raises(ValueError, match="d_model=4"):
+        w.add(torch.randn(3, 5), example_index=[0] * 3, position=range(3), token_id=range(3))

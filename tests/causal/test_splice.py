@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from sae_reasoning.causal.analysis import attribution
+from sae_reasoning.causal.splice import FeatureAblation, spliced
+from sae_reasoning.sae import SAEConfig, build_sae
+from sae_reasoning.scoring import encode_prompts, score_conditions
+from tests.prompts_fixture import tiny_prompts
+from tests.tiny import D_MODEL, FAMILIES
+
+LAYER = 1
+
+
+def random_sae(d_in=D_MODEL, d_sae=4 * D_MODEL, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=f"blocks.{LAYER}.hook_resid_post", hook_layer=LAYER))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_in ** 0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+    return sae
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_splice_without_ablation_is_identity(tiny_lms, family):
+    lm = tiny_lms[family]
+    sae = random_sae()
+    ids = lm.tokenizer(["Question: What is 3 + 4?\nAnswer: 7"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        clean = lm.model(input_ids=ids).logits
+        with spliced(lm.model, LAYER, FeatureAblation(sae, [], "zero")):
+            same = lm.model(input_ids=ids).logits
+        # Touching every feature changes the output: the splice really is in the model.
+        with spliced(lm.model, LAYER, FeatureAblation(sae, torch.arange(sae.cfg.d_sae), "zero")):
+            ablated = lm.model(input_ids=ids).logits
+    assert (same - clean).abs().max() < 1e-5
+    assert (ablated - clean).abs().max() > 1e-3
+
+
+def test_ablation_modes_replace_only_the_chosen_features():
+    sae = random_sae()
+    x = torch.randn(2, 5, D_MODEL)
+    f = sae.encode(x)
+    feat = int(f.reshape(-1, f.shape[-1]).mean(0).argmax())
+    for mode, expected in (("zero", torch.zeros(2, 5)), ("mean", torch.full((2, 5), 0.25))):
+        abl = FeatureAblation(sae, [feat], mode, mean=torch.full((sae.cfg.d_sae,), 0.25))
+        out = abl(x)
+        torch.testing.assert_close(out, x + (expected - f[..., feat])[..., None] * sae.W_dec[feat])
+    bank = torch.rand(10, sae.cfg.d_sae)
+    a = FeatureAblation(sae, [feat], "resample", bank=bank, seed=3)(x)
+    b = FeatureAblation(sae, [feat], "resample", bank=bank, seed=3)(x)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="mean ablation needs"):
+        FeatureAblation(sae, [feat], "mean")
+    with pytest.raises(ValueError, match="ablation mode 'half'"):
+        FeatureAblation(sae, [feat], "half")
+
+
+def test_attribution_predicts_small_exact_effects(tiny_lms):
+    """Gradient x activation matches the exact effect of a small change of each feature."""
+    lm = tiny_lms["llama"]
+    sae = random_sae(seed=1)
+    encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=4, n_choice=0))
+    est = attribution(lm, sae, LAYER, encoded, batch_size=4)
+    top = torch.argsort(est.abs(), descending=True)[:3].tolist()
+    eps = 1e-2
+
+    class Scale(FeatureAblation):
+        def replacement(self, f_sel):
+            return f_sel * (1 - eps)
+
+    conditions = {f"s{i}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(Scale(sae, [i], "zero")) for i in top}
+    scores = score_conditions(lm, encoded, conditions, batch_size=4, progress=None)
+    for i in top:
+        exact = (scores[f"s{i}"].gold_logprob - scores["clean"].gold_logprob).mean() / eps
+        assert exact == pytest.approx(float(est[i]), rel=0.05, abs=1e-4)

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.tiny import FAMILIES, save_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory):
+    """family -> folder of a tiny random model (HF layout, real tokenizer)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {f: save_tiny_model(f, root / f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tiny_model_dirs):
+    from sae_reasoning.models import ModelHandle, ModelSpec
+
+    return {f: ModelHandle(ModelSpec(f, str(d), converted_cache=None)).load("cpu")
+            for f, d in tiny_model_dirs.items()}
