@@ -24,7 +24,9 @@ PER_MODEL_STAGES = {
 
 def configured_models(config_loader=None) -> list[str]:
     """Model namespaces, in the order of the `models` parameter block."""
-    loader = config_loader or run_config_loader() or _fallback_loader()
+    # Config loaders are (empty) mappings, so test for None, not truthiness.
+    loader = next((x for x in (config_loader, run_config_loader()) if x is not None), None)
+    loader = loader if loader is not None else _fallback_loader()
     models = loader["parameters"].get("models") or {}
     if not isinstance(models, dict) or not models:
         raise ValueError(

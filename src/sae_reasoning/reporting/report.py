@@ -65,7 +65,8 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
     for model, t in training.items():
         for hook, per_bench in t["activations"].items():
             toks = sum(v["n_tokens"] for v in per_bench.values())
-            L.append(f"- `{model}` `{hook}`: {toks:,} captured tokens ({', '.join(f'{b} {v['n_tokens']:,}' for b, v in per_bench.items())}).")
+            parts = ", ".join(f"{b} {v['n_tokens']:,}" for b, v in per_bench.items())
+            L.append(f"- `{model}` `{hook}`: {toks:,} captured tokens ({parts}).")
             for b, v in per_bench.items():
                 sb = v.get("shared_block")
                 if sb and sb.get("first_position_ratio_to_captured_median"):
