@@ -1,0 +1,189 @@
+"""DeviceSlotRunner vs Kedro's SequentialRunner on two model-like namespaces.
+
+Each namespace runs one CPU-bound node shaped like this project's per-model work: a small
+model's forward passes over batches of a few prompts (576-wide layers, as SmolLM2-135M),
+in torch, with however many threads the process was given. SequentialRunner runs the two
+namespaces one after the other in this process, twice: with torch's default threads (every
+core: what `kedro run` does) and with one thread per core-share (the same threads each
+namespace gets from DeviceSlotRunner, so only the parallelism differs). DeviceSlotRunner
+runs them at once, one per CPU slot (cores // 2 threads each), process start-up included.
+
+    .venv/bin/python benchmarks/runner.py [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+# Imported at the top, as the project's library modules do: a worker imports it while it
+# starts up (spawned workers re-import this script), before its group may run.
+import torch  # noqa: E402
+
+D_MODEL, N_LAYERS, BATCH = 576, 12, 4
+
+
+def make_weights(seed: int) -> list:
+    """Shared upstream node: one small 'model' (weights every namespace starts from)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(D_MODEL, D_MODEL, generator=g) / D_MODEL**0.5 for _ in range(N_LAYERS)]
+
+
+def forward_passes(weights: list, steps: int, scale: float) -> dict:
+    """A namespace's node: `steps` batches through the model, as capture does per batch."""
+    start = time.time()
+    g = torch.Generator().manual_seed(int(scale * 1000))
+    total = 0.0
+    for _ in range(steps):
+        x = torch.randn(BATCH, 32, D_MODEL, generator=g)
+        for w in weights:
+            x = x + torch.nn.functional.gelu(x @ (w * scale))
+            x = torch.nn.functional.layer_norm(x, (D_MODEL,))
+        total += float(x.pow(2).mean())
+    return {
+        "start": start,
+        "end": time.time(),
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
+        "value": total / steps,
+    }
+
+
+def compare(*results: dict) -> dict:
+    """Shared downstream node: reads every namespace's result."""
+    return {"values": [r["value"] for r in results], "end": time.time()}
+
+
+NAMESPACES = ("model_a", "model_b")
+
+
+def build(workdir: Path, steps: int):
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.pipeline import Pipeline, node, pipeline
+    from kedro_datasets.pickle import PickleDataset
+
+    per_model = Pipeline(
+        [
+            node(
+                forward_passes, ["weights", "params:steps", "params:scale"], "result",
+                name="forward",
+            )
+        ]
+    )
+    pipe = Pipeline([node(make_weights, "params:seed", "weights", name="make_weights")])
+    for i, ns in enumerate(NAMESPACES):
+        pipe += pipeline(
+            per_model,
+            namespace=ns,
+            inputs={"weights"},
+            parameters={"params:steps": "params:steps", "params:scale": f"params:scale_{i}"},
+        )
+    pipe += Pipeline(
+        [node(compare, [f"{ns}.result" for ns in NAMESPACES], "comparison", name="compare")]
+    )
+
+    def catalog() -> DataCatalog:
+        names = ["weights", "comparison", *(f"{ns}.result" for ns in NAMESPACES)]
+        datasets = {n: PickleDataset(filepath=str(workdir / "data" / f"{n}.pkl")) for n in names}
+        datasets |= {
+            "params:seed": MemoryDataset(0),
+            "params:steps": MemoryDataset(steps),
+            "params:scale_0": MemoryDataset(1.0),
+            "params:scale_1": MemoryDataset(1.1),
+        }
+        return DataCatalog(datasets=datasets)
+
+    return pipe, catalog
+
+
+def timed_run(runner, pipe, catalog, workdir: Path) -> tuple[float, dict]:
+    import pickle
+
+    t0 = time.time()
+    runner.run(pipe, catalog, run_id=f"bench-{type(runner).__name__}")
+    wall = time.time() - t0
+    out = {}
+    for ns in NAMESPACES:
+        with open(workdir / "data" / f"{ns}.result.pkl", "rb") as f:
+            r = pickle.load(f)
+        out[ns] = (r["start"] - t0, r["end"] - t0, r["threads"], r["pid"])
+    return wall, out
+
+
+_SPIN = "x = 0\nfor i in range(10_000_000):\n    x += i\n"
+
+
+def parallel_capacity() -> tuple[float, float]:
+    """Control for a shared machine: a pure-Python CPU-bound process alone, then two at
+    once. On two free cores the pair takes as long as one (capacity 2x)."""
+    import subprocess
+    import sys
+
+    def spin(n: int) -> float:
+        t0 = time.time()
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(n)]
+        for p in procs:
+            p.wait()
+        return time.time() - t0
+
+    return spin(1), spin(2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="batches per namespace")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from kedro.runner import SequentialRunner
+
+    from sae_reasoning.runner import DeviceSlotRunner
+    from sae_reasoning.runner.slots import cpu_cores
+
+    default_threads = torch.get_num_threads()
+    load_before = os.getloadavg()
+    one, two = parallel_capacity()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        pipe, catalog = build(workdir, args.steps)
+        runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=workdir / "logs")
+        logging.getLogger("sae_reasoning.runner").setLevel(logging.WARNING)
+        logging.getLogger("kedro").setLevel(logging.WARNING)
+
+        seq_wall, seq = timed_run(SequentialRunner(), pipe, catalog(), workdir)
+        dev_wall, dev = timed_run(runner, pipe, catalog(), workdir)
+        torch.set_num_threads(max(1, cpu_cores() // len(NAMESPACES)))
+        seq1_wall, seq1 = timed_run(SequentialRunner(), pipe, catalog(), workdir)
+        torch.set_num_threads(default_threads)
+    load_after = os.getloadavg()
+
+    slots = ", ".join(f"{s.name} ({s.threads} thread(s))" for s in runner.slots)
+    print(f"cores: {cpu_cores()}  namespaces: {len(NAMESPACES)}  steps/namespace: {args.steps}  "
+          f"load avg before/after: {load_before[0]:.1f}/{load_after[0]:.1f}")
+    print(f"machine check: one CPU-bound process {one:.2f} s, two at once {two:.2f} s "
+          f"(parallel capacity {2 * one / two:.2f}x of 2x)")
+    print(f"SequentialRunner wall ({default_threads} torch threads): {seq_wall:.2f} s")
+    print(f"SequentialRunner wall ({seq1[NAMESPACES[0]][2]} torch thread(s)): {seq1_wall:.2f} s")
+    print(f"DeviceSlotRunner wall (slots {slots}): {dev_wall:.2f} s")
+    print(f"ratio DeviceSlotRunner/SequentialRunner: {dev_wall / seq_wall:.2f} "
+          f"(vs same-threads SequentialRunner: {dev_wall / seq1_wall:.2f}; target <= 0.65)")
+    print("timeline (seconds from run start; node start -> end, torch threads):")
+    runs = (("SequentialRunner", seq), ("DeviceSlotRunner", dev), ("SequentialRunner/1t", seq1))
+    for name, timeline in runs:
+        for ns, (start, end, threads, _pid) in timeline.items():
+            print(f"  {name:19s} {ns:8s} node   {start:6.2f} -> {end:6.2f}  ({threads} threads)")
+    for r in runner.results:
+        if r.kind == "namespace":
+            print(f"  DeviceSlotRunner    {r.name:8s} worker {r.launched:6.2f} -> {r.finished:6.2f}"
+                  f"  on {r.slot} (launched {r.launched:.2f}, ready {r.ready:.2f}, "
+                  f"upstream done {r.started:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The worker process: runs one namespace group, node by node, on the slot it was given.
+
+It starts (spawned, never forked) with its slot's environment already in place, sends its
+output to the namespace's log file, rebuilds the project's hook manager the way
+`KedroSession` does, loads the group (which imports the nodes' modules: torch,
+transformers...), says `ready` and waits for `go`: the parent may start a worker while the
+shared nodes upstream of its group are still running, so that start-up overlaps them.
+Then it runs the group's nodes in topological order with Kedro's `Task`, releasing
+datasets as `SequentialRunner` does, and reports one message per completed node, then
+`done` or `failed`.
+
+Nothing here imports torch: the slot's environment must be in force before anything does
+(the parent sets it before the process starts; `run_group` sets it again first thing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+from kedro.framework.hooks.manager import (
+    _create_hook_manager,
+    _register_hooks,
+    _register_hooks_entry_points,
+)
+from kedro.framework.project import configure_project, settings, validate_settings
+from kedro.pipeline import Pipeline
+from kedro.runner import AbstractRunner, Task
+
+from sae_reasoning.runner.slots import Slot
+
+# Worker -> parent.
+READY = "ready"
+NODE_DONE = "node_done"
+DONE = "done"
+FAILED = "failed"
+# Parent -> worker.
+GO = "go"
+STOP = "stop"
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+@dataclass
+class GroupPayload:
+    """Everything a worker needs to run one namespace group (pickled by the parent)."""
+
+    namespace: str
+    nodes: list  # kedro Nodes
+    catalog: Any  # a catalog holding only the datasets these nodes use
+    is_async: bool
+    run_id: str | None
+
+
+def run_group(
+    conn,
+    slot: Slot,
+    log_path: str,
+    package_name: str | None,
+    payload: bytes,
+) -> None:
+    """Entry point of the spawned worker process (`conn`: a duplex pipe to the parent)."""
+    os.environ.update(slot.env())
+    log_stream = _redirect_output(log_path)
+    logger = logging.getLogger(__name__)
+    current: str | None = None
+    done_nodes: list[str] = []
+    try:
+        hook_manager = _bootstrap(package_name, log_stream)
+        group: GroupPayload = pickle.loads(payload)  # imports the nodes' modules
+        _set_threads(slot.threads)
+        logger.info(
+            "Namespace %s on slot %s (pid %d, CUDA_VISIBLE_DEVICES=%r, %d CPU threads)",
+            group.namespace,
+            slot.name,
+            os.getpid(),
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+            slot.threads,
+        )
+        conn.send({"event": READY, "time": time.time()})
+        if conn.recv() != GO:
+            logger.info("Namespace %s not run: an upstream node failed", group.namespace)
+            return
+
+        pipeline = Pipeline(group.nodes)  # topologically sorted
+        load_counts = Counter(chain.from_iterable(n.inputs for n in pipeline.nodes))
+        total = len(pipeline.nodes)
+        for i, node in enumerate(pipeline.nodes, start=1):
+            current = node.name
+            logger.info("Running node %d/%d: %s", i, total, node.name)
+            Task(
+                node=node,
+                catalog=group.catalog,
+                is_async=group.is_async,
+                hook_manager=hook_manager,
+                run_id=group.run_id,
+            ).execute()
+            logger.info("Completed node: %s", node.name)
+            logger.info("Completed %d out of %d tasks", i, total)
+            # Same bookkeeping as SequentialRunner: free what no later node needs.
+            AbstractRunner._release_datasets(node, group.catalog, load_counts, pipeline)
+            done_nodes.append(node.name)
+            conn.send({"event": NODE_DONE, "node": node.name, "time": time.time()})
+        current = None
+        logger.info("Namespace %s finished (%d nodes)", group.namespace, len(done_nodes))
+        conn.send({"event": DONE, "done_nodes": done_nodes, "time": time.time()})
+    except BaseException as exc:  # report everything, KeyboardInterrupt included
+        logger.error("Namespace failed%s", f" in node {current}" if current else "", exc_info=True)
+        message = {
+            "event": FAILED,
+            "error": f"{type(exc).__name__}: {exc}",
+            "node": current,
+            "traceback": traceback.format_exc(),
+            "done_nodes": done_nodes,
+            "time": time.time(),
+        }
+        try:
+            conn.send(message)
+        except OSError:  # the parent is gone
+            pass
+    finally:
+        logging.shutdown()
+        conn.close()
+        log_stream.flush()
+
+
+def _redirect_output(log_path: str):
+    """Send this process's stdout, stderr (C level too) and logging to `log_path`."""
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    stream = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    sys.stdout = sys.stderr = stream
+    _log_to(stream)
+    return stream
+
+
+def _log_to(stream) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def _bootstrap(package_name: str | None, log_stream):
+    """Configure the project (when there is one) and build its hook manager.
+
+    Mirrors `KedroSession`: hooks from `settings.HOOKS` plus plugin entry points, minus
+    `settings.DISABLE_HOOKS_FOR_PLUGINS`.
+    """
+    if package_name:
+        configure_project(package_name)
+        validate_settings()
+    # The project's logging configuration replaces the root handlers: point them back
+    # at the log file.
+    _log_to(log_stream)
+
+    hook_manager = _create_hook_manager()
+    _register_hooks(hook_manager, settings.HOOKS)
+    _register_hooks_entry_points(hook_manager, settings.DISABLE_HOOKS_FOR_PLUGINS)
+    return hook_manager
+
+
+def _set_threads(threads: int) -> None:
+    # OMP_NUM_THREADS (set before the process started) covers a torch imported later;
+    # a torch already imported by the nodes' modules is told directly.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)

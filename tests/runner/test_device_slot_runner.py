@@ -1,0 +1,233 @@
+"""DeviceSlotRunner on small real pipelines: real spawned workers, real files, no mocks.
+
+The pipeline mirrors the project's shape: a shared node before (`make_base`), one
+namespaced copy of a small "model" pipeline per namespace, shared nodes after (`combine`
+needs every namespace, `summarise_first` only the first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline, node, pipeline
+from kedro_datasets.pickle import PickleDataset
+
+from sae_reasoning.runner import CrossProcessDatasetError, DeviceSlotRunError, DeviceSlotRunner
+from sae_reasoning.runner.slots import cpu_cores
+from tests.runner import toy_nodes as t
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    # Shared nodes read namespaced datasets ("m1.out"), as the project's reporting does.
+    pytest.mark.filterwarnings("ignore:One or more dataset names contain"),
+]
+
+
+def model_pipeline(with_info: bool = False) -> Pipeline:
+    nodes = [
+        node(t.scale, ["base", "params:factor", "params:seconds"], "mid", name="scale"),
+        node(t.finish, "mid", "out", name="finish"),
+    ]
+    if with_info:
+        nodes.append(node(t.slot_info, "base", "info", name="slot_info"))
+    return Pipeline(nodes)
+
+
+def build_pipeline(namespaces: list[str], with_info: bool = False) -> Pipeline:
+    up = Pipeline([node(t.make_base, "params:n", "base", name="make_base")])
+    per_model = sum(
+        (
+            pipeline(
+                model_pipeline(with_info),
+                namespace=ns,
+                inputs={"base"},
+                parameters={
+                    "params:factor": f"params:factor_{ns}",
+                    "params:seconds": "params:seconds",
+                },
+            )
+            for ns in namespaces
+        ),
+        Pipeline([]),
+    )
+    down = Pipeline(
+        [
+            node(t.combine, [f"{ns}.out" for ns in namespaces], "combined", name="combine"),
+            node(t.summarise_one, f"{namespaces[0]}.out", "first_summary", name="summarise_first"),
+        ]
+    )
+    return up + per_model + down
+
+
+def build_catalog(tmp_path, factors: dict[str, float], seconds: float = 0.2, in_memory=()):
+    persisted = ["base", "combined", "first_summary"]
+    persisted += [f"{ns}.{ds}" for ns in factors for ds in ("out", "info")]
+    datasets = {
+        name: PickleDataset(filepath=str(tmp_path / "data" / f"{name}.pkl"))
+        for name in persisted
+        if name not in in_memory
+    }
+    datasets["params:n"] = MemoryDataset(3)
+    datasets["params:seconds"] = MemoryDataset(seconds)
+    datasets.update({f"params:factor_{ns}": MemoryDataset(f) for ns, f in factors.items()})
+    return DataCatalog(datasets=datasets)
+
+
+def load(tmp_path, name):
+    with open(tmp_path / "data" / f"{name}.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(tmp_path):
+    catalog = build_catalog(tmp_path, {"m1": 2, "m2": 10}, seconds=0.5)
+    runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=tmp_path / "logs")
+    runner.run(build_pipeline(["m1", "m2"], with_info=True), catalog, run_id="run1")
+
+    base, m1, m2 = load(tmp_path, "base"), load(tmp_path, "m1.out"), load(tmp_path, "m2.out")
+    combined, first = load(tmp_path, "combined"), load(tmp_path, "first_summary")
+    assert (m1["value"], m2["value"], combined["value"], first["value"]) == (7, 31, 38, 7)
+
+    # Shared nodes ran here; each namespace in its own process, both nodes of it together.
+    assert base["pid"] == combined["pid"] == first["pid"] == os.getpid()
+    assert len({m1["pid"], m2["pid"], os.getpid()}) == 3
+    assert m1["mid_pid"] == m1["pid"] and m2["mid_pid"] == m2["pid"]
+    # DAG order at group granularity, and the two namespaces overlapped in time.
+    assert base["end"] <= min(m1["mid_start"], m2["mid_start"])
+    assert combined["start"] >= max(m1["end"], m2["end"])
+    assert m1["mid_start"] < m2["end"] and m2["mid_start"] < m1["end"]
+
+    # Each worker saw its own slot: no GPUs, its share of the cores.
+    infos = [load(tmp_path, "m1.info"), load(tmp_path, "m2.info")]
+    assert sorted(i["slot"] for i in infos) == ["cpu:0", "cpu:1"]
+    for info in infos:
+        assert info["cuda_visible_devices"] == ""
+        assert info["device"] == "cpu"
+        assert info["torch_threads"] == int(info["omp_num_threads"]) == max(1, cpu_cores() // 2)
+
+    # One log per namespace, holding what the worker logged.
+    m1_log = (tmp_path / "logs" / "run1" / "m1.log").read_text()
+    assert "scaling 3 by 2" in m1_log and "Completed node: m1.finish" in m1_log
+    assert "scaling 3 by 10" in (tmp_path / "logs" / "run1" / "m2.log").read_text()
+    assert {r.name: r.status for r in runner.results if r.kind == "namespace"} == {
+        "m1": "done",
+        "m2": "done",
+    }
+
+
+def test_a_failing_namespace_spares_the_others_and_is_reported(tmp_path, caplog):
+    catalog = build_catalog(tmp_path, {"m1": 2, "m2": -1})
+    runner = DeviceSlotRunner(
+        slots="cpu;cpu", log_dir=tmp_path / "logs", package_name="tests.runner.toy_project"
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(DeviceSlotRunError) as err:
+        runner.run(build_pipeline(["m1", "m2"]), catalog, run_id="run2")
+
+    message = str(err.value)
+    assert "1 namespace(s) failed: m2" in message
+    assert "ValueError: boom: negative factor -1" in message and "m2.scale" in message
+    # m1 finished, and so did the shared node that needs only m1; `combine` was skipped.
+    assert load(tmp_path, "m1.out")["value"] == 7
+    assert load(tmp_path, "first_summary")["value"] == 7
+    assert not (tmp_path / "data" / "combined.pkl").exists()
+    status = {r.name: r.status for r in runner.results}
+    assert status == {
+        "make_base": "done",
+        "m1": "done",
+        "m2": "failed",
+        "combine": "skipped",
+        "summarise_first": "done",
+    }
+
+    summary = next(m for r in caplog.records if "DeviceSlotRunner summary" in (m := r.getMessage()))
+    m2_row = next(line for line in summary.splitlines() if line.startswith("m2 "))
+    assert "cpu:" in m2_row and "failed" in m2_row and "boom" in m2_row
+    assert any("Namespace m2 FAILED on slot" in r.getMessage() for r in caplog.records)
+    assert any("Namespace m1 started on slot cpu:" in r.getMessage() for r in caplog.records)
+
+    # The project's hooks (settings.HOOKS of the package) fired inside the workers.
+    m1_log = (tmp_path / "logs" / "run2" / "m1.log").read_text()
+    m2_log = (tmp_path / "logs" / "run2" / "m2.log").read_text()
+    assert "HOOK before_node_run m1.scale" in m1_log and "HOOK after_node_run m1.finish" in m1_log
+    assert f"pid={os.getpid()}" not in m1_log
+    assert "HOOK on_node_error m2.scale ValueError" in m2_log
+    assert "ValueError: boom: negative factor -1" in m2_log  # the traceback
+
+
+@pytest.mark.parametrize(
+    ("in_memory", "expected"),
+    [
+        (
+            ["m1.out"],
+            "'m1.out' (MemoryDataset): saved by m1.finish in namespace 'm1', loaded by combine",
+        ),
+        (
+            ["base"],
+            "'base' (MemoryDataset): saved by make_base in the main process (shared node), "
+            "loaded by m1.scale",
+        ),
+    ],
+)
+def test_memory_datasets_between_processes_are_refused_before_anything_runs(
+    tmp_path, in_memory, expected
+):
+    catalog = build_catalog(tmp_path, {"m1": 2, "m2": 3}, in_memory=in_memory)
+    runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=tmp_path / "logs")
+    with pytest.raises(CrossProcessDatasetError) as err:
+        runner.run(build_pipeline(["m1", "m2"]), catalog, run_id="run3")
+    assert expected in str(err.value)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "logs").exists()
+
+
+def test_only_missing_outputs_runs_a_filtered_pipeline(tmp_path):
+    # m1 and the shared input exist already: only m2 and what follows it must run.
+    catalog = build_catalog(tmp_path, {"m1": 2, "m2": 10})
+    catalog.save("base", {"value": 5, "pid": 0, "start": 0.0, "end": 0.0})
+    catalog.save("m1.out", {"value": 100, "pid": 0, "start": 0.0, "end": 0.0})
+    runner = DeviceSlotRunner(log_dir=tmp_path / "logs")  # auto: one CPU slot per group
+    runner.run(build_pipeline(["m1", "m2"]), catalog, run_id="run4", only_missing_outputs=True)
+
+    assert {r.name for r in runner.results} == {"m2", "combine", "summarise_first"}
+    assert len(runner.slots) == 1
+    assert load(tmp_path, "m2.out")["value"] == 51
+    assert load(tmp_path, "combined")["value"] == 151
+    assert load(tmp_path, "base")["pid"] == 0  # not re-run
+
+
+def test_a_worker_that_dies_without_reporting_is_a_failed_namespace(tmp_path):
+    pipe = Pipeline([node(t.make_base, "params:n", "base", name="make_base")]) + pipeline(
+        Pipeline([node(t.die, "base", "out", name="die")]), namespace="m1", inputs={"base"}
+    )
+    runner = DeviceSlotRunner(slots="cpu", log_dir=tmp_path / "logs")
+    with pytest.raises(DeviceSlotRunError, match=r"m1 \(worker process exited with code 3"):
+        runner.run(pipe, build_catalog(tmp_path, {"m1": 1}), run_id="run5")
+
+
+def test_a_failing_shared_node_skips_the_namespaces_after_it(tmp_path):
+    # Both workers are started while make_base runs (prestart); they are told to stop.
+    pipe = build_pipeline(["m1", "m2"])
+    pipe = Pipeline([node(t.broken_base, "params:n", "base", name="make_base")]) + Pipeline(
+        [n for n in pipe.nodes if n.name != "make_base"]
+    )
+    runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=tmp_path / "logs")
+    with pytest.raises(DeviceSlotRunError, match="shared node.*make_base.*no data today"):
+        runner.run(pipe, build_catalog(tmp_path, {"m1": 2, "m2": 3}), run_id="run6")
+    status = {r.name: r.status for r in runner.results}
+    assert status["make_base"] == "failed"
+    assert {status[k] for k in ("m1", "m2", "combine", "summarise_first")} == {"skipped"}
+
+
+def test_a_shared_node_between_two_nodes_of_a_namespace_is_refused(tmp_path):
+    with pytest.warns(UserWarning, match="interrupted"):  # Kedro notices it too
+        pipe = Pipeline(
+            [
+                node(t.make_base, "params:n", "m1.a", name="first", namespace="m1"),
+                node(t.summarise_one, "m1.a", "b", name="between"),
+                node(t.summarise_one, "b", "m1.c", name="last", namespace="m1"),
+            ]
+        )
+    with pytest.raises(ValueError, match="cycle"):
+        DeviceSlotRunner(log_dir=tmp_path / "logs").run(pipe, build_catalog(tmp_path, {}))

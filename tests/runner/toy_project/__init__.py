@@ -1,0 +1,1 @@
+"""A minimal Kedro project package: the runner's workers configure it to find hooks."""

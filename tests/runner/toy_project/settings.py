@@ -1,0 +1,3 @@
+from tests.runner.toy_nodes import RecordingHooks
+
+HOOKS = (RecordingHooks(),)
