@@ -163,7 +163,7 @@ def iter_answer_batches(lm: LanguageModel, benchmarks: list[EncodedBenchmark], b
         if bench.prefix:
             ids = torch.tensor([bench.prefix], device=dev)
             with torch.no_grad():
-                _, prefix_ctx = forward(model, ids, torch.ones_like(ids), keep=True)
+                _, prefix_ctx = forward(model, ids, torch.ones_like(ids), keep=True, logits=False)
         order = sorted(bench.examples, key=lambda e: len(e.question))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
@@ -172,7 +172,7 @@ def iter_answer_batches(lm: LanguageModel, benchmarks: list[EncodedBenchmark], b
             if any(heads):
                 ids, mask = pad_right(heads, pad, dev)
                 with torch.no_grad():
-                    _, ctx = forward(model, ids, mask, ctx, keep=True)
+                    _, ctx = forward(model, ids, mask, ctx, keep=True, logits=False)
             pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
             seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
             ids, mask = pad_right(seqs, pad, dev)

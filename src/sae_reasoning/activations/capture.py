@@ -106,7 +106,7 @@ class CaptureJob:
                 if bench.prefix:
                     ids = torch.tensor([bench.prefix], device=lm.device)
                     with recording(lm.model, layers, stop=False) as acts:
-                        _, prefix_ctx = forward(lm.model, ids, torch.ones_like(ids), keep=True)
+                        _, prefix_ctx = forward(lm.model, ids, torch.ones_like(ids), keep=True, logits=False)
                     prefix_norms = {layer: acts[layer][0].norm(dim=-1).float().cpu() for layer in layers}
                 order = sorted(bench.examples, key=lambda e: len(e.question) + len(e.answers[e.gold]))
                 for start in range(0, len(order), self.batch_size):

@@ -1,0 +1,109 @@
+"""phase4 end to end through the Kedro CLI, on a tiny configuration: two tiny random models
+(Llama and GPT-2 families), small generated benchmarks, small SAEs. Real files, real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+
+
+def _yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def make_tiny_env(project: Path, model_dirs: dict) -> None:
+    base, env = project / "conf" / "base", project / "conf" / "tiny"
+    env.mkdir(parents=True)
+    catalog = {
+        "tiny_llama.model": {"type": "sae_reasoning.datasets.model.ModelDataset", "name": "tiny_llama",
+                             "pretrained_model_name_or_path": str(model_dirs["llama"])},
+        "tiny_gpt2.model": {"type": "sae_reasoning.datasets.model.ModelDataset", "name": "tiny_gpt2",
+                            "pretrained_model_name_or_path": str(model_dirs["gpt2"])},
+    }
+    raw = _yaml(base / "catalog_data_loading.yml")
+    for name, size in (("gsm8k_raw", 40), ("math_raw", 40), ("logic_raw", 40)):
+        catalog[name] = {**raw[name], "size": size}
+    (env / "catalog.yml").write_text(yaml.safe_dump(catalog))
+
+    params = {"models": {"tiny_llama": {"layers": [1]}, "tiny_gpt2": {"layers": [2]}}}
+    data = _yaml(base / "parameters_data_loading.yml")["data_loading"]
+    for b in data["benchmarks"].values():
+        b.update(n_examples=12, n_shots=2, shot_pool=4)
+    params["data_loading"] = data
+    sae = _yaml(base / "parameters_sae_training.yml")["sae_training"]
+    sae.update(expansion_factor=4, batch_size=256, epochs=2, checkpoint_every=5, progress=False,
+               init_sample_tokens=512, eval_every=5)
+    params["sae_training"] = sae
+    causal = _yaml(base / "parameters_causal.yml")["causal"]
+    causal.update(top_k=4, n_random_controls=3, stats_tokens=500, batch_size=8)
+    params["causal"] = causal
+    (env / "parameters.yml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dirs):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(REPO / "pyproject.toml", root)
+    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    make_tiny_env(root, tiny_model_dirs)
+    return root
+
+
+def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([KEDRO, "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_phase4_end_to_end(project):
+    run = kedro(project, "--pipeline=phase4", "--env=tiny")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    out = project / "data" / "08_reporting"
+    report = (out / "PHASE4_REPORT.md").read_text()
+    for needle in ("## 1. Baseline", "tiny_llama", "tiny_gpt2", "chance", "splice identity", "## 4. Across models"):
+        assert needle in report
+    causal = json.loads((out / "causal_test_results.json").read_text())
+    for model, hook in (("tiny_llama", "blocks.1.hook_resid_post"), ("tiny_gpt2", "blocks.2.hook_resid_post")):
+        s = causal[model][hook]
+        assert s["splice_identity_max_abs_logprob_change"] < 1e-4
+        assert set(s["clean"]) == {"gsm8k", "math", "logic"}
+        ranking = json.loads((out / "feature_importance_ranking.json").read_text())[model][hook]
+        assert [r["rank"] for r in ranking] == list(range(1, len(ranking) + 1))
+        assert ranking == sorted(ranking, key=lambda r: r["delta_logprob"])
+        sae_dir = project / "data" / "06_models" / "sae" / model / hook
+        cfg = json.loads((sae_dir / "cfg.json").read_text())
+        assert cfg["d_sae"] == 4 * cfg["d_in"] and (sae_dir / "sae_weights.safetensors").exists()
+        manifest = json.loads((project / "data/04_feature/activations" / model / "gsm8k" / hook / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["n_tokens"] > 0
+    training = json.loads((out / "training_summary.json").read_text())
+    assert set(training) == {"tiny_llama", "tiny_gpt2"}
+    for png in ("baseline_accuracy.png", "feature_effects.png", "tiny_llama_sae_training_curve.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_second_run_reuses_activations_and_saes(project):
+    run = kedro(project, "--pipeline=phase4", "--env=tiny")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "reusing activations" in log
+    assert "reusing SAE" in log
+
+
+def test_device_slot_runner_runs_namespaces_in_workers(project):
+    run = kedro(project, "--pipeline=phase4", "--env=tiny", "--runner=sae_reasoning.runner.DeviceSlotRunner")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    logs = list((project / "logs").glob("*/tiny_llama.log"))
+    assert logs and "reusing" in logs[-1].read_text()
