@@ -244,8 +244,12 @@ def score_conditions(
     *,
     batch_size: int = 16,
     progress: str | None = "scoring",
+    generate_tokens: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Score every example under each condition; 'clean' (no intervention) always included.
+
+    generate_tokens > 0 also records the model's own greedy answer (column `generated`
+    of the clean table), decoded from the same cached contexts.
 
     A condition is a function of the batch returning a context manager that installs the
     intervention (e.g. an SAE splice with features ablated) for one answer pass.
@@ -262,6 +266,8 @@ def score_conditions(
             df, logp = score_batch(batch, logits, stop_ids, clean_logp)
             if name == "clean":
                 clean_logp = logp
+                if generate_tokens:
+                    df["generated"] = greedy_continuations(lm, batch, stop_ids, generate_tokens)
             results[name].append(df)
         n += len(batch.examples)
     log.info("scored %d examples under %d condition(s) in %.1f s", n, len(conditions), time.time() - t0)
@@ -269,28 +275,36 @@ def score_conditions(
             for name, dfs in results.items()}
 
 
+def greedy_continuations(lm: LanguageModel, batch: AnswerBatch, stop_ids: torch.Tensor,
+                         max_new_tokens: int = 12) -> list[str]:
+    """What the model actually writes after each prompt of the batch (greedy, one line)."""
+    ctx = batch.context
+    n = len(batch.examples)
+    nxt = torch.tensor([[e.question[-1]] for e in batch.examples], device=lm.device)
+    out = torch.zeros((n, 0), dtype=torch.long, device=lm.device)
+    done = torch.zeros(n, dtype=torch.bool, device=lm.device)
+    stop_ids = stop_ids.to(lm.device)
+    pad = lm.tokenizer.pad_token_id
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            res, ctx = forward(lm.model, nxt, torch.ones_like(nxt), ctx, keep=True)
+            nxt = res.logits[:, -1].argmax(-1, keepdim=True)
+            done |= torch.isin(nxt[:, 0], stop_ids)
+            out = torch.cat([out, torch.where(done[:, None], pad, nxt)], 1)
+            if done.all():
+                break
+    texts = [lm.tokenizer.decode([t for t in toks if t != pad]) for toks in out.tolist()]
+    return [t.split("\n")[0].strip() for t in texts]
+
+
 def greedy_answers(lm: LanguageModel, benchmarks: list[EncodedBenchmark], *, max_new_tokens: int = 12,
                    batch_size: int = 16) -> pd.DataFrame:
-    """What the model actually writes after each prompt (greedy, to the end of the line)."""
-    stop_ids = stop_token_ids(lm.tokenizer).to(lm.device)
+    """Greedy answers of every example (for scoring too, use score_conditions(generate_tokens=))."""
+    stop_ids = stop_token_ids(lm.tokenizer)
     rows = []
     for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="generating"):
-        ctx = batch.context
-        B = len(batch.examples)
-        nxt = torch.tensor([[e.question[-1]] for e in batch.examples], device=lm.device)
-        out = torch.zeros((B, 0), dtype=torch.long, device=lm.device)
-        done = torch.zeros(B, dtype=torch.bool, device=lm.device)
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                res, ctx = forward(lm.model, nxt, torch.ones_like(nxt), ctx, keep=True)
-                nxt = res.logits[:, -1].argmax(-1, keepdim=True)
-                done |= torch.isin(nxt[:, 0], stop_ids)
-                out = torch.cat([out, torch.where(done[:, None], lm.tokenizer.pad_token_id, nxt)], 1)
-                if done.all():
-                    break
-        for ex, toks in zip(batch.examples, out.tolist()):
-            text = lm.tokenizer.decode([t for t in toks if t != lm.tokenizer.pad_token_id])
-            rows.append({"row": ex.row, "generated": text.split("\n")[0].strip()})
+        texts = greedy_continuations(lm, batch, stop_ids, max_new_tokens)
+        rows += [{"row": ex.row, "generated": t} for ex, t in zip(batch.examples, texts)]
     return pd.DataFrame(rows).sort_values("row").reset_index(drop=True)
 
 
@@ -302,12 +316,3 @@ def accuracy_summary(scores: pd.DataFrame) -> pd.DataFrame:
         "gold_logprob": g["gold_logprob"].mean(),
     }).reset_index()
 
-
-def answers_match(generated: str, answer: str) -> bool:
-    """Loose match of a free-text answer: numbers numerically, text case-insensitively."""
-    g = str(generated).strip().rstrip(".").replace(",", "").strip()
-    a = str(answer).strip().rstrip(".").replace(",", "").strip()
-    try:
-        return abs(float(g) - float(a)) < 1e-6
-    except ValueError:
-        return g.lower() == a.lower()

@@ -6,7 +6,8 @@ import pandas as pd
 
 from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.models.loading import ModelHandle
-from sae_reasoning.scoring import answers_match, encode_prompts, greedy_answers, score_conditions
+from sae_reasoning.benchmarks.parsing import answers_match
+from sae_reasoning.scoring import encode_prompts, score_conditions
 
 
 def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict, model_params: dict) -> CaptureJob:
@@ -24,13 +25,13 @@ def score_baseline(model: ModelHandle, prompts: pd.DataFrame, capture: dict) -> 
     """Each example's clean score: gold log-prob, greedy exact match, and the model's own answer."""
     lm = model.load()
     encoded = encode_prompts(lm.tokenizer, prompts)
-    batch_size = int(capture.get("batch_size", 16))
-    scores = score_conditions(lm, encoded, batch_size=batch_size, progress=f"baseline {model.name}")["clean"]
-    if capture.get("generate", True):
-        generated = greedy_answers(lm, encoded, batch_size=batch_size,
-                                   max_new_tokens=int(capture.get("max_new_tokens", 12)))
-        scores = scores.merge(generated, on="row")
-        answers = prompts.reset_index(drop=True)["answer"]
-        scores["answer"] = answers.loc[scores["row"]].to_numpy()
-        scores["generated_correct"] = [answers_match(g, a) for g, a in zip(scores["generated"], scores["answer"])]
+    generate = int(capture.get("max_new_tokens", 12)) if capture.get("generate", True) else 0
+    scores = score_conditions(lm, encoded, batch_size=int(capture.get("batch_size", 16)),
+                              progress=f"baseline {model.name}", generate_tokens=generate)["clean"]
+    if generate:
+        table = prompts.reset_index(drop=True)
+        scores["answer"] = table["answer"].loc[scores["row"]].to_numpy()
+        scores["generated_correct"] = [
+            answers_match(g, a, t) for g, a, t in
+            zip(scores["generated"], scores["answer"], table["answer_type"].loc[scores["row"]])]
     return scores.assign(model=model.name)

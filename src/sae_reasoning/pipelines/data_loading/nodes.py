@@ -1,0 +1,43 @@
+"""Nodes of the data_loading pipeline: thin wrappers over ``sae_reasoning.benchmarks``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from sae_reasoning.benchmarks.parsing import normalize_raw
+from sae_reasoning.benchmarks.prompts import build_examples, build_prompts
+from sae_reasoning.benchmarks.sources import as_dataframe
+
+
+def normalize_benchmark(raw: Any, benchmark: str) -> pd.DataFrame:
+    """One raw benchmark table (native columns) -> normalised rows; raises on bad rows."""
+    name = f"{benchmark}_raw"
+    return normalize_raw(as_dataframe(raw, name=name), benchmark, name=name)
+
+
+def normalize_gsm8k(gsm8k_raw: Any) -> pd.DataFrame:
+    return normalize_benchmark(gsm8k_raw, "gsm8k")
+
+
+def normalize_math(math_raw: Any) -> pd.DataFrame:
+    return normalize_benchmark(math_raw, "math")
+
+
+def normalize_logic(logic_raw: Any) -> pd.DataFrame:
+    return normalize_benchmark(logic_raw, "logic")
+
+
+def select_examples(
+    gsm8k: pd.DataFrame, math: pd.DataFrame, logic: pd.DataFrame, params: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluation examples (with their select/heldout split) and the few-shot shots."""
+    return build_examples({"gsm8k": gsm8k, "math": math, "logic": logic}, params)
+
+
+def make_prompts(
+    examples: pd.DataFrame, few_shot_examples: pd.DataFrame, params: dict[str, Any]
+) -> pd.DataFrame:
+    """One few-shot prompt per example, with its gold target and choice continuations."""
+    return build_prompts(examples, few_shot_examples, params.get("prompt_format"))
