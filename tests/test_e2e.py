@@ -107,3 +107,12 @@ def test_device_slot_runner_runs_namespaces_in_workers(project):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     logs = list((project / "logs").glob("*/tiny_llama.log"))
     assert logs and "reusing" in logs[-1].read_text()
+
+
+def test_kedro_viz_build_shows_each_model_namespace(project):
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run([KEDRO, "viz", "build"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    main = json.loads((project / "build" / "api" / "main").read_text())
+    assert {"tiny_llama", "tiny_gpt2"} <= set(main["modular_pipelines"])
+    assert {p["id"] for p in main["pipelines"]} >= {"phase4", "validate", "capture", "causal"}

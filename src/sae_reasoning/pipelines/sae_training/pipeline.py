@@ -1,0 +1,20 @@
+"""sae_training: activations -> SAE per hook point (+ held-out metrics, training curve).
+
+Un-namespaced; the registry makes one copy per model namespace, so `activations`, `sae`,
+... become `<model>.activations`, `<model>.sae`, ... (catalog factories).
+"""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from sae_reasoning.pipelines.sae_training.nodes import evaluate_sae, plot_sae_training, train_sae
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return pipeline([
+        node(train_sae, inputs=["activations", "params:sae_training", "params:model"],
+             outputs="sae", name="train_sae"),
+        node(evaluate_sae, inputs=["sae", "activations", "params:sae_training"],
+             outputs="sae_metrics", name="evaluate_sae"),
+        node(plot_sae_training, inputs="sae", outputs="sae_training_curve",
+             name="plot_sae_training"),
+    ])

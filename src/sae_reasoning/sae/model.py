@@ -1,0 +1,296 @@
+"""Sparse autoencoder modules, parameterised exactly as SAELens does.
+
+    f     = relu((x - b_dec) @ W_enc + b_enc)        encode  (apply_b_dec_to_input)
+    x_hat = f @ W_dec + b_dec                        decode
+
+W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]: the SAELens names
+and shapes, so a state dict moves between this module and SAELens unchanged.
+
+`encode`/`decode` always work in the model's raw activation units. Training may rescale
+inputs (SAELens's `expected_average_only_in`); the trainer folds that scale into the
+weights before an SAE leaves it (`fold_activation_norm_scaling_factor`) and records it in
+`cfg.metadata["norm_scaling_factor"]`.
+
+Architectures are registered by their SAELens name. Only "standard" (the ReLU SAE of
+Bricken et al. 2023) exists today; TopK / BatchTopK / JumpReLU subclass `SAE`, override
+`encode_with_hidden_pre` (and `sparsity_penalty`, `training_forward` where they differ),
+add their parameters/cfg fields, and register in SAE_CLASSES and ARCHITECTURE_ALIASES.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+# Our names for an architecture -> the SAELens name written to cfg.json.
+ARCHITECTURE_ALIASES = {"relu": "standard", "standard": "standard"}
+
+# cfg.json `metadata` keys that SAELens itself defines (SAEMetadata / LLM_METADATA_KEYS).
+_METADATA_FIELDS = ("model_name", "hook_name", "hook_layer", "hook_head_index", "context_size",
+                    "prepend_bos", "dataset_path", "model_class_name", "neuronpedia_id")
+
+
+def canonical_architecture(name: str) -> str:
+    """SAELens architecture name for `name` ('relu' -> 'standard'); ValueError if unknown."""
+    key = str(name).lower()
+    if key not in ARCHITECTURE_ALIASES:
+        raise ValueError(
+            f"unknown SAE architecture {name!r}; implemented: {sorted(ARCHITECTURE_ALIASES)}"
+        )
+    return ARCHITECTURE_ALIASES[key]
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """'float32' for torch.float32, 'torch.float32' or 'float32'."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"unsupported SAE dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return name
+
+
+@dataclass
+class SAEConfig:
+    """SAELens field names. On disk (cfg.json, SAELens 6 layout) the model/hook fields live
+    under `metadata`; here they are plain attributes. `metadata` holds everything else
+    (our extras: norm_scaling_factor, training provenance, ...)."""
+
+    d_in: int
+    d_sae: int
+    architecture: str = "standard"
+    dtype: str = "float32"
+    device: str = "cpu"
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    reshape_activations: str = "none"
+    # SAELens metadata fields
+    model_name: str | None = None
+    hook_name: str | None = None
+    hook_layer: int | None = None
+    hook_head_index: int | None = None
+    context_size: int | None = None
+    prepend_bos: bool | None = None
+    dataset_path: str | None = None
+    model_class_name: str | None = None
+    neuronpedia_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.d_in, self.d_sae = int(self.d_in), int(self.d_sae)
+        self.architecture = canonical_architecture(self.architecture)
+        self.dtype = dtype_name(self.dtype)
+
+    @property
+    def norm_scaling_factor(self) -> float | None:
+        """Scale the SAE was trained at (x * s), already folded into the weights."""
+        return self.metadata.get("norm_scaling_factor")
+
+    def to_dict(self) -> dict[str, Any]:
+        """cfg.json content in the layout SAELens 6 writes (`SAEConfig.to_dict`)."""
+        meta = {k: getattr(self, k) for k in _METADATA_FIELDS if getattr(self, k) is not None}
+        meta.update(self.metadata)
+        # SAELens reads configs without a >= 6 version as pre-6.0 and re-parses them; this
+        # value names the on-disk format version we write, not an installed SAELens.
+        meta.setdefault("sae_lens_version", "6.0.0")
+        meta.setdefault("sae_lens_training_version", None)
+        return {
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": self.dtype,
+            "device": self.device,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize_activations,
+            "reshape_activations": self.reshape_activations,
+            "metadata": meta,
+            "architecture": self.architecture,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        """Inverse of `to_dict` (SAELens 6 layout: model/hook fields under `metadata`)."""
+        names = {f.name for f in fields(cls)} - {"metadata"}
+        meta = dict(d.get("metadata") or {})
+        kwargs = {k: v for k, v in d.items() if k in names}
+        for k in _METADATA_FIELDS:
+            if k in meta:
+                kwargs[k] = meta.pop(k)
+        return cls(**kwargs, metadata=meta)
+
+    def replace(self, **changes) -> "SAEConfig":
+        d = asdict(self)
+        d.update(changes)
+        return SAEConfig(**d)
+
+
+class SAE(nn.Module):
+    """Base class: the four SAELens parameters, `decode`, and the decoder-norm utilities.
+    Subclasses define `encode_with_hidden_pre` (the activation function)."""
+
+    architecture: ClassVar[str]
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        dev, dt = torch.device(cfg.device), DTYPES[cfg.dtype]
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, device=dev, dtype=dt))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, device=dev, dtype=dt))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, device=dev, dtype=dt))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=dev, dtype=dt))
+        # Filled by the trainer / the Kedro dataset; None for SAEs from elsewhere.
+        self.training_log: dict[str, list] | None = None
+        self.training_summary: dict[str, Any] | None = None
+
+    # -- shapes -----------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    # -- forward ----------------------------------------------------------------------
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations f [..., d_sae] for inputs x [..., d_in] (raw units)."""
+        return self.encode_with_hidden_pre(x)[0]
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [..., d_in] from latents f [..., d_sae]."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"input has d_model={x.shape[-1]} but this SAE ({self.cfg.hook_name or 'unnamed'}) "
+                f"has d_in={self.cfg.d_in}"
+            )
+        return x.to(self.dtype)
+
+    def _sae_in(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._checked(x)
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    # -- training utilities -------------------------------------------------------------
+    def training_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f, hidden_pre) for a training step; same function as encode_with_hidden_pre,
+        architectures may compute it in a cheaper-to-differentiate way."""
+        return self.encode_with_hidden_pre(x)
+
+    def sparsity_penalty(self, f: torch.Tensor, unit_norm_decoder: bool = False) -> torch.Tensor:
+        """Mean over tokens of sum_i f_i * ||W_dec[i]|| (SAELens's standard L1 term); with
+        unit-norm decoder rows (our trainer keeps them so) that is just sum_i f_i."""
+        if unit_norm_decoder:
+            return f.sum(-1).mean()
+        return (f * self.W_dec.norm(dim=1)).sum(-1).mean()
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of W_dec.grad the part along each (unit) decoder row, so an Adam step
+        moves directions, not lengths (Bricken et al. 2023)."""
+        if self.W_dec.grad is None:
+            return
+        w = self.W_dec.data / self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        parallel = (self.W_dec.grad * w).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * w
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Turn an SAE trained on x * s into one that takes raw x (as SAELens does)."""
+        self.W_enc.data *= scaling_factor
+        self.W_dec.data /= scaling_factor
+        self.b_dec.data /= scaling_factor
+        self.cfg.normalize_activations = "none"
+        self.cfg.metadata["norm_scaling_factor"] = float(scaling_factor)
+
+    @torch.no_grad()
+    def initialize_weights(self, generator: torch.Generator | None = None,
+                           encoder_scale: float = 0.1) -> None:
+        """Unit-norm random decoder rows, W_enc = encoder_scale * W_dec.T, zero biases."""
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator, dtype=torch.float32)
+        w /= w.norm(dim=1, keepdim=True)
+        self.W_dec.data.copy_(w)
+        self.W_enc.data.copy_(w.T * encoder_scale)
+        self.b_enc.data.zero_()
+        self.b_dec.data.zero_()
+
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        self.cfg.device = str(self.W_enc.device)
+        self.cfg.dtype = dtype_name(self.W_enc.dtype)
+        return out
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, folder) -> None:
+        """Write cfg.json + sae_weights.safetensors (SAELens layout) into `folder`."""
+        from sae_reasoning.sae.saelens_format import save_sae
+
+        save_sae(self, folder)
+
+    @classmethod
+    def load(cls, folder, device: str | torch.device = "cpu", dtype: str | None = None) -> "SAE":
+        """Load an SAE folder in the SAELens layout (ours or one SAELens wrote)."""
+        from sae_reasoning.sae.saelens_format import load_sae
+
+        return load_sae(folder, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return (f"architecture={self.cfg.architecture}, d_in={self.cfg.d_in}, "
+                f"d_sae={self.cfg.d_sae}, hook_name={self.cfg.hook_name}")
+
+
+class StandardSAE(SAE):
+    """ReLU SAE ("standard" in SAELens; Bricken et al. 2023)."""
+
+    architecture = "standard"
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_pre = self._sae_in(x) @ self.W_enc + self.b_enc
+        return torch.relu(hidden_pre), hidden_pre
+
+    def training_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (x - b_dec) @ W_enc == x @ W_enc - b_dec @ W_enc: written this way, b_dec's gradient
+        # is a vector-matrix product instead of a [batch, d_sae] x [d_sae, d_in] matmul
+        # (one of six large matmuls per step). Equal to encode() up to float rounding.
+        if not self.cfg.apply_b_dec_to_input:
+            return self.encode_with_hidden_pre(x)
+        hidden_pre = self._checked(x) @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
+        return torch.relu(hidden_pre), hidden_pre
+
+
+SAE_CLASSES: dict[str, type[SAE]] = {"standard": StandardSAE}
+
+
+def build_sae(cfg: SAEConfig) -> SAE:
+    """A freshly allocated (zero) SAE of cfg.architecture."""
+    return SAE_CLASSES[canonical_architecture(cfg.architecture)](cfg)
+
+
+def expected_norm_scaling_factor(mean_norm: float, d_in: int) -> float:
+    """SAELens `expected_average_only_in`: the s with E||s * x|| = sqrt(d_in)."""
+    if not math.isfinite(mean_norm) or mean_norm <= 0:
+        raise ValueError(f"cannot normalise activations with mean norm {mean_norm}")
+    return math.sqrt(d_in) / mean_norm
