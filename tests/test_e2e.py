@@ -110,7 +110,8 @@ def test_device_slot_runner_runs_namespaces_in_workers(project):
 
 
 def test_kedro_viz_build_shows_each_model_namespace(project):
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    # `kedro viz build` has no --env; Kedro reads KEDRO_ENV instead.
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "KEDRO_ENV": "tiny"}
     done = subprocess.run([KEDRO, "viz", "build"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     main = json.loads((project / "build" / "api" / "main").read_text())

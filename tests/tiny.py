@@ -43,20 +43,20 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 def make_config(family: str, vocab: int):
     common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     if family == "gpt2":
-        return GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=4, n_positions=512, **common)
+        return GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=4, n_positions=2048, **common)
     if family == "gpt_neox":
         return GPTNeoXConfig(num_hidden_layers=N_LAYERS, hidden_size=D_MODEL, num_attention_heads=4,
-                             intermediate_size=128, max_position_embeddings=512, **common)
+                             intermediate_size=128, max_position_embeddings=2048, **common)
     if family == "gemma":
         return GemmaConfig(num_hidden_layers=N_LAYERS, hidden_size=D_MODEL, num_attention_heads=4,
                            num_key_value_heads=1, head_dim=16, intermediate_size=128,
-                           max_position_embeddings=512, **common)
+                           max_position_embeddings=2048, **common)
     if family == "phi":
         return PhiConfig(num_hidden_layers=N_LAYERS, hidden_size=D_MODEL, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=512, **common)
+                         intermediate_size=128, max_position_embeddings=2048, **common)
     if family == "llama":
         return LlamaConfig(num_hidden_layers=N_LAYERS, hidden_size=D_MODEL, num_attention_heads=4,
-                           num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                           num_key_value_heads=2, intermediate_size=128, max_position_embeddings=2048,
                            **common)
     raise ValueError(family)
 

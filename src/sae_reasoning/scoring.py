@@ -108,6 +108,20 @@ def _bos(tokenizer) -> list[int]:
     return list(ids)
 
 
+def check_lengths(lm: LanguageModel, benchmarks: list[EncodedBenchmark]) -> None:
+    """Every prompt + answer fits the model's context window (named if not), before any work."""
+    cfg = lm.model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if not limit:
+        return
+    for bench in benchmarks:
+        for ex in bench.examples:
+            n = len(bench.prefix) + len(ex.question) + max(len(a) for a in ex.answers) + 1
+            if n > limit:
+                raise ValueError(f"{lm.name}: prompt {ex.id} ({bench.name}) is {n} tokens with its answer, "
+                                 f"over the model's context of {limit}; use fewer shots or shorter questions")
+
+
 def stop_token_ids(tokenizer) -> torch.Tensor:
     """Tokens that end an answer line: anything starting with a line break, and EOS."""
     vocab = len(tokenizer)
@@ -142,7 +156,9 @@ class AnswerBatch:
     answer_len: torch.Tensor      # [R]
 
     def run(self, model, *, grad: bool = False):
-        ctx = select(self.context, self.pair_example) if self.context is not None else None
+        ctx = self.context
+        if ctx is not None and len(self.pair_example) != ctx.batch_size:
+            ctx = select(ctx, self.pair_example)  # one row per answer candidate
         with torch.set_grad_enabled(grad):
             out, _ = forward(model, self.ids, self.mask, ctx)
         return out.logits
@@ -255,6 +271,7 @@ def score_conditions(
     intervention (e.g. an SAE splice with features ablated) for one answer pass.
     """
     conditions = {"clean": lambda _b: contextlib.nullcontext(), **(conditions or {})}
+    check_lengths(lm, benchmarks)
     stop_ids = stop_token_ids(lm.tokenizer)
     results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
     t0, n = time.time(), 0

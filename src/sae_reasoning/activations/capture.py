@@ -29,7 +29,7 @@ from sae_reasoning.activations.store import MANIFEST, ShardWriter, write_json_at
 from sae_reasoning.models.cached_forward import forward
 from sae_reasoning.models.hooks import check_layers, hook_point, recording
 from sae_reasoning.models.loading import ModelHandle
-from sae_reasoning.scoring import encode_prompts, pad_right
+from sae_reasoning.scoring import check_lengths, encode_prompts, pad_right
 
 log = logging.getLogger(__name__)
 CAPTURE_VERSION = 1
@@ -84,6 +84,7 @@ class CaptureJob:
         lm = self.model.load()
         layers = check_layers(lm.model, self.layers, self.model.name)
         encoded = [e for e in encode_prompts(lm.tokenizer, self.prompts) if e.name in todo]
+        check_lengths(lm, encoded)
         pad = lm.tokenizer.pad_token_id
         n_tokens = sum(len(x.question) + len(x.answers[x.gold]) for e in encoded for x in e.examples)
         bar = tqdm(total=n_tokens, desc=f"capture {self.model.name}", unit="tok", unit_scale=True)

@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CausalConfig:
-    top_k: int = 20                     # candidates ablated exactly
-    n_random_controls: int = 10         # random live features ablated as a control
+    top_k: int = 12                     # candidates ablated exactly
+    n_random_controls: int = 6          # random live features ablated as a control
     modes: tuple[str, ...] = ("zero", "resample")
-    max_examples_per_benchmark: int = 100   # per split
+    max_examples_per_benchmark: int = 60    # per split
     batch_size: int = 16
     stats_tokens: int = 20000           # tokens encoded for means, the resample bank, firing rates
     seed: int = 0

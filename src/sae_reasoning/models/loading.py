@@ -7,7 +7,6 @@ the weights load only inside the worker that uses them, on that worker's device.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from sae_reasoning.activations.store import sha256_file
 from sae_reasoning.models.hooks import transformer_blocks
 
 log = logging.getLogger(__name__)
@@ -168,14 +168,6 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None) -> Lan
     return LanguageModel(spec.name, model, tokenizer)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _converted_gguf(spec: ModelSpec, folder: str) -> str:
     """Dequantise a GGUF file once and cache it as an ordinary HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -185,7 +177,7 @@ def _converted_gguf(spec: ModelSpec, folder: str) -> str:
         raise ModelLoadError(f"model {spec.name!r}: GGUF file {gguf_path} does not exist")
     if spec.converted_cache is None:
         return folder
-    digest = _file_digest(gguf_path)
+    digest = sha256_file(gguf_path)
     cache = Path(spec.converted_cache) / f"{Path(spec.gguf_file).stem}-{spec.dtype}"
     stamp = cache / "source.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("sha256") == digest:
