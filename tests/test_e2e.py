@@ -100,6 +100,8 @@ def test_second_run_reuses_activations_and_saes(project):
     log = run.stdout + run.stderr
     assert "reusing activations" in log
     assert "reusing SAE" in log
+    # What is recomputed says so, and how to skip it.
+    assert "not cached across runs" in log
 
 
 def test_device_slot_runner_runs_namespaces_in_workers(project):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
 from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.models.loading import ModelHandle
 from sae_reasoning.benchmarks.parsing import answers_match
 from sae_reasoning.scoring import encode_prompts, score_conditions
+
+log = logging.getLogger(__name__)
 
 
 def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict, model_params: dict) -> CaptureJob:
@@ -23,6 +27,8 @@ def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict
 
 def score_baseline(model: ModelHandle, prompts: pd.DataFrame, capture: dict) -> pd.DataFrame:
     """Each example's clean score: gold log-prob, greedy exact match, and the model's own answer."""
+    log.info("baseline %s: scoring all prompts (scores are not cached across runs; "
+             "`kedro run --only-missing-outputs` skips this node when its output exists)", model.name)
     lm = model.load()
     encoded = encode_prompts(lm.tokenizer, prompts)
     generate = int(capture.get("max_new_tokens", 12)) if capture.get("generate", True) else 0

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
 from sae_reasoning.activations.store import ActivationSet
 from sae_reasoning.causal.analysis import CausalConfig, run_causal_analysis
 from sae_reasoning.models.loading import ModelHandle
 
+log = logging.getLogger(__name__)
+
 
 def analyse_features(model: ModelHandle, saes: dict, prompts: pd.DataFrame, activations: ActivationSet,
                      causal: dict):
+    log.info("causal %s: running attribution and ablations (results are not cached across runs; "
+             "`kedro run --only-missing-outputs` skips this node when its outputs exist)", model.name)
     lm = model.load()
     effects, ranking, summary = run_causal_analysis(lm, saes, prompts, activations, CausalConfig.from_params(causal))
     return effects.assign(model=model.name), {"model": model.name, "hook_points": ranking}, {
