@@ -18,6 +18,8 @@ from sae_reasoning.activations.store import ActivationSet, ShardWriter
 from sae_reasoning.pipelines.sae_training import create_pipeline
 from sae_reasoning.pipelines.sae_training.nodes import hook_points_for, train_sae
 
+from tests.sae.conftest import _one_thread  # noqa: E402,F401  (autouse: one torch thread)
+
 PROJECT = Path(__file__).resolve().parents[3]
 HOOK = "blocks.3.hook_resid_post"
 PARAMS_FILE = PROJECT / "conf/base/parameters_sae_training.yml"
@@ -26,14 +28,6 @@ PARAMS = {  # the shipped parameter block, scaled down to a 2,000-token store
     "expansion_factor": 4, "batch_size": 128, "training_tokens": 1280, "init_sample_tokens": 512,
     "checkpoint_every": 4, "progress": False, "l1_coefficient": 1.0, "lr": 3e-3,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
