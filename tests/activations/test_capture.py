@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from sae_reasoning.activations import ActivationSet
+from sae_reasoning.activations.batching import plan_batches
 from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.models import ModelHandle, ModelSpec, capture_residuals
+from sae_reasoning.models.hooks import transformer_blocks
 from sae_reasoning.scoring import encode_prompts
 from tests.prompts_fixture import tiny_prompts
 
@@ -18,7 +20,7 @@ def handle(tiny_model_dirs):
 
 def test_capture_writes_each_examples_tokens_at_each_layer(tmp_path, handle):
     prompts = tiny_prompts()
-    job = CaptureJob(handle, prompts, layers=[1, 2], batch_size=3, shard_tokens=40)
+    job = CaptureJob(handle, prompts, layers=[1, 2], batch_tokens=60, shard_tokens=40)
     summary = job.run(tmp_path)
     assert set(summary["captured"]) == {"arith", "logic"}
     acts = ActivationSet.open(tmp_path)
@@ -73,3 +75,97 @@ def test_unwritable_folder_is_a_clear_error_before_the_model_loads(tmp_path, tin
     with pytest.raises(PermissionError, match=r"activation folder .*blocked/acts is not writable"):
         CaptureJob(handle, tiny_prompts(), layers=[1]).run(blocker / "acts")
     assert handle._loaded is None
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identical_files(tmp_path, handle, caplog):
+    prompts = tiny_prompts(n_open=40, n_choice=0)
+    job = dict(layers=[1, 2], batch_tokens=64, shard_tokens=32)
+    reference = tmp_path / "reference"
+    CaptureJob(handle, prompts, **job).run(reference)
+
+    # Interrupt a real run (as Ctrl-C would) on its 8th forward pass.
+    lm = handle.load()
+    calls = {"n": 0}
+
+    def interrupt(*_):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+
+    hook = transformer_blocks(lm.model)[0].register_forward_hook(interrupt)
+    out = tmp_path / "resumed"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            CaptureJob(handle, prompts, **job).run(out)
+    finally:
+        hook.remove()
+    partial = json.loads((out / ".arith.tmp" / "blocks.1.hook_resid_post" / "manifest.json").read_text())
+    assert not partial["complete"] and len(partial["shards"]) >= 2
+    assert not (out / "arith").exists()
+
+    counter = {"n": 0}
+    hook = transformer_blocks(lm.model)[0].register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    try:
+        with caplog.at_level("INFO"):
+            CaptureJob(handle, prompts, **job).run(out)
+    finally:
+        hook.remove()
+    assert "resuming after" in caplog.text
+    assert _files(out) == _files(reference)
+    # Only the batches after the last complete shard ran again (plus the shared block).
+    examples = encode_prompts(lm.tokenizer, prompts)[0].examples
+    n_passes = 1 + len(plan_batches([len(e.question) + len(e.answers[0]) for e in examples], 64))
+    assert counter["n"] < n_passes
+
+
+def test_a_full_disk_is_a_clear_error_that_keeps_the_complete_shards(tmp_path):
+    from sae_reasoning.activations.background import BackgroundWriter
+    from sae_reasoning.activations.store import ActivationStore, ShardWriter
+
+    writer = ShardWriter(tmp_path / "acts", header={"hook_point": "blocks.0.hook_resid_post"}, d_model=4,
+                         shard_tokens=8)
+    # The kernel's always-full device stands in the second shard's temporary name.
+    (tmp_path / "acts" / ".shard_00001.safetensors.tmp").symlink_to("/dev/full")
+    sink = BackgroundWriter({0: writer})
+    rows = lambda n: dict(activations=torch.randn(n, 4), example_index=torch.zeros(n), position=torch.arange(n),
+                          token_id=torch.zeros(n))
+    with pytest.raises(OSError, match=r"cannot write activation shard .*shard_00001.safetensors: the disk is full"):
+        for _ in range(3):
+            sink.put({0: rows(8)})
+        sink.close()
+    sink.abort()
+    store = ActivationStore(tmp_path / "acts", require_complete=False)
+    assert [s["file"] for s in store.manifest["shards"]] == ["shard_00000.safetensors"]
+    store.verify()
+
+
+def test_not_enough_free_space_fails_before_the_first_batch(tmp_path):
+    import shutil
+
+    from sae_reasoning.activations.capture import _check_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(OSError, match=r"capture m: the activations need about .* GiB in .* but only .* GiB are free"):
+        _check_free_space(tmp_path, 2 * free, "m")
+    _check_free_space(tmp_path, 1 << 20, "m")
+
+
+def test_empty_prompt_table_is_named_before_the_model_loads(tmp_path, handle):
+    fresh = ModelHandle(handle.spec)
+    with pytest.raises(ValueError, match="capture tiny_llama: the prompts table is empty"):
+        CaptureJob(fresh, tiny_prompts().iloc[:0], layers=[1]).run(tmp_path)
+    assert fresh._loaded is None
+
+
+def test_manifest_states_the_massive_activation_rule_and_the_batching(tmp_path, handle):
+    CaptureJob(handle, tiny_prompts(), layers=[1], batch_tokens=50, shard_tokens=16).run(tmp_path)
+    m = json.loads((tmp_path / "arith" / "blocks.1.hook_resid_post" / "manifest.json").read_text())
+    assert m["batch_tokens"] == 50 and m["shard_tokens"] == 16
+    rule = m["massive_activations"]
+    assert rule["default"] == {"exclude_first_position": True, "max_norm_ratio": 10.0}
+    assert rule["n_first_position"] == 0  # position 0 lies in the shared block, never stored
+    assert rule["n_excluded_by_default"] == rule["n_over_max_norm_ratio"]

@@ -2,9 +2,18 @@
 
 A `CaptureJob` is lazy: the capture node returns it and the activation dataset runs it
 into its folder (activations stream to disk as the model runs; nothing large is held in
-memory or passed through the catalog). Each benchmark is written to a temporary folder
-and renamed when complete, so a failed run never damages an earlier complete capture,
-and a folder whose fingerprint matches the job is reused instead of recomputed.
+memory or passed through the catalog).
+
+- One forward per batch serves every requested hook point and stops right after the
+  deepest one (models/hooks.py `recording`): no later block and no unembedding runs.
+- Batches are length-sorted under a token budget (batching.py), so padding is small;
+  padding rows never reach the files.
+- Shards are written on a background thread (background.py) with a bounded queue.
+- Each benchmark is written into `.<benchmark>.tmp/` and renamed when complete, so a
+  failed run never damages an earlier complete capture; a folder whose fingerprint
+  matches the job is reused. An interrupted benchmark resumes after its last complete
+  shard and ends with the same files as an uninterrupted run (the batch plan is
+  deterministic, so the rows after the cut are recomputed exactly).
 
 Captured tokens: each example's own tokens (question and gold answer, teacher-forced),
 not the few-shot block every prompt of a benchmark shares (identical rows would flood SAE
@@ -13,6 +22,7 @@ training). That block runs once per benchmark and is cached (models/cached_forwa
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -25,14 +35,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sae_reasoning.activations.store import MANIFEST, ShardWriter, write_json_atomic
+from sae_reasoning.activations.background import BackgroundWriter
+from sae_reasoning.activations.batching import plan_batches
+from sae_reasoning.activations.store import DTYPES, MANIFEST, ShardWriter, sha256_file, write_json_atomic
 from sae_reasoning.models.cached_forward import forward
 from sae_reasoning.models.hooks import check_layers, hook_point, recording
-from sae_reasoning.models.loading import ModelHandle
-from sae_reasoning.scoring import check_lengths, encode_prompts, pad_right
+from sae_reasoning.models.loading import LanguageModel, ModelHandle
+from sae_reasoning.scoring import EncodedBenchmark, check_lengths, encode_prompts, pad_right
 
 log = logging.getLogger(__name__)
 CAPTURE_VERSION = 1
+META_BYTES = 16  # example_index, position, token_id (int32) and norm (float32) per row
 
 
 def frame_digest(df: pd.DataFrame) -> str:
@@ -45,8 +58,9 @@ class CaptureJob:
     prompts: pd.DataFrame
     layers: list[int]
     dtype: str = "float32"
-    batch_size: int = 16
-    shard_tokens: int = 65536
+    batch_tokens: int = 8192      # padded tokens per forward pass (rows x width)
+    shard_tokens: int = 65536     # rows per safetensors shard
+    max_pending_batches: int = 2  # batches queued for the writer thread (bounds memory)
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -72,6 +86,11 @@ class CaptureJob:
     def run(self, root: str | Path) -> dict:
         """Write every benchmark's shard folders under root; returns a summary."""
         root = Path(root)
+        if len(self.prompts) == 0:
+            raise ValueError(f"capture {self.model.name}: the prompts table is empty; nothing to capture")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"capture {self.model.name}: storage dtype {self.dtype!r}; "
+                             f"expected one of {sorted(DTYPES)}")
         _check_writable(root)
         fingerprint = self.fingerprint()
         benchmarks = list(dict.fromkeys(self.prompts["benchmark"]))
@@ -85,23 +104,39 @@ class CaptureJob:
         layers = check_layers(lm.model, self.layers, self.model.name)
         encoded = [e for e in encode_prompts(lm.tokenizer, self.prompts) if e.name in todo]
         check_lengths(lm, encoded)
-        pad = lm.tokenizer.pad_token_id
-        n_tokens = sum(len(x.question) + len(x.answers[x.gold]) for e in encoded for x in e.examples)
+        n_tokens = sum(_length(x) for e in encoded for x in e.examples)
+        row_bytes = lm.d_model * DTYPES[self.dtype].itemsize + META_BYTES
+        _check_free_space(root, n_tokens * len(layers) * row_bytes, self.model.name)
         bar = tqdm(total=n_tokens, desc=f"capture {self.model.name}", unit="tok", unit_scale=True)
         t0 = time.time()
         for bench in encoded:
-            tmp = root / f".{bench.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            writers = {
-                layer: ShardWriter(
-                    tmp / hook_point(layer),
-                    header={"model": self.model.name, "benchmark": bench.name, "hook_point": hook_point(layer),
-                            "layer": layer, "fingerprint": fingerprint,
-                            "tokens": "each example's question and gold answer; the shared few-shot block excluded",
-                            **self.extra},
-                    d_model=lm.d_model, dtype=self.dtype, shard_tokens=self.shard_tokens)
-                for layer in layers
-            }
+            summary["captured"][bench.name] = self._capture_benchmark(lm, layers, bench, root, fingerprint, bar)
+        bar.close()
+        summary["seconds"] = time.time() - t0
+        summary["tokens_per_second"] = (bar.n - bar.initial) / max(summary["seconds"], 1e-9)
+        log.info("capture %s: %d tokens in %.1f s (%.0f tokens/s)", self.model.name, n_tokens,
+                 summary["seconds"], summary["tokens_per_second"])
+        return summary
+
+    def _capture_benchmark(self, lm: LanguageModel, layers: list[int], bench: EncodedBenchmark,
+                           root: Path, fingerprint: str, bar: tqdm) -> int:
+        tmp = root / f".{bench.name}.tmp"
+        n_done, resumed = self._resume_point(tmp, layers, fingerprint, bench.name)
+        header = {"model": self.model.name, "benchmark": bench.name, "fingerprint": fingerprint,
+                  "tokens": "each example's question and gold answer; the shared few-shot block excluded",
+                  "batch_tokens": self.batch_tokens, **self.extra}
+        writers = {
+            layer: ShardWriter(tmp / hook_point(layer), header={**header, "hook_point": hook_point(layer),
+                                                                 "layer": layer},
+                               d_model=lm.d_model, dtype=self.dtype, shard_tokens=self.shard_tokens,
+                               resume=resumed.get(layer))
+            for layer in layers
+        }
+        bar.update(n_done)
+        plan = plan_batches([_length(e) for e in bench.examples], self.batch_tokens)
+        sink = BackgroundWriter(writers, self.max_pending_batches)
+        offset = len(bench.prefix)
+        try:
             with torch.no_grad():
                 prefix_ctx, prefix_norms = None, {}
                 if bench.prefix:
@@ -109,36 +144,77 @@ class CaptureJob:
                     with recording(lm.model, layers, stop=False) as acts:
                         _, prefix_ctx = forward(lm.model, ids, torch.ones_like(ids), keep=True, logits=False)
                     prefix_norms = {layer: acts[layer][0].norm(dim=-1).float().cpu() for layer in layers}
-                order = sorted(bench.examples, key=lambda e: len(e.question) + len(e.answers[e.gold]))
-                for start in range(0, len(order), self.batch_size):
-                    chunk = order[start:start + self.batch_size]
-                    seqs = [e.question + e.answers[e.gold] for e in chunk]
-                    ids, mask = pad_right(seqs, pad, lm.device)
+                done = 0  # tokens in the batches before this one
+                for batch in plan:
+                    skip = n_done - done  # rows already in complete shards (resume)
+                    done += batch.tokens
+                    if skip >= batch.tokens:
+                        continue
+                    chunk = [bench.examples[i] for i in batch.items]
+                    ids, mask = pad_right([e.question + e.answers[e.gold] for e in chunk], lm.tokenizer.pad_token_id,
+                                          lm.device)
                     ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
                     with recording(lm.model, layers) as acts:
                         forward(lm.model, ids, mask, ctx)
                     real = mask.bool()
-                    offset = len(bench.prefix)
+                    keep = slice(max(skip, 0), None)
                     pos = (offset + torch.arange(ids.shape[1], device=ids.device))[None].expand_as(ids)
                     ex = torch.tensor([e.row for e in chunk], device=ids.device)[:, None].expand_as(ids)
-                    for layer, w in writers.items():
-                        w.add(acts[layer][real], example_index=ex[real], position=pos[real], token_id=ids[real])
-                    bar.update(int(real.sum()))
-                    bar.set_postfix(tok_s=f"{bar.n / max(time.time() - t0, 1e-9):.0f}")
-            for layer, w in writers.items():
-                w.close()
-                w.manifest["shared_block"] = _shared_block_stats(prefix_norms.get(layer), w.manifest)
-                write_json_atomic(w.folder / MANIFEST, w.manifest)
-            final = root / bench.name
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            summary["captured"][bench.name] = sum(x.manifest["n_tokens"] for x in list(writers.values())[:1])
-        bar.close()
-        summary["seconds"] = time.time() - t0
-        summary["tokens_per_second"] = n_tokens / max(summary["seconds"], 1e-9)
-        log.info("capture %s: %d tokens in %.1f s (%.0f tokens/s)", self.model.name, n_tokens,
-                 summary["seconds"], summary["tokens_per_second"])
-        return summary
+                    meta = dict(example_index=ex[real][keep], position=pos[real][keep], token_id=ids[real][keep])
+                    sink.put({layer: dict(activations=acts[layer][real][keep], **meta) for layer in layers})
+                    bar.update(batch.tokens - max(skip, 0))
+            manifests = sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+        for layer, w in writers.items():
+            w.manifest["shared_block"] = _shared_block_stats(prefix_norms.get(layer), manifests[layer])
+            write_json_atomic(w.folder / MANIFEST, w.manifest)
+        final = root / bench.name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return manifests[layers[0]]["n_tokens"]
+
+    def _resume_point(self, tmp: Path, layers: list[int], fingerprint: str, name: str) -> tuple[int, dict]:
+        """Tokens already in complete shards of an interrupted run of this same job, and
+        its manifests cut to those shards; (0, {}) and a clean folder otherwise."""
+        manifests, complete = {}, []
+        for layer in layers:
+            folder = tmp / hook_point(layer)
+            path = folder / MANIFEST
+            m = json.loads(path.read_text()) if path.exists() else {}
+            same = (m.get("fingerprint") == fingerprint and not m.get("complete")
+                    and m.get("batch_tokens") == self.batch_tokens and m.get("shard_tokens") == self.shard_tokens)
+            if not same:
+                complete = [0]
+                break
+            good = 0
+            for entry in m["shards"]:
+                f = folder / entry["file"]
+                if not f.exists() or entry["n_tokens"] != self.shard_tokens or sha256_file(f) != entry["sha256"]:
+                    break
+                good += 1
+            manifests[layer] = m
+            complete.append(good)
+        n = min(complete) if complete else 0
+        if n == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return 0, {}
+        for layer, m in manifests.items():
+            folder = tmp / hook_point(layer)
+            kept = {e["file"] for e in m["shards"][:n]}
+            for f in folder.iterdir():
+                if f.name != MANIFEST and f.name not in kept:
+                    f.unlink()
+            m["shards"] = m["shards"][:n]
+            m["n_tokens"] = n * self.shard_tokens
+        log.info("capture %s/%s: resuming after %d complete shard(s) (%d tokens) of an interrupted run",
+                 self.model.name, name, n, n * self.shard_tokens)
+        return n * self.shard_tokens, manifests
+
+
+def _length(example) -> int:
+    return len(example.question) + len(example.answers[example.gold])
 
 
 def _shared_block_stats(norms: torch.Tensor | None, manifest: dict) -> dict | None:
@@ -164,3 +240,12 @@ def _check_writable(root: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise PermissionError(f"activation folder {root} is not writable: {exc}") from exc
+
+
+def _check_free_space(root: Path, need: int, model: str) -> None:
+    """Fail before the first batch if the disk cannot hold the capture."""
+    free = shutil.disk_usage(root).free
+    if need * 1.02 + (16 << 20) > free:
+        raise OSError(errno.ENOSPC, f"capture {model}: the activations need about {need / 2**30:.2f} GiB in "
+                                    f"{root} but only {free / 2**30:.2f} GiB are free; free space, store "
+                                    "float16/bfloat16 (capture.dtype), or capture fewer layers/prompts")

@@ -14,6 +14,7 @@ Readers memory-map shards and always hand out float32.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -83,7 +84,10 @@ class ShardWriter:
         d_model: int,
         dtype: str = "float32",
         shard_tokens: int = 65536,
+        resume: dict | None = None,
     ):
+        """`resume`: the manifest of an interrupted capture of the same job, already cut to
+        its complete shards (see capture.py); writing continues after them."""
         if dtype not in DTYPES:
             raise ValueError(f"activation storage dtype {dtype!r}: expected one of {sorted(DTYPES)}")
         self.folder = Path(folder)
@@ -93,11 +97,12 @@ class ShardWriter:
         self.d_model = d_model
         self.dtype = dtype
         self.shard_tokens = shard_tokens
-        self.manifest = {
+        self.manifest = resume or {
             "format_version": FORMAT_VERSION,
             **header,
             "d_model": d_model,
             "dtype": dtype,
+            "shard_tokens": shard_tokens,
             "n_tokens": 0,
             "complete": False,
             "shards": [],
@@ -133,11 +138,19 @@ class ShardWriter:
         index = len(self.manifest["shards"])
         name = f"shard_{index:05d}.safetensors"
         tmp = self.folder / f".{name}.tmp"
-        save_file(shard, str(tmp))
-        os.replace(tmp, self.folder / name)
+        data = save(shard)  # bytes in memory: hashed without reading the file back
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.folder / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            why = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+            raise OSError(exc.errno, f"cannot write activation shard {self.folder / name}: {why}; "
+                          f"the {index} complete shard(s) before it are kept and a re-run resumes "
+                          "after them") from exc
         self.manifest["shards"].append(
-            {"file": name, "n_tokens": n, "bytes": (self.folder / name).stat().st_size,
-             "sha256": sha256_file(self.folder / name)}
+            {"file": name, "n_tokens": n, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         )
         self.manifest["n_tokens"] += n
         write_json_atomic(self.folder / MANIFEST, self.manifest)
@@ -156,6 +169,18 @@ class ShardWriter:
             "max": float(norms.max()) if len(norms) else 0.0,
             "first_position_median": float(first.median()) if len(first) else None,
             "first_position_ratio_to_median": (float(first.median()) / median) if len(first) and median else None,
+        }
+        rule = MassiveActivationFilter()
+        kept = rule.keep_mask(positions, norms, median) if len(norms) else norms.bool()
+        self.manifest["massive_activations"] = {
+            # Stated here so a reader of the files knows which rows training leaves out.
+            "rule": "SAE training and feature statistics leave out rows at position 0 "
+                    "(exclude_first_position) and rows whose norm exceeds max_norm_ratio x "
+                    "norm_stats.median; set by the massive_activations parameters",
+            "default": rule.describe(),
+            "n_first_position": int((positions == 0).sum()),
+            "n_over_max_norm_ratio": int((norms > rule.max_norm_ratio * median).sum()),
+            "n_excluded_by_default": int((~kept).sum()),
         }
         self.manifest.update(extra)
         self.manifest["complete"] = True

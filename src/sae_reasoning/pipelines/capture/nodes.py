@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict, model_params: dict) -> CaptureJob:
     """A lazy job; the activation dataset runs it, streaming shards to disk."""
     if len(prompts) == 0:
-        raise ValueError("capture: the prompts table is empty")
+        raise ValueError(f"capture {model.name}: the prompts table (dataset `prompts`) is empty")
     return CaptureJob(
         model=model, prompts=prompts, layers=list(model_params["layers"]),
-        dtype=capture.get("dtype", "float32"), batch_size=int(capture.get("batch_size", 16)),
+        dtype=capture.get("dtype", "float32"), batch_tokens=int(capture.get("batch_tokens", 8192)),
         shard_tokens=int(capture.get("shard_tokens", 65536)),
+        max_pending_batches=int(capture.get("max_pending_batches", 2)),
     )
 
 
