@@ -89,3 +89,15 @@ def test_bad_d_model_and_dtype(tmp_path):
     w = ShardWriter(tmp_path / "x", header={}, d_model=4)
     with pytest.raises(ValueError, match="d_model=4"):
         w.add(torch.randn(3, 5), example_index=[0] * 3, position=range(3), token_id=range(3))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 4097])
+def test_exact_median_in_chunks_equals_torch_median(n):
+    from sae_reasoning.activations.store import exact_median
+
+    g = torch.Generator().manual_seed(n)
+    values = torch.randn(n, generator=g).exp() * 100
+    values[::5] = values[0]  # ties
+    chunks = list(values.split(333))
+    assert exact_median(lambda: iter(chunks)) == float(values.median())
+    assert exact_median(lambda: iter([])) is None

@@ -37,11 +37,13 @@ from tqdm.auto import tqdm
 
 from sae_reasoning.activations.background import BackgroundWriter
 from sae_reasoning.activations.batching import plan_batches
-from sae_reasoning.activations.store import DTYPES, MANIFEST, ShardWriter, sha256_file, write_json_atomic
+from sae_reasoning.activations.store import (
+    DTYPES, MANIFEST, ShardWriter, release_free_memory, sha256_file, write_json_atomic,
+)
 from sae_reasoning.models.cached_forward import forward
 from sae_reasoning.models.hooks import check_layers, hook_point, recording
 from sae_reasoning.models.loading import LanguageModel, ModelHandle
-from sae_reasoning.scoring import EncodedBenchmark, check_lengths, encode_prompts, pad_right
+from sae_reasoning.activations.tokens import PackedBenchmark, check_context, pack_prompts
 
 log = logging.getLogger(__name__)
 CAPTURE_VERSION = 1
@@ -59,7 +61,7 @@ class CaptureJob:
     layers: list[int]
     dtype: str = "float32"
     batch_tokens: int = 8192      # padded tokens per forward pass (rows x width)
-    shard_tokens: int = 65536     # rows per safetensors shard
+    shard_tokens: int = 16384     # rows per safetensors shard
     max_pending_batches: int = 2  # batches queued for the writer thread (bounds memory)
     extra: dict = field(default_factory=dict)
 
@@ -102,9 +104,10 @@ class CaptureJob:
             return summary
         lm = self.model.load()
         layers = check_layers(lm.model, self.layers, self.model.name)
-        encoded = [e for e in encode_prompts(lm.tokenizer, self.prompts) if e.name in todo]
-        check_lengths(lm, encoded)
-        n_tokens = sum(_length(x) for e in encoded for x in e.examples)
+        encoded = pack_prompts(lm.tokenizer, self.prompts, todo)
+        check_context(self.model.name, lm.model.config, encoded, self.prompts)
+        n_tokens = sum(len(b.ids) for b in encoded)
+        release_free_memory()  # tokenising left freed holes in the heap: give them back
         row_bytes = lm.d_model * DTYPES[self.dtype].itemsize + META_BYTES
         _check_free_space(root, n_tokens * len(layers) * row_bytes, self.model.name)
         bar = tqdm(total=n_tokens, desc=f"capture {self.model.name}", unit="tok", unit_scale=True)
@@ -118,7 +121,7 @@ class CaptureJob:
                  summary["seconds"], summary["tokens_per_second"])
         return summary
 
-    def _capture_benchmark(self, lm: LanguageModel, layers: list[int], bench: EncodedBenchmark,
+    def _capture_benchmark(self, lm: LanguageModel, layers: list[int], bench: PackedBenchmark,
                            root: Path, fingerprint: str, bar: tqdm) -> int:
         tmp = root / f".{bench.name}.tmp"
         n_done, resumed = self._resume_point(tmp, layers, fingerprint, bench.name)
@@ -133,7 +136,7 @@ class CaptureJob:
             for layer in layers
         }
         bar.update(n_done)
-        plan = plan_batches([_length(e) for e in bench.examples], self.batch_tokens)
+        plan = plan_batches(bench.lengths.tolist(), self.batch_tokens)
         sink = BackgroundWriter(writers, self.max_pending_batches)
         offset = len(bench.prefix)
         try:
@@ -150,16 +153,14 @@ class CaptureJob:
                     done += batch.tokens
                     if skip >= batch.tokens:
                         continue
-                    chunk = [bench.examples[i] for i in batch.items]
-                    ids, mask = pad_right([e.question + e.answers[e.gold] for e in chunk], lm.tokenizer.pad_token_id,
-                                          lm.device)
-                    ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
+                    ids, mask = bench.batch(batch.items, lm.tokenizer.pad_token_id, lm.device)
+                    ctx = prefix_ctx.expand(len(batch.items)) if prefix_ctx is not None else None
                     with recording(lm.model, layers) as acts:
                         forward(lm.model, ids, mask, ctx)
                     real = mask.bool()
                     keep = slice(max(skip, 0), None)
                     pos = (offset + torch.arange(ids.shape[1], device=ids.device))[None].expand_as(ids)
-                    ex = torch.tensor([e.row for e in chunk], device=ids.device)[:, None].expand_as(ids)
+                    ex = torch.from_numpy(bench.rows[list(batch.items)]).to(ids.device)[:, None].expand_as(ids)
                     meta = dict(example_index=ex[real][keep], position=pos[real][keep], token_id=ids[real][keep])
                     sink.put({layer: dict(activations=acts[layer][real][keep], **meta) for layer in layers})
                     bar.update(batch.tokens - max(skip, 0))
@@ -211,10 +212,6 @@ class CaptureJob:
         log.info("capture %s/%s: resuming after %d complete shard(s) (%d tokens) of an interrupted run",
                  self.model.name, name, n, n * self.shard_tokens)
         return n * self.shard_tokens, manifests
-
-
-def _length(example) -> int:
-    return len(example.question) + len(example.answers[example.gold])
 
 
 def _shared_block_stats(norms: torch.Tensor | None, manifest: dict) -> dict | None:

@@ -14,13 +14,15 @@ Readers memory-map shards and always hand out float32.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -57,6 +59,54 @@ class MassiveActivationFilter:
 
     def describe(self) -> dict:
         return asdict(self)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim, as Dask advises for
+    unmanaged memory). The forward pass frees blocks of ever-changing sizes; without this
+    the heap's free holes grow RSS for the first few hundred thousand tokens."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+_LOG_BIN = 1e-3  # relative width of the histogram bins exact_median uses
+
+
+def exact_median(chunks: Callable[[], Iterable[torch.Tensor]]) -> float | None:
+    """torch.median (the lower middle value) of values that arrive in chunks, in bounded
+    memory: a log-spaced histogram finds the bin holding the median, a second pass over
+    `chunks()` (called twice) sorts only that bin. For positive values such as norms."""
+    counts: dict[int, int] = {}
+    n = 0
+    for x in chunks():
+        if len(x):
+            bins, c = torch.unique(_log_bin(x), return_counts=True)
+            for b, k in zip(bins.tolist(), c.tolist()):
+                counts[b] = counts.get(b, 0) + k
+            n += len(x)
+    if n == 0:
+        return None
+    k, below = (n - 1) // 2, 0
+    for b in sorted(counts):
+        if below + counts[b] > k:
+            inside = torch.cat([x[_log_bin(x) == b] for x in chunks() if len(x)])
+            return float(inside.sort().values[k - below])
+        below += counts[b]
+    raise AssertionError("unreachable: the counts sum to n")
+
+
+def _log_bin(x: torch.Tensor) -> torch.Tensor:
+    return torch.floor(torch.log(x.double().clamp_min(1e-30)) / _LOG_BIN).long()
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -107,7 +157,11 @@ class ShardWriter:
             "complete": False,
             "shards": [],
         }
-        self._buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("activations", "norm", *META_FIELDS)}
+        # One preallocated shard, filled in place: memory stays one shard per hook point
+        # however many tokens pass through (pages are committed only as rows arrive).
+        self._buf = {"activations": torch.empty(shard_tokens, d_model, dtype=DTYPES[dtype]),
+                     "norm": torch.empty(shard_tokens, dtype=torch.float32),
+                     **{k: torch.empty(shard_tokens, dtype=torch.int32) for k in META_FIELDS}}
         self._buffered = 0
         write_json_atomic(self.folder / MANIFEST, self.manifest)
 
@@ -118,22 +172,24 @@ class ShardWriter:
                 f"activations of shape {tuple(activations.shape)} do not match d_model={self.d_model}"
             )
         acts = activations.detach().to("cpu", torch.float32)
-        self._buf["activations"].append(acts.to(DTYPES[self.dtype]))
-        self._buf["norm"].append(acts.norm(dim=-1))
+        cols = {"activations": acts, "norm": acts.norm(dim=-1)}
         for name, value in zip(META_FIELDS, (example_index, position, token_id)):
-            self._buf[name].append(torch.as_tensor(value, dtype=torch.int32).reshape(-1).cpu())
-        self._buffered += acts.shape[0]
-        while self._buffered >= self.shard_tokens:
-            self._flush(self.shard_tokens)
+            cols[name] = torch.as_tensor(value).reshape(-1).cpu()
+        start = 0
+        while start < len(acts):
+            take = min(len(acts) - start, self.shard_tokens - self._buffered)
+            for k, v in cols.items():
+                self._buf[k][self._buffered:self._buffered + take] = v[start:start + take]
+            self._buffered += take
+            start += take
+            if self._buffered == self.shard_tokens:
+                self._flush(self.shard_tokens)
 
     def _flush(self, n: int) -> None:
         if n == 0:
             return
-        cat = {k: torch.cat(v) for k, v in self._buf.items()}
-        shard = {k: v[:n].contiguous() for k, v in cat.items()}
-        rest = {k: v[n:] for k, v in cat.items()}
-        self._buf = {k: [v] if len(v) else [] for k, v in rest.items()}
-        self._buffered -= n
+        shard = {k: v[:n] for k, v in self._buf.items()}
+        self._buffered = 0
 
         index = len(self.manifest["shards"])
         name = f"shard_{index:05d}.safetensors"
@@ -154,33 +210,45 @@ class ShardWriter:
         )
         self.manifest["n_tokens"] += n
         write_json_atomic(self.folder / MANIFEST, self.manifest)
+        del data
+        release_free_memory()
 
     def close(self, **extra) -> dict:
         """Write the last partial shard, norm statistics, and mark the folder complete."""
         self._flush(self._buffered)
         store = ActivationStore(self.folder, require_complete=False)
-        norms = store.column("norm")
-        positions = store.column("position")
-        median = float(norms.median()) if len(norms) else 0.0
-        first = norms[positions == 0]
+        # Shard by shard, so memory does not grow with the token count.
+        norms = lambda: (s["norm"] for s in store.iter_columns("norm"))
+        firsts = lambda: (s["norm"][s["position"] == 0] for s in store.iter_columns("norm", "position"))
+        median = exact_median(norms) or 0.0
+        first_median = exact_median(firsts)
+        rule = MassiveActivationFilter()
+        n = n_first = n_over = n_excluded = 0
+        total, peak = 0.0, 0.0
+        for cols in store.iter_columns("norm", "position"):
+            norm, position = cols["norm"], cols["position"]
+            n += len(norm)
+            total += float(norm.double().sum())
+            peak = max(peak, float(norm.max())) if len(norm) else peak
+            n_first += int((position == 0).sum())
+            n_over += int((norm > rule.max_norm_ratio * median).sum())
+            n_excluded += int((~rule.keep_mask(position, norm, median)).sum())
         self.manifest["norm_stats"] = {
             "median": median,
-            "mean": float(norms.mean()) if len(norms) else 0.0,
-            "max": float(norms.max()) if len(norms) else 0.0,
-            "first_position_median": float(first.median()) if len(first) else None,
-            "first_position_ratio_to_median": (float(first.median()) / median) if len(first) and median else None,
+            "mean": total / n if n else 0.0,
+            "max": peak,
+            "first_position_median": first_median,
+            "first_position_ratio_to_median": first_median / median if first_median is not None and median else None,
         }
-        rule = MassiveActivationFilter()
-        kept = rule.keep_mask(positions, norms, median) if len(norms) else norms.bool()
         self.manifest["massive_activations"] = {
             # Stated here so a reader of the files knows which rows training leaves out.
             "rule": "SAE training and feature statistics leave out rows at position 0 "
                     "(exclude_first_position) and rows whose norm exceeds max_norm_ratio x "
                     "norm_stats.median; set by the massive_activations parameters",
             "default": rule.describe(),
-            "n_first_position": int((positions == 0).sum()),
-            "n_over_max_norm_ratio": int((norms > rule.max_norm_ratio * median).sum()),
-            "n_excluded_by_default": int((~kept).sum()),
+            "n_first_position": n_first,
+            "n_over_max_norm_ratio": n_over,
+            "n_excluded_by_default": n_excluded,
         }
         self.manifest.update(extra)
         self.manifest["complete"] = True
@@ -230,6 +298,12 @@ class ActivationStore:
                 out[key] = f.get_tensor(key)
         out["activations"] = out["activations"].float()
         return out
+
+    def iter_columns(self, *names: str) -> Iterator[dict[str, torch.Tensor]]:
+        """Metadata columns shard by shard (bounded memory, whatever the token count)."""
+        for entry in self.manifest["shards"]:
+            with safe_open(str(self.folder / entry["file"]), framework="pt") as f:
+                yield {name: f.get_tensor(name) for name in names}
 
     def column(self, name: str) -> torch.Tensor:
         """One metadata column over all shards (small: one number per token)."""

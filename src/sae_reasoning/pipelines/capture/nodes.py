@@ -21,7 +21,7 @@ def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict
     return CaptureJob(
         model=model, prompts=prompts, layers=list(model_params["layers"]),
         dtype=capture.get("dtype", "float32"), batch_tokens=int(capture.get("batch_tokens", 8192)),
-        shard_tokens=int(capture.get("shard_tokens", 65536)),
+        shard_tokens=int(capture.get("shard_tokens", 16384)),
         max_pending_batches=int(capture.get("max_pending_batches", 2)),
     )
 
