@@ -7,8 +7,11 @@ namespaces one after the other in this process, twice: with torch's default thre
 core: what `kedro run` does) and with one thread per core-share (the same threads each
 namespace gets from DeviceSlotRunner, so only the parallelism differs). DeviceSlotRunner
 runs them at once, one per CPU slot (cores // 2 threads each), process start-up included.
+With `--dask`, DaskRunner also runs them, on a LocalCluster of two single-threaded worker
+processes on loopback started before the clock starts (a cluster is normally up already;
+each task's torch gets cores // 2 threads, as a slot's would).
 
-    .venv/bin/python benchmarks/runner.py [--steps N]
+    .venv/bin/python benchmarks/runner.py [--steps N] [--quick] [--dask]
 """
 
 from __future__ import annotations
@@ -138,7 +141,11 @@ def parallel_capacity() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="batches per namespace")
+    parser.add_argument("--quick", action="store_true", help="10 steps: checks that it works")
+    parser.add_argument("--dask", action="store_true", help="also run DaskRunner")
     args = parser.parse_args()
+    if args.quick:
+        args.steps = 10
     logging.basicConfig(level=logging.WARNING)
 
     from kedro.runner import SequentialRunner
@@ -149,18 +156,32 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     load_before = os.getloadavg()
     one, two = parallel_capacity()
+    threads = max(1, cpu_cores() // len(NAMESPACES))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         pipe, catalog = build(workdir, args.steps)
-        runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=workdir / "logs")
+        quiet = {"log_dir": workdir / "logs", "live": "off", "memory": "off"}
+        runner = DeviceSlotRunner(slots="cpu,cpu", **quiet)
         logging.getLogger("sae_reasoning.runner").setLevel(logging.WARNING)
         logging.getLogger("kedro").setLevel(logging.WARNING)
 
         seq_wall, seq = timed_run(SequentialRunner(), pipe, catalog(), workdir)
         dev_wall, dev = timed_run(runner, pipe, catalog(), workdir)
-        torch.set_num_threads(max(1, cpu_cores() // len(NAMESPACES)))
+        torch.set_num_threads(threads)
         seq1_wall, seq1 = timed_run(SequentialRunner(), pipe, catalog(), workdir)
         torch.set_num_threads(default_threads)
+        dask_runner = dask_wall = dask = None
+        if args.dask:
+            from distributed import LocalCluster
+
+            from sae_reasoning.runner import DaskRunner
+
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+            with LocalCluster(host="127.0.0.1", processes=True, n_workers=len(NAMESPACES),
+                              threads_per_worker=1, dashboard_address=":0") as cluster:
+                dask_runner = DaskRunner(address=cluster.scheduler_address,
+                                         threads_per_group=threads, **quiet)
+                dask_wall, dask = timed_run(dask_runner, pipe, catalog(), workdir)
     load_after = os.getloadavg()
 
     slots = ", ".join(f"{s.name} ({s.threads} thread(s))" for s in runner.slots)
@@ -173,16 +194,29 @@ def main() -> None:
     print(f"DeviceSlotRunner wall (slots {slots}): {dev_wall:.2f} s")
     print(f"ratio DeviceSlotRunner/SequentialRunner: {dev_wall / seq_wall:.2f} "
           f"(vs same-threads SequentialRunner: {dev_wall / seq1_wall:.2f}; target <= 0.65)")
+    if dask_runner is not None:
+        print(f"DaskRunner wall (LocalCluster, {len(dask_runner.workers)} workers, "
+              f"{threads} torch thread(s) per group): {dask_wall:.2f} s")
+        print(f"ratio DaskRunner/SequentialRunner: {dask_wall / seq_wall:.2f} "
+              f"(vs same-threads SequentialRunner: {dask_wall / seq1_wall:.2f}; target <= 0.65)")
     print("timeline (seconds from run start; node start -> end, torch threads):")
-    runs = (("SequentialRunner", seq), ("DeviceSlotRunner", dev), ("SequentialRunner/1t", seq1))
+    runs = [("SequentialRunner", seq), ("DeviceSlotRunner", dev), ("SequentialRunner/1t", seq1)]
+    if dask is not None:
+        runs.append(("DaskRunner", dask))
     for name, timeline in runs:
-        for ns, (start, end, threads, _pid) in timeline.items():
-            print(f"  {name:19s} {ns:8s} node   {start:6.2f} -> {end:6.2f}  ({threads} threads)")
+        for ns, (start, end, n_threads, _pid) in timeline.items():
+            print(f"  {name:19s} {ns:8s} node   {start:6.2f} -> {end:6.2f}  ({n_threads} threads)")
+    # The runners' own per-namespace timeline (logs/<run_id>/timeline.json): start and
+    # end on each slot or worker, from the runner's clock.
     for r in runner.results:
         if r.kind == "namespace":
             print(f"  DeviceSlotRunner    {r.name:8s} worker {r.launched:6.2f} -> {r.finished:6.2f}"
                   f"  on {r.slot} (launched {r.launched:.2f}, ready {r.ready:.2f}, "
                   f"upstream done {r.started:.2f})")
+    for r in dask_runner.results if dask_runner is not None else []:
+        if r.kind == "namespace":
+            print(f"  DaskRunner          {r.name:8s} task   {r.started:6.2f} -> {r.finished:6.2f}"
+                  f"  on {r.slot} (submitted {r.launched:.2f})")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,42 @@ def estimate_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Few-shot prompts of the benchmarks run to a few hundred tokens; 1024 leaves room.
+ASSUMED_SEQ_LEN = 1024
+HEADROOM = 1.2  # allocator fragmentation, CUDA context, tokenizer and bookkeeping
+
+
+def estimate_memory(config, dtype: str, capture: dict | None = None, causal: dict | None = None,
+                    sae_training: dict | None = None, seq_len: int = ASSUMED_SEQ_LEN) -> dict:
+    """Peak device memory of one model namespace (capture, SAE training, causal), in bytes.
+
+    weights: parameters x dtype size. activations: one no-grad forward pass of the largest
+    batch (residual stream, MLP hidden and attention scores of one block at a time).
+    sae: the SAE's weights with their gradients and Adam moments (float32), plus a training
+    batch of latents. The three add up (the model stays loaded while the SAE trains), and
+    the sum gets HEADROOM on top.
+    """
+    itemsize = DTYPES[dtype].itemsize
+    d_model = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+    d_mlp = int(getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * d_model)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    weights = estimate_parameters(config) * itemsize
+    batch = max(int((capture or {}).get("batch_size", 0) or 0), int((causal or {}).get("batch_size", 0) or 0)) or 16
+    activations = batch * seq_len * ((4 * d_model + d_mlp) * 4 + heads * seq_len * itemsize)
+    sae = 0
+    if sae_training:
+        d_sae = int(sae_training.get("expansion_factor", 8)) * d_model
+        sae = (2 * d_model * d_sae + d_sae + d_model) * 4 * 4  # weights, grads, Adam m and v
+        sae += int(sae_training.get("batch_size", 4096)) * d_sae * 4 * 3  # pre-acts, acts, grads
+    total = int((weights + activations + sae) * HEADROOM)
+    g = 2**30
+    return {
+        "total_bytes": total, "weights_bytes": weights, "activations_bytes": activations, "sae_bytes": sae,
+        "breakdown": f"weights {weights / g:.2f} + activations {activations / g:.2f} + SAE {sae / g:.2f} GiB, "
+                     f"x{HEADROOM} headroom",
+    }
+
+
 def available_memory_bytes() -> tuple[str, int]:
     if torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info()
@@ -33,8 +69,12 @@ def available_memory_bytes() -> tuple[str, int]:
     return "cpu", int(psutil.virtual_memory().available)
 
 
-def check_model(model: ModelHandle, model_params: dict, overhead: float = 1.3) -> dict:
-    """One model's status: ok, or the reason it cannot run."""
+def check_model(model: ModelHandle, model_params: dict, capture: dict | None = None,
+                causal: dict | None = None, sae_training: dict | None = None) -> dict:
+    """One model's status: ok, or the reason it cannot run.
+
+    The memory need is the runner's (`estimate_memory`, or `memory_gb` in the model's block).
+    """
     result = {"model": model.name, "source": model.spec.pretrained_model_name_or_path, "ok": False}
     try:
         config = model.config()
@@ -46,7 +86,10 @@ def check_model(model: ModelHandle, model_params: dict, overhead: float = 1.3) -
     if not layers or bad:
         return {**result, "error": f"layers {layers}: the model has {n_layers} blocks (0..{n_layers - 1})"}
     n_params = estimate_parameters(config)
-    need = int(n_params * DTYPES[model.spec.dtype].itemsize * overhead)
+    if model_params.get("memory_gb") is not None:
+        need = int(float(model_params["memory_gb"]) * 2**30)
+    else:
+        need = estimate_memory(config, model.spec.dtype, capture, causal, sae_training)["total_bytes"]
     device, free = available_memory_bytes()
     result.update(n_layers=n_layers, d_model=int(config.hidden_size), n_parameters=n_params,
                   memory_needed_gb=round(need / 2**30, 2), memory_free_gb=round(free / 2**30, 2), device=device)

@@ -7,6 +7,7 @@ needs every namespace, `summarise_first` only the first).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -82,10 +83,12 @@ def load(tmp_path, name):
         return pickle.load(f)
 
 
-def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(tmp_path):
+def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(tmp_path, caplog):
     catalog = build_catalog(tmp_path, {"m1": 2, "m2": 10}, seconds=0.5)
-    runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=tmp_path / "logs")
-    runner.run(build_pipeline(["m1", "m2"], with_info=True), catalog, run_id="run1")
+    runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=tmp_path / "logs", live="log",
+                              live_interval_s=0)
+    with caplog.at_level(logging.INFO):
+        runner.run(build_pipeline(["m1", "m2"], with_info=True), catalog, run_id="run1")
 
     base, m1, m2 = load(tmp_path, "base"), load(tmp_path, "m1.out"), load(tmp_path, "m2.out")
     combined, first = load(tmp_path, "combined"), load(tmp_path, "first_summary")
@@ -116,6 +119,21 @@ def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(tmp_path
         "m1": "done",
         "m2": "done",
     }
+
+    # The live view (log lines when not on a terminal) and the timeline left behind.
+    live = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("DeviceSlotRunner run1: ")]
+    assert any("m1 running on cpu:" in line and "m2 running on cpu:" in line for line in live)
+    assert "m1 done on cpu:" in live[-1] and "(3/3 nodes" in live[-1]
+    timeline = json.loads((tmp_path / "logs" / "run1" / "timeline.json").read_text())
+    assert timeline["runner"] == "DeviceSlotRunner" and timeline["run_id"] == "run1"
+    assert [s["name"] for s in timeline["slots"]] == ["cpu:0", "cpu:1"]
+    units = {u["name"]: u for u in timeline["units"]}
+    assert {units["m1"]["slot"], units["m2"]["slot"]} == {"cpu:0", "cpu:1"}
+    assert units["make_base"]["slot"] == "main process"
+    assert units["make_base"]["finished"] <= units["m1"]["started"] < units["m1"]["finished"]
+    assert units["m1"]["started"] < units["m2"]["finished"]  # overlapped
+    assert units["combine"]["started"] >= max(units["m1"]["finished"], units["m2"]["finished"])
 
 
 def test_a_failing_namespace_spares_the_others_and_is_reported(tmp_path, caplog):
@@ -155,6 +173,9 @@ def test_a_failing_namespace_spares_the_others_and_is_reported(tmp_path, caplog)
     assert f"pid={os.getpid()}" not in m1_log
     assert "HOOK on_node_error m2.scale ValueError" in m2_log
     assert "ValueError: boom: negative factor -1" in m2_log  # the traceback
+    timeline = json.loads((tmp_path / "logs" / "run2" / "timeline.json").read_text())
+    m2 = next(u for u in timeline["units"] if u["name"] == "m2")
+    assert m2["status"] == "failed" and m2["failed_node"] == "m2.scale" and "boom" in m2["error"]
 
 
 @pytest.mark.parametrize(

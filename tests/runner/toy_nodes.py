@@ -87,3 +87,11 @@ def broken_base(n: int) -> dict:
 def die(base: dict) -> dict:
     """Ends the process the way the OOM killer would: no exception, no report."""
     os._exit(3)
+
+
+def scale_by_model(base: dict, model: dict, seconds: float) -> dict:
+    """A namespace node that reads its model's parameter block (where `memory_gb` is)."""
+    start = time.time()
+    time.sleep(seconds)
+    return _stamp(start=start, value=base["value"] * model["factor"],
+                  slot=os.environ.get("KEDRO_DEVICE_SLOT"))

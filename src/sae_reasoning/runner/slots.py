@@ -33,6 +33,7 @@ class Slot:
     kind: str  # "cuda" or "cpu"
     cuda_visible_devices: str  # the child's CUDA_VISIBLE_DEVICES ("" hides every GPU)
     threads: int  # CPU threads the worker's torch/BLAS may use
+    memory_bytes: int | None = None  # device memory a group may use here (None: unknown)
 
     def env(self) -> dict[str, str]:
         """Environment variables the worker process must start with."""

@@ -5,9 +5,8 @@ output to the namespace's log file, rebuilds the project's hook manager the way
 `KedroSession` does, loads the group (which imports the nodes' modules: torch,
 transformers...), says `ready` and waits for `go`: the parent may start a worker while the
 shared nodes upstream of its group are still running, so that start-up overlaps them.
-Then it runs the group's nodes in topological order with Kedro's `Task`, releasing
-datasets as `SequentialRunner` does, and reports one message per completed node, then
-`done` or `failed`.
+Then it runs the group's nodes (`execute_group`, shared with the Dask backend) and
+reports each node's start and end, then `done` or `failed`.
 
 Nothing here imports torch: the slot's environment must be in force before anything does
 (the parent sets it before the process starts; `run_group` sets it again first thing).
@@ -39,6 +38,7 @@ from sae_reasoning.runner.slots import Slot
 
 # Worker -> parent.
 READY = "ready"
+NODE_START = "node_start"
 NODE_DONE = "node_done"
 DONE = "done"
 FAILED = "failed"
@@ -71,8 +71,6 @@ def run_group(
     os.environ.update(slot.env())
     log_stream = _redirect_output(log_path)
     logger = logging.getLogger(__name__)
-    current: str | None = None
-    done_nodes: list[str] = []
     try:
         hook_manager = _bootstrap(package_name, log_stream)
         group: GroupPayload = pickle.loads(payload)  # imports the nodes' modules
@@ -90,12 +88,35 @@ def run_group(
             logger.info("Namespace %s not run: an upstream node failed", group.namespace)
             return
 
-        pipeline = Pipeline(group.nodes)  # topologically sorted
-        load_counts = Counter(chain.from_iterable(n.inputs for n in pipeline.nodes))
-        total = len(pipeline.nodes)
-        for i, node in enumerate(pipeline.nodes, start=1):
-            current = node.name
-            logger.info("Running node %d/%d: %s", i, total, node.name)
+        done_nodes = execute_group(
+            group, hook_manager, lambda event, **info: conn.send({"event": event, **info})
+        )
+        logger.info("Namespace %s finished (%d nodes)", group.namespace, len(done_nodes))
+        conn.send({"event": DONE, "done_nodes": done_nodes, "time": time.time()})
+    except BaseException as exc:  # report everything, KeyboardInterrupt included
+        try:
+            conn.send({"event": FAILED, **failure(exc)})
+        except OSError:  # the parent is gone
+            pass
+    finally:
+        logging.shutdown()
+        conn.close()
+        log_stream.flush()
+
+
+def execute_group(group: GroupPayload, hook_manager, notify) -> list[str]:
+    """Run the group's nodes in topological order with Kedro's `Task` (hooks included),
+    releasing datasets as SequentialRunner does; `notify(event, **info)` hears each node
+    start and finish. Returns the completed nodes; a failing node raises `GroupFailed`."""
+    logger = logging.getLogger(__name__)
+    pipeline = Pipeline(group.nodes)  # topologically sorted
+    load_counts = Counter(chain.from_iterable(n.inputs for n in pipeline.nodes))
+    total = len(pipeline.nodes)
+    done_nodes: list[str] = []
+    for i, node in enumerate(pipeline.nodes, start=1):
+        logger.info("Running node %d/%d: %s", i, total, node.name)
+        notify(NODE_START, node=node.name, time=time.time())
+        try:
             Task(
                 node=node,
                 catalog=group.catalog,
@@ -103,33 +124,41 @@ def run_group(
                 hook_manager=hook_manager,
                 run_id=group.run_id,
             ).execute()
-            logger.info("Completed node: %s", node.name)
-            logger.info("Completed %d out of %d tasks", i, total)
-            # Same bookkeeping as SequentialRunner: free what no later node needs.
-            AbstractRunner._release_datasets(node, group.catalog, load_counts, pipeline)
-            done_nodes.append(node.name)
-            conn.send({"event": NODE_DONE, "node": node.name, "time": time.time()})
-        current = None
-        logger.info("Namespace %s finished (%d nodes)", group.namespace, len(done_nodes))
-        conn.send({"event": DONE, "done_nodes": done_nodes, "time": time.time()})
-    except BaseException as exc:  # report everything, KeyboardInterrupt included
-        logger.error("Namespace failed%s", f" in node {current}" if current else "", exc_info=True)
-        message = {
-            "event": FAILED,
-            "error": f"{type(exc).__name__}: {exc}",
-            "node": current,
-            "traceback": traceback.format_exc(),
-            "done_nodes": done_nodes,
-            "time": time.time(),
-        }
-        try:
-            conn.send(message)
-        except OSError:  # the parent is gone
-            pass
-    finally:
-        logging.shutdown()
-        conn.close()
-        log_stream.flush()
+        except BaseException as exc:  # KeyboardInterrupt included: reported as a failure
+            raise GroupFailed(node.name, done_nodes) from exc
+        logger.info("Completed node: %s", node.name)
+        logger.info("Completed %d out of %d tasks", i, total)
+        # Same bookkeeping as SequentialRunner: free what no later node needs.
+        AbstractRunner._release_datasets(node, group.catalog, load_counts, pipeline)
+        done_nodes.append(node.name)
+        notify(NODE_DONE, node=node.name, time=time.time())
+    return done_nodes
+
+
+class GroupFailed(Exception):
+    """A node of the group raised (the cause is `__cause__`)."""
+
+    def __init__(self, node: str, done_nodes: list[str]):
+        super().__init__(node)
+        self.node, self.done_nodes = node, list(done_nodes)
+
+
+def failure(exc: BaseException) -> dict:
+    """What a worker reports about a failed group: the error, the node, the traceback."""
+    node, done = None, []
+    if isinstance(exc, GroupFailed):
+        node, done, exc = exc.node, exc.done_nodes, exc.__cause__ or exc
+    logging.getLogger(__name__).error(
+        "Namespace failed%s", f" in node {node}" if node else "",
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return {
+        "error": f"{type(exc).__name__}: {exc}",
+        "node": node,
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "done_nodes": done,
+        "time": time.time(),
+    }
 
 
 def _redirect_output(log_path: str):
@@ -156,7 +185,7 @@ def _log_to(stream) -> None:
     logging.captureWarnings(True)
 
 
-def _bootstrap(package_name: str | None, log_stream):
+def _bootstrap(package_name: str | None, log_stream=None):
     """Configure the project (when there is one) and build its hook manager.
 
     Mirrors `KedroSession`: hooks from `settings.HOOKS` plus plugin entry points, minus
@@ -167,7 +196,8 @@ def _bootstrap(package_name: str | None, log_stream):
         validate_settings()
     # The project's logging configuration replaces the root handlers: point them back
     # at the log file.
-    _log_to(log_stream)
+    if log_stream is not None:
+        _log_to(log_stream)
 
     hook_manager = _create_hook_manager()
     _register_hooks(hook_manager, settings.HOOKS)

@@ -4,7 +4,8 @@ from kedro.pipeline import Node, Pipeline
 def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
     from sae_reasoning.pipelines.validate.nodes import check_model, summarize_validation
 
-    checks = [Node(check_model, [f"{m}.model", f"params:models.{m}"], f"{m}.validation",
+    checks = [Node(check_model, [f"{m}.model", f"params:models.{m}", "params:capture", "params:causal",
+                                  "params:sae_training"], f"{m}.validation",
                    name=f"check_model", namespace=m) for m in models]
     return Pipeline([*checks, Node(summarize_validation, [f"{m}.validation" for m in models],
                                    "validation_report", name="summarize_validation")])

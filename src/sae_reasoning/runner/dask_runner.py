@@ -1,0 +1,406 @@
+"""`DaskRunner`: the same namespace groups as `DeviceSlotRunner`, submitted to a Dask
+cluster: for more models than one machine holds.
+
+    kedro run --pipelines=phase4 --runner=sae_reasoning.runner.DaskRunner \\
+        --runner-params=address=tcp://scheduler:8786
+
+Each group is one Dask task that runs the group's nodes with Kedro's `Task` and the
+project's hooks on one worker; it is submitted once its upstream groups and shared nodes
+have finished (submitted earlier, Dask may queue two groups on one worker while another
+idles). Shared nodes run in this process. Workers that declare a `GPU` resource
+(`dask worker ... --resources GPU=1`, or dask-cuda's `LocalCUDACluster`) get one group at a
+time each (`resources={"GPU": 1}` on submit). Data crosses machines only through the
+catalog, whose paths must then be shared storage (an fsspec URL such as `s3://...`, or a
+filesystem mounted at the same path everywhere).
+
+Without an address a cluster is started on this machine: dask-cuda's `LocalCUDACluster`
+(one worker per GPU) when there are GPUs, else a `LocalCluster` of one single-threaded
+worker per CPU slot.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sae_reasoning.runner.core import (
+    STARTING,
+    NamespaceGroupRunner,
+    NamespaceRunError,
+    RunState,
+    Unit,
+    configured_package,
+    crossings,
+    ephemeral,
+    one_line,
+    safe_name,
+)
+from sae_reasoning.runner.memory import check_fits_somewhere, fits, gb, worker_memory
+from sae_reasoning.runner.slots import cpu_cores, visible_gpus
+from sae_reasoning.runner.worker import (
+    LOG_FORMAT,
+    NODE_DONE,
+    NODE_START,
+    _bootstrap,
+    _set_threads,
+    execute_group,
+    failure,
+)
+
+STARTED = "started"
+QUEUED = "(queued)"
+
+
+class DaskRunError(NamespaceRunError):
+    """Some namespaces (or shared nodes) failed on the cluster; the others finished."""
+
+
+class DaskRunner(NamespaceGroupRunner):
+    """Runs each namespace group as one task on a Dask cluster.
+
+    Args:
+        address: the scheduler (`tcp://host:8786`); none: start a local cluster.
+        n_workers: workers of the local cluster; default one per GPU, else one per
+            namespace group up to the number of cores.
+        gpu: "auto" (default): ask for a `GPU` resource when the cluster's workers declare
+            one; "true": require it; "false": never ask.
+        threads_per_group: torch threads in a group's task (Dask's nanny starts workers
+            with OMP_NUM_THREADS=1); default: cores // workers for a local cluster,
+            untouched on a given cluster.
+        memory_gb: each worker's memory for the fit check; default measured on the workers
+            (a GPU worker's free GPU memory, else the worker's memory limit).
+        log_dir, package_name, memory, live, live_interval_s, is_async: see
+            `NamespaceGroupRunner`.
+    """
+
+    error_class = DaskRunError
+    place_word = "worker"
+
+    def __init__(  # noqa: PLR0913
+        self,
+        address: str | None = None,
+        n_workers: int | str | None = None,
+        gpu: str | bool = "auto",
+        threads_per_group: int | str | None = None,
+        memory_gb: float | str | None = None,
+        log_dir: str | os.PathLike = "logs",
+        package_name: str | None = None,
+        memory: str = "auto",
+        live: str = "auto",
+        live_interval_s: float | str = 30.0,
+        is_async: bool = False,
+    ):
+        super().__init__(log_dir=log_dir, package_name=package_name, memory=memory, live=live,
+                         live_interval_s=live_interval_s, is_async=is_async)
+        self._address = address or None
+        self._n_workers = int(n_workers) if n_workers else None
+        aliases = {"1": "true", "yes": "true", "0": "false", "no": "false"}
+        self._gpu = aliases.get(str(gpu).lower(), str(gpu).lower())
+        if self._gpu not in ("auto", "true", "false"):
+            raise ValueError(f"gpu={gpu!r}: expected 'auto', 'true' or 'false'.")
+        self._threads = int(threads_per_group) if threads_per_group else None
+        self._memory_gb = float(memory_gb) if memory_gb not in (None, "", "auto") else None
+        self.workers: dict[str, dict] = {}  # address -> {"host", "memory_bytes", "gpu"}
+        self.use_gpu = False
+        self.cluster: Any = None
+
+    def _get_executor(self, max_workers: int) -> None:
+        return None  # the Dask cluster is the executor
+
+    # ---------------------------------------------------------------- backend
+
+    def _open(self, state: RunState, groups: list[Unit]) -> None:
+        from distributed import Client
+
+        self.workers, self.cluster = {}, None
+        if self._address:
+            client = Client(self._address, timeout="60s")
+        else:
+            self.cluster = self._local_cluster(len(groups))
+            client = Client(self.cluster)
+        state.backend.update(client=client, futures={}, seen_events=0,
+                             topic=f"sae-reasoning-runner-{uuid.uuid4().hex[:12]}")
+        client.wait_for_workers(1, timeout=120)
+        info = _workers_info(client)
+        with_gpu = [a for a, w in info.items() if (w.get("resources") or {}).get("GPU", 0) >= 1]
+        if self._gpu == "true" and not with_gpu:
+            raise ValueError(
+                f"DaskRunner: gpu=true, but no worker of {client.scheduler.address} declares a "
+                "GPU resource: start workers with `dask worker ... --resources GPU=1` (one per "
+                "GPU, each seeing only its GPU, as `dask cuda worker` does)."
+            )
+        self.use_gpu = bool(with_gpu) and self._gpu != "false"
+        eligible = with_gpu if self.use_gpu else list(info)
+        memory = {a: None for a in eligible}
+        if self._memory_mode != "off":
+            if self._memory_gb is not None:
+                memory = {a: int(self._memory_gb * 2**30) for a in eligible}
+            else:
+                memory = client.run(worker_memory, self.use_gpu, workers=eligible)
+            check_fits_somewhere(state.needs, memory)
+        self.workers = {a: {"host": info[a].get("host"), "memory_bytes": memory.get(a),
+                            "gpu": self.use_gpu} for a in eligible}
+        if self._threads is None and self.cluster is not None and not self.use_gpu:
+            self._threads = max(1, cpu_cores() // max(1, len(eligible)))
+        self._warn_local_paths(state, info)
+        self._log.info(
+            "DaskRunner: %d namespace group(s) on %s, %d worker(s)%s: %s; logs in %s",
+            len(groups), client.scheduler.address, len(eligible),
+            " with a GPU resource each" if self.use_gpu else "",
+            ", ".join(f"{a} ({gb(w['memory_bytes'])})" for a, w in self.workers.items()),
+            self.run_log_dir,
+        )
+
+    def _local_cluster(self, n_groups: int):
+        from distributed import LocalCluster
+
+        gpus = visible_gpus() if self._gpu != "false" else []
+        if gpus:
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError as exc:
+                raise ImportError(
+                    "DaskRunner without an address on a machine with GPUs starts dask-cuda's "
+                    "LocalCUDACluster (one worker per GPU): `pip install dask-cuda`, or use "
+                    "DeviceSlotRunner on one machine, or pass gpu=false."
+                ) from exc
+            n = self._n_workers or len(gpus)
+            return LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=",".join(gpus[:n]), threads_per_worker=1,
+                resources={"GPU": 1}, host="127.0.0.1", dashboard_address=":0",
+            )
+        n = self._n_workers or max(1, min(n_groups, cpu_cores()))
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                            host="127.0.0.1", dashboard_address=":0")
+
+    def _places(self) -> list[dict]:
+        return [{"name": a, **w} for a, w in self.workers.items()]
+
+    def _busy(self, state: RunState) -> bool:
+        return bool(state.backend.get("futures"))
+
+    def _close(self, state: RunState) -> None:
+        client = state.backend.get("client")
+        if client is not None:
+            futures = list(state.backend.get("futures", {}).values())
+            if futures:  # only when the run stops early (an error in this process)
+                client.cancel(futures)
+            client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def _start_groups(self, state: RunState) -> None:
+        client, futures = state.backend["client"], state.backend["futures"]
+        package = self._package_name or configured_package()
+        for unit in state.pending_groups():
+            if not state.deps_done(unit):
+                continue
+            need = state.needs.get(unit.name)
+            places = [a for a, w in self.workers.items() if fits(need, w["memory_bytes"])]
+            kwargs: dict[str, Any] = {}
+            if self.use_gpu:
+                kwargs["resources"] = {"GPU": 1}
+            if len(places) < len(self.workers):  # only where it fits; Dask queues it there
+                kwargs.update(workers=places, allow_other_workers=False)
+            log_path = (self.run_log_dir / f"{safe_name(unit.name)}.log").resolve()
+            future = client.submit(
+                run_group_task, unit.name, state.payloads[unit.name], str(log_path), package,
+                state.backend["topic"], self._threads,
+                key=f"{safe_name(unit.name)}-{uuid.uuid4().hex[:8]}", pure=False, **kwargs,
+            )
+            futures[unit.name] = future
+            result = state.results[unit.name]
+            result.status, result.slot, result.log_file = STARTING, QUEUED, str(log_path)
+            result.launched = state.now()
+            self._log.info("Namespace %s submitted%s", unit.name,
+                           f" (to {', '.join(places)}: enough memory)" if "workers" in kwargs else "")
+
+    def _poll(self, state: RunState, timeout: float) -> None:
+        futures = state.backend.get("futures")
+        if not futures:
+            return
+        if timeout > 0 and not any(f.done() for f in futures.values()):
+            from distributed import wait
+
+            try:
+                wait(list(futures.values()), timeout=timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
+        self._read_events(state)
+        for name, future in list(futures.items()):
+            if not future.done():
+                continue
+            del futures[name]
+            unit, result = state.units[name], state.results[name]
+            if future.status == "finished":
+                out = future.result()
+                self._keep_log(result.log_file, out.pop("log", ""))
+                at = out["time"] - state.wall_t0
+                if result.started is None:  # events may arrive after the result
+                    self._started(result, state, out["worker"], out.get("pid"),
+                                  at=out.get("started", out["time"]) - state.wall_t0)
+                if out["status"] == "done":
+                    self._succeeded(unit, state, at=at)
+                else:
+                    result.done_nodes = list(out.get("done_nodes", []))
+                    self._failed(unit, state, out["error"], out["node"], at=at)
+            else:  # the task itself failed: a worker died (KilledWorker), or was cancelled
+                exc = future.exception() if future.status == "error" else None
+                error = one_line(exc) if exc is not None else f"task {future.status}"
+                self._failed(unit, state, error, result.current_node)
+
+    def _read_events(self, state: RunState) -> None:
+        events = state.backend["client"].get_events(state.backend["topic"])
+        new = events[state.backend["seen_events"]:]
+        state.backend["seen_events"] = len(events)
+        for _ts, msg in new:
+            result = state.results.get(msg.get("namespace"))
+            if result is None or result.finished is not None:
+                continue
+            if msg["event"] == STARTED:
+                result.ready = msg["time"] - state.wall_t0
+                self._started(result, state, msg["worker"], msg.get("pid"),
+                              at=msg["time"] - state.wall_t0)
+            elif msg["event"] in (NODE_START, NODE_DONE):
+                self._on_node_event(result, msg["event"], msg["node"])
+
+    def _keep_log(self, log_file: str | None, text: str) -> None:
+        # A worker on another machine wrote the log on its own disk: keep a copy here.
+        if log_file and text and not Path(log_file).exists():
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(log_file).write_text(text)
+
+    def _warn_local_paths(self, state: RunState, info: dict) -> None:
+        local = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
+        remote = [a for a, w in info.items() if w.get("host") not in local | _host_ips()]
+        if not remote:
+            return
+        paths = sorted({
+            f"{ds} ({getattr(dataset, '_filepath', None) or getattr(dataset, '_path', '?')})"
+            for ds, dataset, *_ in crossings(state.pipeline, state.units, state.catalog)
+            if not ephemeral(dataset) and getattr(dataset, "_protocol", "file") == "file"
+        })
+        if paths:
+            self._log.warning(
+                "DaskRunner: workers on other machines (%s) load and save these datasets at "
+                "local paths: %s. They must be on a filesystem shared at the same path, or "
+                "use fsspec URLs (s3://, gs://, abfs://...) in the catalog.",
+                ", ".join(remote), ", ".join(paths),
+            )
+
+
+# ------------------------------------------------------------ on the worker
+
+_HOOK_MANAGERS: dict[str | None, Any] = {}
+_HOOKS_LOCK = threading.Lock()
+
+
+def run_group_task(namespace: str, payload: bytes, log_path: str, package_name: str | None,
+                   topic: str, threads: int | None) -> dict:
+    """The Dask task: one namespace group on this worker. Returns its outcome (a failing
+    node is an outcome, not a task error: Dask must not retry it elsewhere)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+
+    def notify(event: str, **info) -> None:
+        worker.log_event(topic, {"event": event, "namespace": namespace, **info})
+
+    buffer = io.StringIO()
+    # Configuring the project replaces the root log handlers: do it before adding ours.
+    with _HOOKS_LOCK:  # once per worker process
+        if package_name not in _HOOK_MANAGERS:
+            try:
+                _HOOK_MANAGERS[package_name] = _bootstrap(package_name)
+            except Exception as exc:  # noqa: BLE001 - reported as the group's failure
+                return {"status": "failed", **failure(exc), "worker": worker.address, "log": ""}
+    hook_manager = _HOOK_MANAGERS[package_name]
+    handlers = _log_handlers(log_path, buffer)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level or logging.INFO, logging.INFO))
+    # The worker's own handlers (its console) leave this task's records to the log file,
+    # as a DeviceSlotRunner worker's go only to its log.
+    others = list(root.handlers)
+    for h in others:
+        h.addFilter(handlers[0].filters[0].skip)
+    for h in handlers:
+        root.addHandler(h)
+    logger = logging.getLogger(__name__)
+    started = time.time()
+    try:
+        group = pickle.loads(payload)  # imports the nodes' modules
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            _set_threads(threads)
+        logger.info("Namespace %s on worker %s (pid %d, CUDA_VISIBLE_DEVICES=%r)", namespace,
+                    worker.address, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        notify(STARTED, worker=worker.address, pid=os.getpid(), time=started)
+        done = execute_group(group, hook_manager, notify)
+        logger.info("Namespace %s finished (%d nodes)", namespace, len(done))
+        outcome = {"status": "done", "done_nodes": done, "time": time.time()}
+    except Exception as exc:  # noqa: BLE001 - reported to the client, by namespace
+        outcome = {"status": "failed", **failure(exc)}
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+        for h in others:
+            h.removeFilter(handlers[0].filters[0].skip)
+        root.setLevel(level)
+    return {**outcome, "started": started, "worker": worker.address, "pid": os.getpid(),
+            "log": buffer.getvalue()}
+
+
+def _log_handlers(log_path: str, buffer: io.StringIO) -> list[logging.Handler]:
+    """This task's log records (its thread only: a worker may run other tasks at once) to
+    the namespace's log file and to a buffer sent back with the result."""
+    thread = threading.get_ident()
+    handlers: list[logging.Handler] = [logging.StreamHandler(buffer)]
+    try:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+    except OSError:  # not writable on this machine: the buffer still goes back
+        pass
+    only_this_task = _ThreadFilter(thread)
+    for h in handlers:
+        h.setFormatter(logging.Formatter(LOG_FORMAT))
+        h.addFilter(only_this_task)
+    return handlers
+
+
+class _ThreadFilter(logging.Filter):
+    """Keeps one thread's records; `skip` is its opposite (for the worker's handlers)."""
+
+    def __init__(self, thread: int):
+        super().__init__()
+        self.thread = thread
+        self.skip = lambda record: record.thread != thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+def _workers_info(client) -> dict[str, dict]:
+    try:
+        return dict(client.scheduler_info(n_workers=-1)["workers"])
+    except TypeError:  # older distributed: every worker is listed
+        return dict(client.scheduler_info()["workers"])
+
+
+def _host_ips() -> set[str]:
+    try:
+        return set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        return set()
+
+
+__all__ = ["DaskRunError", "DaskRunner", "run_group_task"]
