@@ -111,6 +111,10 @@ class ModelHandle:
         from transformers import AutoConfig
 
         spec = self.spec
+        converted = converted_folder(spec)
+        if converted is not None and (converted / "config.json").is_file():
+            # Reading a GGUF file's config parses the whole file (~15 s for SmolLM2).
+            return AutoConfig.from_pretrained(converted)
         try:
             path = spec.resolved_path()
             kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
@@ -168,6 +172,13 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None) -> Lan
     return LanguageModel(spec.name, model, tokenizer)
 
 
+def converted_folder(spec: ModelSpec) -> Path | None:
+    """Where a GGUF model's dequantised copy is cached (None: no GGUF, or no cache)."""
+    if not spec.gguf_file or spec.converted_cache is None:
+        return None
+    return Path(spec.converted_cache) / f"{Path(spec.gguf_file).stem}-{spec.dtype}"
+
+
 def _converted_gguf(spec: ModelSpec, folder: str) -> str:
     """Dequantise a GGUF file once and cache it as an ordinary HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -178,7 +189,7 @@ def _converted_gguf(spec: ModelSpec, folder: str) -> str:
     if spec.converted_cache is None:
         return folder
     digest = sha256_file(gguf_path)
-    cache = Path(spec.converted_cache) / f"{Path(spec.gguf_file).stem}-{spec.dtype}"
+    cache = converted_folder(spec)
     stamp = cache / "source.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("sha256") == digest:
         return str(cache)

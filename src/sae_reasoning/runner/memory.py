@@ -23,7 +23,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -79,7 +78,7 @@ def estimate_group_memory(
     handle = model.load()  # a lazy ModelHandle: no weights
     try:
         estimate = preflight.estimate_memory(
-            _config(handle),
+            handle.config(),
             handle.spec.dtype,
             capture=_param(catalog, "params:capture", inputs),
             causal=_param(catalog, "params:causal", inputs),
@@ -96,20 +95,6 @@ def estimate_group_memory(
         namespace, estimate["total_bytes"], f"{handle.spec.name} ({source}, {handle.spec.dtype})",
         estimate["breakdown"],
     )
-
-
-def _config(handle):
-    """The model's config. A GGUF model's comes from its converted copy when there is one:
-    reading it from the GGUF file parses the whole file (~15 s for SmolLM2-135M)."""
-    spec = handle.spec
-    if spec.gguf_file and spec.converted_cache:
-        # The folder name `models.loading._converted_gguf` writes.
-        folder = Path(spec.converted_cache) / f"{Path(spec.gguf_file).stem}-{spec.dtype}"
-        if (folder / "config.json").is_file():
-            from transformers import AutoConfig
-
-            return AutoConfig.from_pretrained(folder)
-    return handle.config()
 
 
 def _param(catalog: CatalogProtocol, name: str, inputs: set[str]) -> Any:
