@@ -169,3 +169,12 @@ def test_manifest_states_the_massive_activation_rule_and_the_batching(tmp_path, 
     assert rule["default"] == {"exclude_first_position": True, "max_norm_ratio": 10.0}
     assert rule["n_first_position"] == 0  # position 0 lies in the shared block, never stored
     assert rule["n_excluded_by_default"] == rule["n_over_max_norm_ratio"]
+
+
+def test_a_prompt_over_the_context_window_is_named_before_any_batch(tmp_path, handle):
+    prompts = tiny_prompts()
+    prompts.loc[3, "prompt"] = prompts.loc[3, "prompt"].replace("What is", "What is " + "one plus " * 700)
+    with pytest.raises(ValueError, match=r"tiny_llama: prompt arith-003 \(arith\) is \d+ tokens with its answer, "
+                                         r"over the model's context of 2048"):
+        CaptureJob(handle, prompts, layers=[1]).run(tmp_path)
+    assert not any(tmp_path.rglob("*.safetensors"))
