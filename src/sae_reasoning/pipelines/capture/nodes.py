@@ -1,4 +1,4 @@
-"""Thin nodes: the work lives in sae_reasoning.activations and sae_reasoning.scoring."""
+"""Thin nodes: the work lives in sae_reasoning.activations and sae_reasoning.baseline."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pandas as pd
 
 from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.models.loading import ModelHandle
-from sae_reasoning.benchmarks.parsing import answers_match
-from sae_reasoning.scoring import encode_prompts, score_conditions
+from sae_reasoning.baseline import BaselineJob
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +25,8 @@ def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict
     )
 
 
-def score_baseline(model: ModelHandle, prompts: pd.DataFrame, capture: dict) -> pd.DataFrame:
-    """Each example's clean score: gold log-prob, greedy exact match, and the model's own answer."""
-    log.info("baseline %s: scoring all prompts (scores are not cached across runs; "
-             "`kedro run --only-missing-outputs` skips this node when its output exists)", model.name)
-    lm = model.load()
-    encoded = encode_prompts(lm.tokenizer, prompts)
+def score_baseline(model: ModelHandle, prompts: pd.DataFrame, capture: dict) -> BaselineJob:
+    """A lazy job: the scores dataset runs it unless its file was made by the same job."""
     generate = int(capture.get("max_new_tokens", 12)) if capture.get("generate", True) else 0
-    scores = score_conditions(lm, encoded, batch_size=int(capture.get("batch_size", 16)),
-                              progress=f"baseline {model.name}", generate_tokens=generate)["clean"]
-    if generate:
-        table = prompts.reset_index(drop=True)
-        scores["answer"] = table["answer"].loc[scores["row"]].to_numpy()
-        scores["generated_correct"] = [
-            answers_match(g, a, t) for g, a, t in
-            zip(scores["generated"], scores["answer"], table["answer_type"].loc[scores["row"]])]
-    return scores.assign(model=model.name)
+    return BaselineJob(model=model, prompts=prompts, batch_size=int(capture.get("batch_size", 16)),
+                       generate_tokens=generate)
