@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test viz clean-data
+.PHONY: install run test viz clean-data bench-deps
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/kedro run --pipeline=phase4
+
+# Optional: SAELens, for benchmarks/sae_train.py (adds packages, upgrades none here).
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
 
 test: $(STAMP)
 	$(VENV)/bin/pytest tests

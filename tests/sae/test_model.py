@@ -67,8 +67,9 @@ def test_gradient_projection_and_unit_norm():
 def test_architecture_names():
     assert canonical_architecture("relu") == "standard"
     assert canonical_architecture("standard") == "standard"
-    with pytest.raises(ValueError, match="topk"):
-        canonical_architecture("topk")
+    assert canonical_architecture("batchtopk") == "batchtopk"
+    with pytest.raises(ValueError, match="gated"):
+        canonical_architecture("gated")
 
 
 def test_wrong_input_width_is_a_clear_error():

@@ -106,12 +106,40 @@ def test_loads_a_pre_6_saelens_folder(tmp_path):
 
 
 def test_unknown_architecture_names_folder_and_architecture(tmp_path):
-    cfg = {"d_in": 4, "d_sae": 8, "architecture": "jumprelu", "dtype": "float32",
+    cfg = {"d_in": 4, "d_sae": 8, "architecture": "gated", "dtype": "float32",
            "metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.1.hook_resid_post"}}
-    _write_saelens_folder(tmp_path / "gemmascope", cfg,
-                          {**_tensors(4, 8), "threshold": torch.zeros(8)})
-    with pytest.raises(UnsupportedSAEError, match=r"gemmascope.*'jumprelu'"):
-        load_sae(tmp_path / "gemmascope")
+    _write_saelens_folder(tmp_path / "gated_sae", cfg, {**_tensors(4, 8), "b_gate": torch.zeros(8)})
+    with pytest.raises(UnsupportedSAEError, match=r"gated_sae.*'gated'"):
+        load_sae(tmp_path / "gated_sae")
+
+
+def test_saelens_jumprelu_folder_loads(tmp_path):
+    """A Gemma Scope-style SAELens 6 jumprelu folder: f = relu(pre) * (pre > threshold)."""
+    cfg = {"d_in": 4, "d_sae": 8, "architecture": "jumprelu", "dtype": "float32",
+           "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}}
+    t = {**_tensors(4, 8), "threshold": torch.linspace(0, 1, 8)}
+    _write_saelens_folder(tmp_path / "gemmascope", cfg, t)
+    sae = load_sae(tmp_path / "gemmascope")
+    x = torch.randn(6, 4)
+    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    torch.testing.assert_close(sae.encode(x), torch.relu(pre) * (pre > t["threshold"]))
+
+
+def test_saelens_topk_folder_with_decoder_norm_rescaling_loads(tmp_path):
+    cfg = {"d_in": 4, "d_sae": 8, "architecture": "topk", "k": 3,
+           "rescale_acts_by_decoder_norm": True, "metadata": {"sae_lens_version": "6.54.12"}}
+    t = _tensors(4, 8)
+    t["W_dec"] = t["W_dec"] * torch.linspace(0.5, 2.0, 8)[:, None]
+    _write_saelens_folder(tmp_path / "topk", cfg, t)
+    sae = load_sae(tmp_path / "topk")
+    assert sae.cfg.k == 3
+    x = torch.randn(6, 4)
+    # SAELens TopKSAE.encode/decode with rescale_acts_by_decoder_norm=True
+    norm = t["W_dec"].norm(dim=1)
+    pre = ((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]) * norm
+    top = pre.topk(3, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    torch.testing.assert_close(sae(x), (f / norm) @ t["W_dec"] + t["b_dec"])
 
 
 def test_unsupported_normalisation_is_a_clear_error(tmp_path):

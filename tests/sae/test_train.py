@@ -153,3 +153,30 @@ def test_config_from_params_validates_keys():
     assert cfg.l1_coefficient == 2e-4 and cfg.exclude.max_norm_ratio is None
     with pytest.raises(ValueError, match="unknown sae_training parameters.*l1_coeff"):
         TrainingConfig.from_params({"l1_coeff": 1.0})
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"])
+def test_resume_is_exact_for_every_architecture(tmp_path, toy_set, arch):
+    # 256 latents, k=2, 128-token batches: many stay silent for the 1-batch dead window,
+    # so AuxK runs (TopK family)
+    cfg = TrainingConfig(**TINY, architecture=arch, k=2, d_sae=256, training_tokens=8 * 128,
+                         dead_window_tokens=128, matryoshka_widths=[16, 64])
+    straight = train_sae(toy_set, HOOK, cfg)
+    ckpts = tmp_path / "ckpt"
+    train_sae(toy_set, HOOK, cfg, checkpoint_dir=ckpts, stop_at_step=5)
+    resumed = train_sae(toy_set, HOOK, cfg, checkpoint_dir=ckpts)
+    for k, v in straight.sae.state_dict().items():
+        assert torch.equal(resumed.sae.state_dict()[k], v), k
+    assert resumed.history == straight.history
+    if arch != "jumprelu":
+        assert max(straight.history["aux_loss"]) > 0     # AuxK (or matryoshka prefixes) ran
+    assert straight.summary["architecture"] == arch
+
+
+def test_fingerprint_ignores_other_architectures_fields():
+    relu = TrainingConfig()
+    assert relu.semantic_dict() == TrainingConfig(k=64, l0_coefficient=3.0).semantic_dict()
+    assert "l1_coefficient" in relu.semantic_dict() and "k" not in relu.semantic_dict()
+    topk = TrainingConfig(architecture="topk")
+    assert topk.semantic_dict() != TrainingConfig(architecture="topk", k=64).semantic_dict()
+    assert "l1_coefficient" not in topk.semantic_dict()

@@ -6,10 +6,25 @@ Usable without Kedro:
     result = train_sae(ActivationSet.open("data/05_model_input/activations/smollm2_135m"),
                        "blocks.15.hook_resid_post", TrainingConfig())
     result.sae.save("my_sae")            # loadable by sae_lens.SAE.load_from_disk
+
+TrainingConfig(architecture=...) picks relu, topk, batchtopk, jumprelu or
+matryoshka_batchtopk (model.py). Ground truth: ground_truth.planted_dictionary_recovery;
+with the model: spliced_eval.spliced_eval (CE loss recovered, KL divergence).
 """
 
+from sae_reasoning.sae.ground_truth import planted_dictionary_recovery
 from sae_reasoning.sae.metrics import METRIC_NAMES, MetricsAccumulator, evaluate_sae
-from sae_reasoning.sae.model import SAE, SAEConfig, StandardSAE, build_sae
+from sae_reasoning.sae.model import (
+    SAE,
+    BatchTopKSAE,
+    JumpReLUSAE,
+    MatryoshkaBatchTopKSAE,
+    SAEConfig,
+    StandardSAE,
+    TopKSAE,
+    TrainHParams,
+    build_sae,
+)
 from sae_reasoning.sae.saelens_format import (
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
@@ -24,11 +39,14 @@ from sae_reasoning.sae.train import (
     TrainingResult,
     train_sae,
 )
+from sae_reasoning.sae.spliced_eval import spliced_eval
 from sae_reasoning.sae.training_job import SAETrainingJob, load_sae_folder, write_sae_folder
 
 __all__ = [
     "METRIC_NAMES", "MetricsAccumulator", "evaluate_sae",
-    "SAE", "SAEConfig", "StandardSAE", "build_sae",
+    "SAE", "SAEConfig", "StandardSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
+    "MatryoshkaBatchTopKSAE", "TrainHParams", "build_sae",
+    "planted_dictionary_recovery", "spliced_eval",
     "SAE_CFG_FILENAME", "SAE_WEIGHTS_FILENAME", "UnsupportedSAEError", "load_sae", "save_sae",
     "HeldOutSplit", "TrainingConfig", "TrainingDivergedError", "TrainingResult", "train_sae",
     "SAETrainingJob", "load_sae_folder", "write_sae_folder",

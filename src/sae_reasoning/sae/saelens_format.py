@@ -4,7 +4,12 @@ Written as SAELens 6 writes it (`SAE.save_model`): cfg.json is `SAEConfig.to_dic
 (d_in, d_sae, dtype, device, apply_b_dec_to_input, normalize_activations,
 reshape_activations, architecture, and a `metadata` object holding model_name, hook_name,
 ... and sae_lens_version); the safetensors file holds exactly the module's state dict
-(W_enc, b_enc, W_dec, b_dec for "standard"), which SAELens loads strictly. So
+(W_enc, b_enc, W_dec, b_dec for "standard" and "topk", plus `threshold` for "jumprelu"),
+which SAELens loads strictly. BatchTopK and Matryoshka BatchTopK SAEs are written as
+SAELens writes them: as "jumprelu" with their inference threshold in every `threshold`
+entry (metadata keeps trained_architecture and k). "topk" cfgs carry `k` and
+`rescale_acts_by_decoder_norm` (false: our decoder rows have equal norms; a SAELens
+folder with true has the norms folded in on load, which leaves its function unchanged). So
 `SAE.load_from_disk(folder)` in SAELens and Neuronpedia tooling read our folders.
 
 Read side accepts folders SAELens itself wrote, old and new:
@@ -76,10 +81,9 @@ def save_sae(sae: SAE, folder: str | Path) -> tuple[Path, Path]:
     """Write `sae` into `folder` (created) as SAELens does; each file lands atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in sae.state_dict().items()}
+    state, cfg_dict = sae.saelens_export()   # batchtopk / matryoshka: as jumprelu
     weights, cfg = folder / SAE_WEIGHTS_FILENAME, folder / SAE_CFG_FILENAME
     _write_atomic(weights, lambda p: save_file(state, str(p)))
-    cfg_dict = sae.cfg.to_dict()
     cfg_dict["device"] = "cpu"  # where the saved tensors live; loaders override it anyway
     _write_atomic(cfg, lambda p: p.write_text(json.dumps(cfg_dict, indent=2)))
     return weights, cfg
@@ -106,13 +110,16 @@ def normalize_cfg_dict(raw: dict[str, Any], folder: str | Path = "?") -> dict[st
         activation = (flat.pop("activation_fn_str", None) or flat.pop("activation_fn", None)
                       or "relu")
         flat.setdefault("architecture", "topk" if activation == "topk" else "standard")
+        if flat["architecture"] == "topk" and "k" not in flat:
+            flat["k"] = (flat.get("activation_fn_kwargs") or {}).get("k")
         if flat["architecture"] == "standard" and activation != "relu":
             raise UnsupportedSAEError(
                 f"SAE folder {folder}: architecture 'standard' with activation {activation!r} "
                 "is not supported (only relu)"
             )
         top = {"d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
-               "reshape_activations", "architecture", "finetuning_scaling_factor"}
+               "reshape_activations", "architecture", "finetuning_scaling_factor", "k",
+               "rescale_acts_by_decoder_norm"}
         cfg = {k: v for k, v in flat.items() if k in top}
         cfg["metadata"] = {k: v for k, v in flat.items() if k not in top}
     # Defaults SAELens applies (handle_config_defaulting / handle_pre_6_0_config).
@@ -199,6 +206,13 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu",
                 f"SAE folder {folder}: {k} has shape {tuple(state[k].shape)}, expected "
                 f"{tuple(v.shape)} from cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae})"
             )
+    if cfg.architecture == "topk" and cfg.rescale_acts_by_decoder_norm:
+        # SAELens topk with rescaling: pre * ||W_dec[i]|| selects, f / ||W_dec[i]|| decodes.
+        # Folding the norms into W_enc, b_enc and W_dec gives the same function without it.
+        norm = state["W_dec"].norm(dim=1)
+        state["W_enc"], state["b_enc"] = state["W_enc"] * norm, state["b_enc"] * norm
+        state["W_dec"] = state["W_dec"] / norm[:, None]
+        cfg.rescale_acts_by_decoder_norm = False
     sae.load_state_dict(state)
     sae.to(device)
 

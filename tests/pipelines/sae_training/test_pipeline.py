@@ -15,9 +15,11 @@ from kedro.pipeline import pipeline
 from kedro.runner import SequentialRunner
 
 from sae_reasoning.activations.store import ActivationSet, ShardWriter
+from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.pipelines.sae_training import create_pipeline
 from sae_reasoning.pipelines.sae_training.nodes import hook_points_for, train_sae
 
+from tests.prompts_fixture import tiny_prompts
 from tests.sae.conftest import _one_thread  # noqa: E402,F401  (autouse: one torch thread)
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -27,16 +29,19 @@ PARAMS = {  # the shipped parameter block, scaled down to a 2,000-token store
     **yaml.safe_load(PARAMS_FILE.read_text())["sae_training"],
     "expansion_factor": 4, "batch_size": 128, "training_tokens": 1280, "init_sample_tokens": 512,
     "checkpoint_every": 4, "progress": False, "l1_coefficient": 1.0, "lr": 3e-3,
+    "spliced_eval": {"n_prompts": 4, "max_tokens": 64, "batch_size": 2, "seed": 0},
 }
+D_MODEL = 64   # the tiny models' width (tests/tiny.py)
 
 
 @pytest.fixture
 def acts(tmp_path) -> ActivationSet:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2000, 16, generator=g)
+    x = torch.randn(2000, D_MODEL, generator=g)
     for bench in ("gsm8k", "logic"):
         w = ShardWriter(tmp_path / "acts" / bench / HOOK,
-                        header={"model": "toy", "hook_point": HOOK}, d_model=16, shard_tokens=500)
+                        header={"model": "toy", "hook_point": HOOK}, d_model=D_MODEL,
+                        shard_tokens=500)
         idx = torch.arange(1000)
         part = x[:1000] if bench == "gsm8k" else x[1000:]
         w.add(part, example_index=idx // 10, position=idx % 10, token_id=torch.zeros(1000))
@@ -44,7 +49,13 @@ def acts(tmp_path) -> ActivationSet:
     return ActivationSet.open(tmp_path / "acts")
 
 
-def make_catalog(tmp_path: Path, acts: ActivationSet, params: dict) -> DataCatalog:
+@pytest.fixture
+def handle(tiny_model_dirs) -> ModelHandle:
+    return ModelHandle(ModelSpec("toy", str(tiny_model_dirs["llama"]), converted_cache=None))
+
+
+def make_catalog(tmp_path: Path, acts: ActivationSet, params: dict,
+                 handle: ModelHandle) -> DataCatalog:
     cfg = yaml.safe_load((PROJECT / "conf/base/catalog_sae_training.yml").read_text())
     for entry in cfg.values():
         for key in ("path", "filepath"):
@@ -54,6 +65,8 @@ def make_catalog(tmp_path: Path, acts: ActivationSet, params: dict) -> DataCatal
             entry["save_args"]["dpi"] = 40   # rendering speed only
     catalog = DataCatalog.from_config(cfg)
     catalog["toy.activations"] = MemoryDataset(acts, copy_mode="assign")
+    catalog["toy.model"] = MemoryDataset(handle, copy_mode="assign")
+    catalog["prompts"] = MemoryDataset(tiny_prompts(n_open=8, n_choice=4))
     catalog["params:sae_training"] = params
     catalog["params:models.toy"] = {"layers": [3]}
     return catalog
@@ -61,13 +74,13 @@ def make_catalog(tmp_path: Path, acts: ActivationSet, params: dict) -> DataCatal
 
 def toy_pipeline():
     # as pipeline_registry.namespaced() builds it
-    return pipeline(create_pipeline(), namespace="toy",
+    return pipeline(create_pipeline(), namespace="toy", inputs={"prompts"},
                     parameters={"params:model": "params:models.toy",
                                 "params:sae_training": "params:sae_training"})
 
 
-def test_pipeline_trains_evaluates_plots_then_reuses(tmp_path, acts, caplog):
-    SequentialRunner().run(toy_pipeline(), make_catalog(tmp_path, acts, PARAMS))
+def test_pipeline_trains_evaluates_plots_then_reuses(tmp_path, acts, handle, caplog):
+    SequentialRunner().run(toy_pipeline(), make_catalog(tmp_path, acts, PARAMS, handle))
     folder = tmp_path / "data/06_models/sae/toy" / HOOK
     assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
     metrics = json.loads((tmp_path / "data/07_model_output/toy/sae_metrics.json").read_text())
@@ -77,11 +90,19 @@ def test_pipeline_trains_evaluates_plots_then_reuses(tmp_path, acts, caplog):
     assert m["n_tokens"] == 2 * 10 * 9
     assert {"mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction",
             "mean_norm"} <= set(m)
+    spliced = m["spliced"]   # held-out prompt rows 0 and 10 of the 12
+    assert spliced["n_prompts"] == 2 and spliced["n_predicted_tokens"] > 0
+    for key in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation",
+                "ce_loss_score", "kl_div_with_sae", "kl_div_with_ablation"):
+        assert isinstance(spliced[key], float), key
+    planted = m["planted_dictionary"]
+    assert 0.0 <= planted["fraction_recovered"] <= 1.0 and planted["cosine_threshold"] == 0.9
+    assert planted["config"]["architecture"] == "relu" and len(planted["best_cosine"]) == 256
     assert (tmp_path / "data/08_reporting/toy_sae_training_curve.png").stat().st_size > 1000
     weights = (folder / "sae_weights.safetensors").read_bytes()
 
     with caplog.at_level(logging.INFO, logger="sae_reasoning"):
-        SequentialRunner().run(toy_pipeline(), make_catalog(tmp_path, acts, PARAMS))
+        SequentialRunner().run(toy_pipeline(), make_catalog(tmp_path, acts, PARAMS, handle))
     assert "reusing SAE" in caplog.text
     assert (folder / "sae_weights.safetensors").read_bytes() == weights
 

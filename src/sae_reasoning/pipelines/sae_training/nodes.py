@@ -7,14 +7,20 @@ saves, reusing finished SAEs whose fingerprint matches (see sae/training_job.py)
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from matplotlib.figure import Figure
 
+import pandas as pd
+
 from sae_reasoning.activations.store import ActivationSet
+from sae_reasoning.models.loading import ModelHandle
+from sae_reasoning.sae.ground_truth import planted_dictionary_recovery
 from sae_reasoning.sae.metrics import evaluate_sae as _evaluate
 from sae_reasoning.sae.model import SAE
 from sae_reasoning.sae.plots import plot_training_curves
+from sae_reasoning.sae.spliced_eval import SplicedEvalConfig, heldout_texts, spliced_eval
 from sae_reasoning.sae.train import TrainingConfig, count_tokens, resolve_device
 from sae_reasoning.sae.training_job import SAETrainingJob
 
@@ -46,14 +52,19 @@ def train_sae(activations: ActivationSet, sae_training: dict[str, Any],
     return {hook: SAETrainingJob(activations, hook, config) for hook in hooks}
 
 
-def evaluate_sae(sae: dict[str, SAE], activations: ActivationSet,
-                 sae_training: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Held-out metrics per hook point (mse, fvu, explained_variance, l0, dead/dense fraction)."""
+def evaluate_sae(sae: dict[str, SAE], activations: ActivationSet, sae_training: dict[str, Any],
+                 model: ModelHandle, prompts: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per hook point: held-out metrics (mse, fvu, explained_variance, l0, dead/dense
+    fraction), `spliced` (CE loss recovered, KL divergence with the SAE in the model, on
+    held-out prompts) and `planted_dictionary` (the trainer's ground-truth check with these
+    settings); the last two are switched off by setting their parameter to null / false."""
     config = TrainingConfig.from_params(sae_training)
     split = config.split
     select = split.heldout if split.every is not None else None
     name = "heldout" if select is not None else "train (no held-out split configured)"
     device = resolve_device(config.device)
+    spliced_params = sae_training.get("spliced_eval")
+    planted = planted_dictionary_check(config) if sae_training.get("planted_dictionary") else None
     out = {}
     for hook, module in sae.items():
         if select is not None and count_tokens(activations, hook, config.exclude, select) == 0:
@@ -62,14 +73,48 @@ def evaluate_sae(sae: dict[str, SAE], activations: ActivationSet,
         batches = activations.iter_batches(hook, config.eval_batch_size, shuffle=False,
                                            exclude=config.exclude, select_examples=select)
         metrics = _evaluate(module, batches, dense_threshold=config.dense_threshold, device=device)
-        module.to("cpu")
         trained = module.training_summary or {}
         out[hook] = {"split": name, "eval_every": split.every, **metrics,
                      "d_in": module.d_in, "architecture": module.cfg.architecture,
                      "training": {k: trained.get(k) for k in TRAINING_FIELDS}}
-        logger.info("SAE %s on %s: explained variance %.3f, L0 %.1f, dead %.1f%%", hook, name,
-                    metrics["explained_variance"], metrics["l0"], 100 * metrics["dead_fraction"])
+        if spliced_params is not None:
+            out[hook]["spliced"] = _spliced(module, hook, model, prompts, activations, config,
+                                            SplicedEvalConfig.from_params(spliced_params))
+        if planted is not None:
+            out[hook]["planted_dictionary"] = planted
+        module.to("cpu")
+        logger.info("SAE %s on %s: explained variance %.3f, L0 %.1f, dead %.1f%%%s", hook, name,
+                    metrics["explained_variance"], metrics["l0"], 100 * metrics["dead_fraction"],
+                    f", CE loss recovered {out[hook]['spliced']['ce_loss_score']:.3f}"
+                    if "spliced" in out[hook] else "")
     return out
+
+
+def _spliced(module: SAE, hook: str, model: ModelHandle, prompts: pd.DataFrame,
+             activations: ActivationSet, config: TrainingConfig,
+             params: SplicedEvalConfig) -> dict[str, Any]:
+    lm = model.load()
+    texts = heldout_texts(prompts, config.eval_every, params.n_prompts, params.seed)
+    max_norm = None
+    if config.max_norm_ratio is not None:   # the training filter's norm cut, in raw units
+        medians = sorted(s.median_norm for s in activations.for_hook(hook))
+        max_norm = config.max_norm_ratio * medians[len(medians) // 2]
+    result = spliced_eval(lm, module, hook, texts, max_tokens=params.max_tokens,
+                          batch_size=params.batch_size,
+                          exclude_first_position=config.exclude_first_position, max_norm=max_norm)
+    return {**result, "prompts": "held-out rows (row % eval_every == 0)", "max_norm": max_norm}
+
+
+def planted_dictionary_check(config: TrainingConfig) -> dict[str, Any]:
+    """The ground-truth check (sae/ground_truth.py) with these training settings: fraction
+    of planted directions recovered at cosine >= 0.9 (the figure for the report)."""
+    result = planted_dictionary_recovery(replace(config, d_in=None, d_sae=None))
+    best = sorted(result["best_cosine"])   # kept: sae.plots.plot_planted_recovery draws it
+    result["best_cosine_quantiles"] = {q: best[min(len(best) - 1, int(q * len(best)))]
+                                       for q in (0.0, 0.1, 0.5, 0.9)}
+    logger.info("planted dictionary: %.0f%% of directions recovered at cosine >= 0.9 (%s)",
+                100 * result["fraction_recovered"], result["config"]["architecture"])
+    return result
 
 
 def plot_sae_training(sae: dict[str, SAE]) -> Figure:

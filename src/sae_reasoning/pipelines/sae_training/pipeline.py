@@ -1,4 +1,5 @@
-"""sae_training: activations -> SAE per hook point (+ held-out metrics, training curve).
+"""sae_training: activations -> SAE per hook point (+ held-out metrics, spliced evals with the
+model on held-out prompts, the planted-dictionary check, training curve).
 
 Un-namespaced; the registry makes one copy per model namespace, so `activations`, `sae`,
 ... become `<model>.activations`, `<model>.sae`, ... (catalog factories).
@@ -13,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return pipeline([
         node(train_sae, inputs=["activations", "params:sae_training", "params:model"],
              outputs="sae", name="train_sae"),
-        node(evaluate_sae, inputs=["sae", "activations", "params:sae_training"],
+        node(evaluate_sae, inputs=["sae", "activations", "params:sae_training", "model", "prompts"],
              outputs="sae_metrics", name="evaluate_sae"),
         node(plot_sae_training, inputs="sae", outputs="sae_training_curve",
              name="plot_sae_training"),
