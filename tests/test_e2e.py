@@ -100,7 +100,7 @@ def test_second_run_reuses_activations_and_saes(project):
     log = run.stdout + run.stderr
     assert "reusing activations" in log
     assert "reusing SAE" in log
-    assert "reusing data/07_model_output/tiny_llama/baseline_scores.parquet" in log
+    assert "baseline tiny_llama: reusing" in log
 
 
 def test_device_slot_runner_runs_namespaces_in_workers(project):
