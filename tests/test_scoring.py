@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sae_reasoning.scoring import (
-    accuracy_summary, encode_prompts, greedy_answers, score_conditions, shared_prefix,
+    accuracy_summary, encode_prompts, greedy_answers, pad_right, score_conditions, shared_prefix,
 )
 from tests.prompts_fixture import SHOTS, tiny_prompts
 from tests.tiny import FAMILIES
@@ -80,3 +80,61 @@ def test_bad_prompts_are_named():
     with pytest.raises(ValueError, match="empty"):
         encode_prompts(tok, prompts.iloc[:0])
 
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_partial_forward_from_a_recorded_residual_equals_the_full_forward(tiny_lms, family):
+    from sae_reasoning.models.hooks import patch_residual, recording
+    from sae_reasoning.models.partial_forward import start_at
+
+    lm = tiny_lms[family]
+    ids, mask = pad_right([[5, 9, 30, 31, 7], [12, 40, 3]], lm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        with recording(lm.model, [1], stop=False) as acts:
+            full = lm.model(input_ids=ids, attention_mask=mask).logits
+        resid = acts[1]
+        # Blocks 0..1 poisoned with NaN: the partial pass must not run them.
+        from sae_reasoning.models.hooks import transformer_blocks
+        lower = [p for b in transformer_blocks(lm.model)[:2] for p in b.parameters()]
+        saved = [p.clone() for p in lower]
+        try:
+            for p in lower:
+                p.fill_(float("nan"))
+            with start_at(lm.model, 1, resid):
+                part = lm.model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            for p, v in zip(lower, saved):
+                p.copy_(v)
+        # An intervention at block 1 applies to the injected residual exactly as in a full pass.
+        shift = lambda h: h + torch.linspace(-1, 1, h.shape[-1])  # noqa: E731  (not constant: LayerNorm removes that)
+        with patch_residual(lm.model, 1, shift):
+            full_shift = lm.model(input_ids=ids, attention_mask=mask).logits
+        with start_at(lm.model, 1, resid), patch_residual(lm.model, 1, shift):
+            part_shift = lm.model(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(part[real], full[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part_shift[real], full_shift[real], atol=1e-5, rtol=1e-5)
+    assert (full_shift - full)[real].abs().max() > 1e-3
+    # The blocks are themselves again afterwards.
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(input_ids=ids, attention_mask=mask).logits, full)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scoring_from_the_sae_layer_equals_scoring_the_whole_model(tiny_lms, family):
+    """Ablations that start at the SAE's layer (cached contexts + recorded residual) give the full numbers."""
+    from sae_reasoning.causal.splice import FeatureAblation, spliced
+    from tests.causal.test_splice import LAYER, random_sae
+
+    lm = tiny_lms[family]
+    sae = random_sae()
+    encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=4, n_choice=4))
+    conds = {f"f{k}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(FeatureAblation(sae, list(range(k)), "zero"))
+             for k in (3, 64)}
+    full = score_conditions(lm, encoded, conds, batch_size=3, progress=None)
+    part = score_conditions(lm, encoded, conds, batch_size=3, progress=None, start_layer=LAYER)
+    for name in ("clean", *conds):
+        assert part[name].gold_logprob.tolist() == pytest.approx(full[name].gold_logprob.tolist(), abs=1e-4)
+        assert part[name].correct.tolist() == full[name].correct.tolist()
+        assert part[name].kl.tolist() == pytest.approx(full[name].kl.tolist(), abs=1e-4)
+    assert (full["f64"].gold_logprob - full["clean"].gold_logprob).abs().max() > 1e-3

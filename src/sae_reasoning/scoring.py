@@ -24,13 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from sae_reasoning.models.cached_forward import Context, forward, select
+from sae_reasoning.models.hooks import recording
 from sae_reasoning.models.loading import LanguageModel
+from sae_reasoning.models.partial_forward import start_at
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +156,15 @@ class AnswerBatch:
     mask: torch.Tensor
     answer_len: torch.Tensor      # [R]
 
+    _rows_context: Context | None = field(default=None, repr=False)
+
     def run(self, model, *, grad: bool = False):
         ctx = self.context
         if ctx is not None and len(self.pair_example) != ctx.batch_size:
-            ctx = select(ctx, self.pair_example)  # one row per answer candidate
+            # One row per answer candidate; copied once per batch, not once per condition.
+            if self._rows_context is None:
+                self._rows_context = select(ctx, self.pair_example)
+            ctx = self._rows_context
         with torch.set_grad_enabled(grad):
             out, _ = forward(model, self.ids, self.mask, ctx)
         return out.logits
@@ -261,6 +267,7 @@ def score_conditions(
     batch_size: int = 16,
     progress: str | None = "scoring",
     generate_tokens: int = 0,
+    start_layer: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Score every example under each condition; 'clean' (no intervention) always included.
 
@@ -269,6 +276,10 @@ def score_conditions(
 
     A condition is a function of the batch returning a context manager that installs the
     intervention (e.g. an SAE splice with features ablated) for one answer pass.
+
+    start_layer: every condition intervenes at that block's output or above, so the clean
+    pass records the residual there and the other passes run only the blocks above it
+    (models/partial_forward.py).
     """
     conditions = {"clean": lambda _b: contextlib.nullcontext(), **(conditions or {})}
     check_lengths(lm, benchmarks)
@@ -277,9 +288,18 @@ def score_conditions(
     t0, n = time.time(), 0
     for batch in iter_answer_batches(lm, benchmarks, batch_size, progress):
         clean_logp = None
+        resid = None
         for name, cond in conditions.items():
-            with cond(batch), torch.no_grad():
+            if start_layer is None:
+                start = contextlib.nullcontext({})
+            elif name == "clean":
+                start = recording(lm.model, [start_layer], stop=False)
+            else:
+                start = start_at(lm.model, start_layer, resid)
+            with start as recorded, cond(batch), torch.no_grad():
                 logits = batch.run(lm.model)
+            if name == "clean" and start_layer is not None:
+                resid = recorded[start_layer]
             df, logp = score_batch(batch, logits, stop_ids, clean_logp)
             if name == "clean":
                 clean_logp = logp

@@ -74,3 +74,26 @@ def test_attribution_predicts_small_exact_effects(tiny_lms):
     for i in top:
         exact = (scores[f"s{i}"].gold_logprob - scores["clean"].gold_logprob).mean() / eps
         assert exact == pytest.approx(float(est[i]), rel=0.05, abs=1e-4)
+
+
+def test_mean_ablation_estimate_predicts_small_moves_toward_the_mean(tiny_lms):
+    """mean * sum(grad) - sum(grad * f) is the first-order effect of moving f toward the mean."""
+    from sae_reasoning.causal.analysis import attribution_terms, estimate
+
+    lm = tiny_lms["llama"]
+    sae = random_sae(seed=2)
+    encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=4, n_choice=0))
+    mean = torch.rand(sae.cfg.d_sae)
+    est = estimate(attribution_terms(lm, sae, LAYER, encoded, batch_size=4), "mean", {"mean": mean})
+    top = torch.argsort(est.abs(), descending=True)[:2].tolist()
+    eps = 1e-2
+
+    class TowardMean(FeatureAblation):
+        def replacement(self, f_sel):
+            return f_sel + eps * (mean[self.features] - f_sel)
+
+    conditions = {f"m{i}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(TowardMean(sae, [i], "zero")) for i in top}
+    scores = score_conditions(lm, encoded, conditions, batch_size=4, progress=None)
+    for i in top:
+        exact = (scores[f"m{i}"].gold_logprob - scores["clean"].gold_logprob).mean() / eps
+        assert exact == pytest.approx(float(est[i]), rel=0.05, abs=1e-4)

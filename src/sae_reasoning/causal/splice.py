@@ -84,3 +84,39 @@ class AttributionProbe:
         leaf = f.clone().requires_grad_(True)
         self.features = leaf
         return resid + ((leaf - f) @ self.sae.W_dec).to(resid.dtype)
+
+
+class ErrorAblation:
+    """Zero-ablate the SAE error term: resid' = x_hat(f), the SAE's reconstruction.
+
+    Compared with ablating every feature (resid' = error + b_dec), this says how much of
+    the model's behaviour rides on what the SAE fails to reconstruct.
+    """
+
+    def __init__(self, sae):
+        self.sae = sae
+
+    def __call__(self, resid: torch.Tensor) -> torch.Tensor:
+        x_hat = self.sae.decode(self.sae.encode(resid.to(self.sae.W_dec.dtype)))
+        return x_hat.to(resid.dtype)
+
+
+class DirectionControl:
+    """Norm-matched random direction: the control for ablating the feature set `features`.
+
+    Zero-ablating S moves each token's residual by -c, c = f_S @ W_dec[S]. This control
+    moves it by -||c|| u instead, u a fixed random unit vector of the residual space: the
+    same size of perturbation at the same tokens, in a direction no feature picked.
+    """
+
+    def __init__(self, sae, features, seed: int = 0):
+        self.sae = sae
+        self.features = torch.as_tensor(features, dtype=torch.long).reshape(-1)
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(sae.W_dec.shape[1], generator=gen)
+        self.direction = u / u.norm()
+
+    def __call__(self, resid: torch.Tensor) -> torch.Tensor:
+        f = self.sae.encode(resid.to(self.sae.W_dec.dtype))[..., self.features]
+        size = (f @ self.sae.W_dec[self.features]).norm(dim=-1, keepdim=True)
+        return resid - (size * self.direction.to(size)).to(resid.dtype)

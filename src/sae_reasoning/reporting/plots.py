@@ -43,12 +43,16 @@ def feature_effects(effects: pd.DataFrame):
     for ax, ((model, hook), d) in zip(axes[0], groups):
         for role, color in (("candidate", "C3"), ("control", "C7")):
             r = d[d.role == role].sort_values("delta_logprob")
+            if {"delta_logprob_lo", "delta_logprob_hi"} <= set(r.columns):
+                # Paired bootstrap 95% CIs as error bars.
+                err = [r.delta_logprob - r.delta_logprob_lo, r.delta_logprob_hi - r.delta_logprob]
+                ax.errorbar(range(len(r)), r.delta_logprob, yerr=err, fmt="none", ecolor=color, lw=0.8, alpha=0.6)
             ax.scatter(range(len(r)), r.delta_logprob, color=color, label=f"{role} (n={len(r)})", s=14)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(f"{model} {hook}", fontsize=9)
         ax.set_xlabel("feature (sorted by effect)")
         ax.set_ylabel("Δ gold log-prob (zero ablation)")
         ax.legend(fontsize=7)
-    fig.suptitle("Per-feature ablation effect on held-out examples", fontsize=10)
+    fig.suptitle("Per-feature ablation effect on held-out examples (bars: 95% CI)", fontsize=10)
     fig.tight_layout()
     return fig

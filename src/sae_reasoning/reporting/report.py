@@ -2,7 +2,8 @@
 
 Every number in the report comes from one of: <model>.baseline_scores,
 <model>.sae_metrics, <model>.activations (manifests), <model>.feature_effects,
-<model>.feature_ranking, <model>.causal_summary.
+<model>.feature_ranking, <model>.causal_summary, <model>.feature_contexts (circuits: the
+circuit section of causal_summary; the graphs themselves are <model>.circuit).
 """
 
 from __future__ import annotations
@@ -32,19 +33,90 @@ def activation_summary(activations) -> dict:
 
 
 def build(models: dict[str, dict]) -> dict:
-    """models: namespace -> {baseline, sae_metrics, activations, effects, ranking, summary}."""
+    """models: namespace -> {baseline, sae_metrics, activations, effects, ranking, summary, contexts}."""
     baseline = pd.concat([m["baseline"].assign(model=ns) for ns, m in models.items()], ignore_index=True)
     effects = pd.concat([m["effects"].assign(model=ns) for ns, m in models.items()], ignore_index=True)
     training = {ns: {"activations": activation_summary(m["activations"]), "sae_metrics": m["sae_metrics"]}
                 for ns, m in models.items()}
     causal = {ns: m["summary"]["hook_points"] for ns, m in models.items()}
     ranking = {ns: m["ranking"]["hook_points"] for ns, m in models.items()}
+    contexts = {ns: (m.get("contexts") or {}).get("hook_points", {}) for ns, m in models.items()}
     return {"baseline": baseline, "effects": effects, "training_summary": training,
             "causal_test_results": causal, "feature_importance_ranking": ranking,
-            "markdown": markdown(baseline, training, causal, ranking)}
+            "top_activating_contexts": contexts,
+            "markdown": markdown(baseline, training, causal, ranking, contexts)}
 
 
-def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict) -> str:
+def _ci(r: dict, key: str, pct=False) -> str:
+    """'-0.123 [-0.2, -0.05]' from an effect dict with key, key_lo, key_hi (or key_ci)."""
+    lo, hi = r.get(f"{key}_ci") or (r.get(f"{key}_lo"), r.get(f"{key}_hi"))
+    v = r.get(key)
+    if v is None:
+        return "n/a"
+    if pct:
+        return f"{v:+.1%} [{lo:+.1%}, {hi:+.1%}]" if lo is not None else f"{v:+.1%}"
+    return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None else f"{v:+.3f}"
+
+
+def _p(x) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{x:.2g}"
+
+
+def _md(text: str) -> str:
+    # One table cell: line breaks shown, pipes escaped.
+    return text.replace("\n", "↵").replace("|", "\\|")
+
+
+def causal_details(s: dict, contexts: dict) -> list[str]:
+    """Controls, error term, circuit and top-activating contexts of one SAE."""
+    L = []
+    c = s.get("controls")
+    if c:
+        L += ["", f"Controls (zero ablation on held-out examples; Δ gold log-prob and Δ accuracy with paired "
+              f"bootstrap 95% CIs):", "",
+              "| condition | Δ gold log-prob [95% CI] | Δ accuracy [95% CI] | p (sign-flip) | p (McNemar) |",
+              "|---|---|---|---|---|"]
+        rows = []
+        if c.get("top_k_set"):
+            rows.append((f"top-{c['k']} features together", c["top_k_set"]))
+        rows += [(f"{c['k']} random live features, draw {j + 1}", r) for j, r in enumerate(c["random_feature_sets"])]
+        rows += [(f"norm-matched random direction {j + 1}", r) for j, r in enumerate(c["random_directions"])]
+        rows.append(("all features", s["all_features_zero"]))
+        e = s.get("error_term", {})
+        if e.get("error_ablated"):
+            rows.append(("SAE error term", e["error_ablated"]))
+        for name, r in rows:
+            L.append(f"| {name} | {_ci(r, 'delta_logprob')} | {_ci(r, 'delta_accuracy', pct=True)} | "
+                     f"{_p(r.get('p_logprob'))} | {_p(r.get('p_accuracy'))} |")
+        if e.get("error_share") is not None:
+            L += ["", f"- share of the effect carried by the SAE error term: {e['error_share']:.1%} "
+                  "(|Δ error ablated| / (|Δ error ablated| + |Δ all features ablated|))"]
+    sig = s.get("significant_features_q05")
+    if sig:
+        L.append(f"- features with q < 0.05 (Benjamini-Hochberg over the {s['features_tested']} single features "
+                 f"tested): {sig['logprob']} on gold log-prob, {sig['accuracy']} on accuracy (McNemar)")
+    circ = s.get("circuit")
+    if circ:
+        if circ.get("found"):
+            L.append(f"- circuit ({circ.get('ablation_mode', 'zero')} ablation): {circ['n_features']} features "
+                     f"recover {circ['search_recovered']:.0%} of the "
+                     f"whole-SAE effect on the select split (target {circ['fraction_target']:.0%}; the linear "
+                     f"attribution estimate predicted {_fmt(circ['estimate_size'])}); on held-out examples "
+                     f"faithfulness {_fmt(circ['faithfulness'])}, completeness {_fmt(circ['completeness'])} "
+                     "(Marks et al.: 1 and 0 are ideal). Graph: `<model>/circuit.json`.")
+        else:
+            L.append("- circuit: none (ablating the whole SAE did not lower the gold log-prob on the select split)")
+    if contexts:
+        L += ["", "Top-activating contexts (benchmark tokens where each feature fires most; the token in ⟦ ⟧):", "",
+              "| feature | activation | context |", "|---|---|---|"]
+        for feat, entries in list(contexts.items())[:6]:
+            for ent in entries[:3]:
+                L.append(f"| {feat} | {ent['activation']:.2f} | {_md(ent['text'])} |")
+    return L
+
+
+def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict, contexts: dict | None = None) -> str:
+    contexts = contexts or {}
     L = [f"# Phase 4 report: SAE features that models use to answer reasoning problems",
          "", f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Models: "
          + ", ".join(f"`{m}`" for m in training) + ".", ""]
@@ -86,7 +158,9 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
           "until a feature is touched (checked: `splice identity` below). Features are ranked by "
           "attribution patching on the `select` split; the top candidates, random live features "
           "(control), and all features at once are then ablated exactly on the `heldout` split, at "
-          "the answer positions. Δ = ablated − clean, mean over held-out examples.", ""]
+          "the answer positions. Δ = ablated − clean, mean over held-out examples; [95% CI] = paired "
+          "bootstrap over examples; p = sign-flip permutation test (log-prob) or McNemar's exact test "
+          "(accuracy); q = Benjamini-Hochberg across all single features tested.", ""]
     for model, per_hook in causal.items():
         for hook, s in per_hook.items():
             L += [f"### `{model}` `{hook}` (d_sae {s['d_sae']}, {s['alive_features']} alive; "
@@ -105,11 +179,14 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
                   f"{_fmt(s['random_control_mean_delta_logprob'])}",
                   f"- Spearman correlation, attribution estimate vs exact effect over the candidates: "
                   f"{_fmt(s['spearman_attribution_vs_exact'])}", "",
-                  "| rank | feature | Δ gold log-prob | Δ accuracy | KL | attribution estimate | firing rate |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| rank | feature | Δ gold log-prob [95% CI] | q | Δ accuracy [95% CI] | q (McNemar) | KL | "
+                  "attribution estimate | firing rate |",
+                  "|---|---|---|---|---|---|---|---|---|"]
             for r in ranking[model][hook][:10]:
-                L.append(f"| {r['rank']} | {r['feature']} | {r['delta_logprob']:+.3f} | {r['delta_accuracy']:+.1%} | "
+                L.append(f"| {r['rank']} | {r['feature']} | {_ci(r, 'delta_logprob')} | {_p(r.get('q_logprob'))} | "
+                         f"{_ci(r, 'delta_accuracy', pct=True)} | {_p(r.get('q_accuracy'))} | "
                          f"{r['kl']:.3f} | {r['attribution_estimate']:+.3f} | {r['firing_rate']:.3f} |")
+            L += causal_details(s, contexts.get(model, {}).get(hook, {}))
             L.append("")
     L += ["![feature effects](feature_effects.png)", ""]
     if len(causal) > 1:
@@ -122,6 +199,8 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
         L.append("")
     L += ["## Sources", "", "Baseline: `data/07_model_output/<model>/baseline_scores.parquet`; SAE metrics: "
           "`<model>/sae_metrics.json`; effects: `<model>/feature_effects.parquet`; ranking: "
-          "`feature_importance_ranking.json`; causal summary: `causal_test_results.json`; activations: "
+          "`feature_importance_ranking.json`; causal summary: `causal_test_results.json`; circuits: "
+          "`data/07_model_output/<model>/circuit.json` (networkx node-link); contexts: "
+          "`top_activating_contexts.json`; activations: "
           "`data/04_feature/activations/<model>/<benchmark>/<hook point>/manifest.json`.", ""]
     return "\n".join(L)

@@ -1,4 +1,4 @@
-"""Thin node: the work lives in sae_reasoning.causal.analysis."""
+"""Thin node: the work lives in sae_reasoning.causal."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pandas as pd
 
 from sae_reasoning.activations.store import ActivationSet
 from sae_reasoning.causal.analysis import CausalConfig, run_causal_analysis
+from sae_reasoning.causal.circuits import circuit_graph
 from sae_reasoning.models.loading import ModelHandle
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,8 @@ def analyse_features(model: ModelHandle, saes: dict, prompts: pd.DataFrame, acti
     log.info("causal %s: running attribution and ablations (results are not cached across runs; "
              "`kedro run --only-missing-outputs` skips this node when its outputs exist)", model.name)
     lm = model.load()
-    effects, ranking, summary = run_causal_analysis(lm, saes, prompts, activations, CausalConfig.from_params(causal))
-    return effects.assign(model=model.name), {"model": model.name, "hook_points": ranking}, {
-        "model": model.name, "hook_points": summary}
+    effects, ranking, summary, circuits, contexts = run_causal_analysis(
+        lm, saes, prompts, activations, CausalConfig.from_params(causal))
+    return (effects.assign(model=model.name), {"model": model.name, "hook_points": ranking},
+            {"model": model.name, "hook_points": summary}, circuit_graph(model.name, circuits),
+            {"model": model.name, "hook_points": contexts})

@@ -6,5 +6,6 @@ def create_pipeline(**kwargs) -> Pipeline:
 
     return Pipeline([
         Node(analyse_features, ["model", "sae", "prompts", "activations", "params:causal"],
-             ["feature_effects", "feature_ranking", "causal_summary"], name="analyse_features"),
+             ["feature_effects", "feature_ranking", "causal_summary", "circuit", "feature_contexts"],
+             name="analyse_features"),
     ])

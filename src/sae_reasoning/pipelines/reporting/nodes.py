@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from sae_reasoning.reporting import plots, report
 
-KINDS = ("baseline", "sae_metrics", "activations", "effects", "ranking", "summary")
+KINDS = ("baseline", "sae_metrics", "activations", "effects", "ranking", "summary", "contexts")
 
 
 def build_report(**inputs):
-    """inputs are named `<model>__<kind>`; outputs: markdown, three JSON files, two figures."""
+    """inputs are named `<model>__<kind>`; outputs: markdown, four JSON files, two figures."""
     models: dict[str, dict] = {}
     for key, value in inputs.items():
         model, kind = key.rsplit("__", 1)
         models.setdefault(model, {})[kind] = value
     r = report.build(models)
     return (r["markdown"], r["training_summary"], r["causal_test_results"], r["feature_importance_ranking"],
-            plots.accuracy_vs_chance(r["baseline"]), plots.feature_effects(r["effects"]))
+            r["top_activating_contexts"], plots.accuracy_vs_chance(r["baseline"]), plots.feature_effects(r["effects"]))

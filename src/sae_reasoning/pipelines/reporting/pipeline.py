@@ -8,6 +8,7 @@ SOURCES = {
     "effects": "feature_effects",
     "ranking": "feature_ranking",
     "summary": "causal_summary",
+    "contexts": "feature_contexts",
 }
 
 
@@ -18,5 +19,5 @@ def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
     return Pipeline([
         Node(build_report, inputs,
              ["phase4_report", "training_summary", "causal_test_results", "feature_importance_ranking",
-              "baseline_accuracy_plot", "feature_effects_plot"], name="build_report"),
+              "top_activating_contexts", "baseline_accuracy_plot", "feature_effects_plot"], name="build_report"),
     ])

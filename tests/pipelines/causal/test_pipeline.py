@@ -1,0 +1,77 @@
+"""The causal node on a tiny model with real captured activations; its outputs through the catalog."""
+
+import json
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+import yaml
+from kedro.io import DataCatalog
+
+from sae_reasoning.activations import ActivationSet
+from sae_reasoning.activations.capture import CaptureJob
+from sae_reasoning.causal.contexts import CLOSE, OPEN, top_activating_contexts
+from sae_reasoning.models import ModelHandle, ModelSpec
+from sae_reasoning.models.hooks import hook_point
+from sae_reasoning.pipelines.causal.nodes import analyse_features
+from sae_reasoning.pipelines.causal.pipeline import create_pipeline
+from tests.causal.test_splice import random_sae
+from tests.prompts_fixture import tiny_prompts
+
+CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
+HOOK = hook_point(1)
+
+
+@pytest.fixture(scope="module")
+def captured(tiny_model_dirs, tmp_path_factory):
+    handle = ModelHandle(ModelSpec("tiny", str(tiny_model_dirs["llama"]), converted_cache=None))
+    prompts = tiny_prompts(n_open=8, n_choice=4)
+    root = tmp_path_factory.mktemp("acts")
+    CaptureJob(handle, prompts, layers=[1]).run(root)
+    return handle, prompts, ActivationSet.open(root)
+
+
+def test_top_activating_contexts_highlight_the_strongest_tokens(captured):
+    handle, _, acts = captured
+    tok = handle.load("cpu").tokenizer
+    sae = random_sae()
+    feats = [3, 17]
+    ctx = top_activating_contexts(sae, acts, HOOK, feats, tok, n=4, window=5)
+    # Reference: every captured token encoded, the largest activations of each feature.
+    rows = torch.cat([s.shard(0)["activations"] for s in acts.for_hook(HOOK)])
+    f = sae.encode(rows).detach()
+    for feat in feats:
+        got = ctx[feat]
+        assert [c["activation"] for c in got] == pytest.approx(f[:, feat].topk(len(got)).values.tolist(), rel=1e-5)
+        for c in got:
+            assert OPEN + c["token"] + CLOSE in c["text"]
+            assert c["benchmark"] in {"arith", "logic"}
+
+
+def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
+    handle, prompts, acts = captured
+    params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
+    params.update(top_k=3, n_random_controls=2, n_random_sets=2, n_random_directions=1, n_boot=100,
+                  stats_tokens=400, batch_size=8, n_context_features=3, n_contexts=2)
+    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts, params)
+    s = summary["hook_points"][HOOK]
+    assert {"controls", "error_term", "circuit", "significant_features_q05"} <= set(s)
+    assert {"delta_logprob_lo", "delta_logprob_hi", "p_accuracy", "q_logprob"} <= set(effects.columns)
+    assert len(contexts["hook_points"][HOOK]) == 3
+    assert isinstance(graph, nx.DiGraph) and "answer" in graph
+
+    # The catalog factories of catalog_causal.yml, pointed at a temporary folder.
+    config = yaml.safe_load((CONF / "catalog_causal.yml").read_text())
+    for entry in config.values():
+        entry["filepath"] = str(tmp_path / Path(entry["filepath"]).name)
+    catalog = DataCatalog.from_config(config)
+    catalog.save("tiny.circuit", graph)
+    catalog.save("tiny.feature_contexts", contexts)
+    again = catalog.load("tiny.circuit")
+    assert set(again.nodes) == set(graph.nodes) and again.graph[HOOK] == json.loads(json.dumps(graph.graph[HOOK]))
+    preview = json.loads(catalog.get("tiny.circuit").preview())
+    assert any(n["id"] == "answer" for n in preview["nodes"])
+
+    # The pipeline names these outputs, so kedro-viz draws them as dataset nodes.
+    assert {"circuit", "feature_contexts"} <= create_pipeline().outputs()
