@@ -56,3 +56,11 @@ def feature_effects(effects: pd.DataFrame):
     fig.suptitle("Per-feature ablation effect on held-out examples (bars: 95% CI)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def empty(message: str):
+    """A placeholder figure that says why there is nothing to plot."""
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    return fig

@@ -47,6 +47,16 @@ def build(models: dict[str, dict]) -> dict:
             "markdown": markdown(baseline, training, causal, ranking, contexts)}
 
 
+def planted_dictionary(training: dict) -> dict | None:
+    """The planted-dictionary check of the first SAE that has one (same settings, same result)."""
+    for t in training.values():
+        metrics = t["sae_metrics"] or {}
+        for m in (metrics.get("hook_points", metrics) or {}).values():
+            if isinstance(m, dict) and isinstance(m.get("planted_dictionary"), dict):
+                return m["planted_dictionary"]
+    return None
+
+
 def _ci(r: dict, key: str, pct=False) -> str:
     """'-0.123 [-0.2, -0.05]' from an effect dict with key, key_lo, key_hi (or key_ci)."""
     lo, hi = r.get(f"{key}_ci") or (r.get(f"{key}_lo"), r.get(f"{key}_hi"))
@@ -152,6 +162,13 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
                 continue
             keys = [k for k in ("n_tokens", "mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction") if k in m]
             L.append(f"- SAE `{model}` `{hook}` on held-out tokens: " + ", ".join(f"{k} {_fmt(m[k])}" for k in keys) + ".")
+            sp = m.get("spliced")
+            if isinstance(sp, dict) and "ce_loss_score" in sp:
+                L.append(f"  - spliced into the model (reconstruction in place of the residual, no error term) on "
+                         f"{sp['n_prompts']} held-out prompts ({sp['n_predicted_tokens']:,} predicted tokens): CE loss "
+                         f"recovered {_fmt(sp['ce_loss_score'])} (CE clean {sp['ce_loss_without_sae']:.3f}, with SAE "
+                         f"{sp['ce_loss_with_sae']:.3f}, residual zero-ablated {sp['ce_loss_with_ablation']:.3f}); "
+                         f"KL to the clean model {sp['kl_div_with_sae']:.3f} (zero-ablated {sp['kl_div_with_ablation']:.3f}).")
     L += ["", f"Training curves: `<model>_sae_training_curve.png`.", ""]
     L += ["## 3. Causal effects of SAE features", "",
           "The SAE is spliced in at its layer with its error term kept, so the model is unchanged "
@@ -197,6 +214,18 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
                 L.append(f"| {model} | {hook} | {s['all_features_zero']['delta_logprob']:+.3f} | "
                          f"{_fmt(s['top_feature_mean_delta_logprob'])} | {_fmt(s['random_control_mean_delta_logprob'])} |")
         L.append("")
+    planted = planted_dictionary(training)
+    if planted:
+        d, sae = planted["data"], planted["sae"]
+        L += ["## Methods: does the trainer find known features?", "",
+              f"Synthetic activations from a planted sparse dictionary: {d['n_features']} unit directions in "
+              f"d_in {d['d_in']}, {d['active_per_token']} active per token with coefficients {d['coefficients']}, "
+              f"noise std {d['noise_std']}, {d['n_tokens']:,} tokens. The trainer with this run's settings "
+              f"({sae['architecture']}, d_sae {sae['d_sae']}, {sae['steps']} steps) recovered "
+              f"**{planted['fraction_recovered']:.1%}** of the planted directions at cosine >= "
+              f"{planted['cosine_threshold']} (mean best cosine {planted['mean_best_cosine']:.3f}; target "
+              f"{planted['target']}: {'met' if planted['passed'] else 'NOT met'}).", "",
+              "![planted dictionary recovery](planted_dictionary.png)", ""]
     L += ["## Sources", "", "Baseline: `data/07_model_output/<model>/baseline_scores.parquet`; SAE metrics: "
           "`<model>/sae_metrics.json`; effects: `<model>/feature_effects.parquet`; ranking: "
           "`feature_importance_ranking.json`; causal summary: `causal_test_results.json`; circuits: "

@@ -38,7 +38,27 @@ def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_pat
                    "random live features, draw 2", "SAE error term", "circuit", "⟦"):
         assert needle in md, needle
     assert ctx == {"tiny": contexts["hook_points"]}
-    assert len(figs) == 2
+    assert len(figs) == 3  # baseline, effects, and a placeholder: no planted-dictionary check given
     # The pipeline reads each model's contexts and writes the combined JSON.
     p = create_pipeline(["tiny"])
     assert "tiny.feature_contexts" in p.inputs() and "top_activating_contexts" in p.outputs()
+
+
+def test_report_shows_spliced_sae_metrics_and_the_planted_dictionary_check():
+    from sae_reasoning.reporting.report import markdown
+
+    spliced = {"n_prompts": 32, "n_predicted_tokens": 1234, "ce_loss_score": 0.91, "ce_loss_without_sae": 1.5,
+               "ce_loss_with_sae": 1.8, "ce_loss_with_ablation": 4.8, "kl_div_with_sae": 0.3,
+               "kl_div_with_ablation": 3.1}
+    planted = {"fraction_recovered": 0.98, "mean_best_cosine": 0.97, "cosine_threshold": 0.9, "passed": True,
+               "target": ">= 90% of planted directions at cosine >= 0.9", "best_cosine": [0.97] * 10,
+               "data": {"n_features": 256, "d_in": 64, "active_per_token": 5, "coefficients": "uniform [0.5, 1.5]",
+                        "noise_std": 0.01, "n_tokens": 100000},
+               "sae": {"architecture": "relu", "d_sae": 512, "steps": 200}}
+    training = {"m": {"activations": {}, "sae_metrics": {"blocks.1.hook_resid_post": {
+        "l0": 12.0, "explained_variance": 0.8, "spliced": spliced, "planted_dictionary": planted}}}}
+    md = markdown(__import__("pandas").DataFrame(columns=["model", "benchmark", "correct", "chance", "gold_logprob"]),
+                  training, {}, {}, {})
+    assert "CE loss recovered 0.91 (CE clean 1.500, with SAE 1.800, residual zero-ablated 4.800)" in md
+    assert "recovered **98.0%** of the planted directions at cosine >= 0.9" in md and "met)" in md
+    assert "planted_dictionary.png" in md

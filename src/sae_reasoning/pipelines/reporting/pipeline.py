@@ -19,5 +19,6 @@ def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
     return Pipeline([
         Node(build_report, inputs,
              ["phase4_report", "training_summary", "causal_test_results", "feature_importance_ranking",
-              "top_activating_contexts", "baseline_accuracy_plot", "feature_effects_plot"], name="build_report"),
+              "top_activating_contexts", "baseline_accuracy_plot", "feature_effects_plot", "planted_dictionary_plot"],
+             name="build_report"),
     ])
