@@ -31,3 +31,10 @@ def test_plan_is_deterministic_and_an_oversized_sequence_runs_alone():
 def test_bad_budget_is_named():
     with pytest.raises(ValueError, match="batch_tokens"):
         plan_batches([3, 4], batch_tokens=0)
+
+
+def test_a_shared_context_counts_against_the_budget_of_every_row():
+    lengths = [10] * 12
+    assert [len(b.items) for b in plan_batches(lengths, batch_tokens=60)] == [6, 6]
+    # Each row also attends to a cached 20-token block: 60 // (20 + 10) = 2 rows a batch.
+    assert [len(b.items) for b in plan_batches(lengths, batch_tokens=60, context=20)] == [2] * 6

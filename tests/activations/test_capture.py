@@ -117,8 +117,9 @@ def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identica
     assert "resuming after" in caplog.text
     assert _files(out) == _files(reference)
     # Only the batches after the last complete shard ran again (plus the shared block).
-    examples = encode_prompts(lm.tokenizer, prompts)[0].examples
-    n_passes = 1 + len(plan_batches([len(e.question) + len(e.answers[0]) for e in examples], 64))
+    bench = encode_prompts(lm.tokenizer, prompts)[0]
+    n_passes = 1 + len(plan_batches([len(e.question) + len(e.answers[0]) for e in bench.examples], 64,
+                                    context=len(bench.prefix)))
     assert counter["n"] < n_passes
 
 

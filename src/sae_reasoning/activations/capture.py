@@ -60,7 +60,7 @@ class CaptureJob:
     prompts: pd.DataFrame
     layers: list[int]
     dtype: str = "float32"
-    batch_tokens: int = 8192      # padded tokens per forward pass (rows x width)
+    batch_tokens: int = 4096      # tokens per forward pass: rows x (shared block + width)
     shard_tokens: int = 16384     # rows per safetensors shard
     max_pending_batches: int = 2  # batches queued for the writer thread (bounds memory)
     extra: dict = field(default_factory=dict)
@@ -136,7 +136,7 @@ class CaptureJob:
             for layer in layers
         }
         bar.update(n_done)
-        plan = plan_batches(bench.lengths.tolist(), self.batch_tokens)
+        plan = plan_batches(bench.lengths.tolist(), self.batch_tokens, context=len(bench.prefix))
         sink = BackgroundWriter(writers, self.max_pending_batches)
         offset = len(bench.prefix)
         try:

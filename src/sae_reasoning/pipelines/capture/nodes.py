@@ -19,7 +19,7 @@ def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict
         raise ValueError(f"capture {model.name}: the prompts table (dataset `prompts`) is empty")
     return CaptureJob(
         model=model, prompts=prompts, layers=list(model_params["layers"]),
-        dtype=capture.get("dtype", "float32"), batch_tokens=int(capture.get("batch_tokens", 8192)),
+        dtype=capture.get("dtype", "float32"), batch_tokens=int(capture.get("batch_tokens", 4096)),
         shard_tokens=int(capture.get("shard_tokens", 16384)),
         max_pending_batches=int(capture.get("max_pending_batches", 2)),
     )
