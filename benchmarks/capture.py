@@ -7,10 +7,11 @@ Same prompts, same length-sorted token-budget batches, one run:
   (b)       CaptureJob of the last block, blocks.29.hook_resid_post (no final norm/lm_head)
 Prompts are zero-shot ("Question: ...\\nAnswer:" + the worked solution, teacher-forced),
 so the shared block the capture caches is only BOS and both sides run the same tokens.
-Each configuration runs `--repeats` times, interleaved; the fastest run counts.
+Each configuration runs `--repeats` times, interleaved (this machine's speed drifts by
++-20% over minutes); the fastest run counts.
 Targets (issue 3): (a) >= 2.2x bare, (b) >= 1.15x bare.
 
-    .venv/bin/python benchmarks/capture.py [--examples 96] [--repeats 2] [--quick]
+    .venv/bin/python benchmarks/capture.py [--examples 48] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def capture(handle, table, layer: int, batch_tokens: int) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--examples", type=int, default=96)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--examples", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--quick", action="store_true", help="16 examples, one repeat: checks the script runs")
     args = ap.parse_args()

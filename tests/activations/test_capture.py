@@ -179,3 +179,23 @@ def test_a_prompt_over_the_context_window_is_named_before_any_batch(tmp_path, ha
                                          r"over the model's context of 2048"):
         CaptureJob(handle, prompts, layers=[1]).run(tmp_path)
     assert not any(tmp_path.rglob("*.safetensors"))
+
+
+def test_a_short_shared_block_runs_inline_and_is_still_left_out(tmp_path, handle):
+    prompts = tiny_prompts(n_open=6, n_choice=0)
+    prompts["prompt"] = "Sum.\n\n" + prompts["prompt"].str.split("\n\n").str[-1]
+    CaptureJob(handle, prompts, layers=[1], batch_tokens=40).run(tmp_path)
+    store = ActivationSet.open(tmp_path).stores["arith"]["blocks.1.hook_resid_post"]
+    lm = handle.load()
+    bench = encode_prompts(lm.tokenizer, prompts)[0]
+    assert 0 < len(bench.prefix) <= 16  # inline, not cached
+    meta = store.metadata()
+    rows = store.shard(0)["activations"]
+    for ex in bench.examples:
+        ids = torch.tensor([bench.prefix + ex.question + ex.answers[0]])
+        ref = capture_residuals(lm.model, ids, None, [1])[1][0]
+        mine = (meta.example_index == ex.row).to_numpy()
+        torch.testing.assert_close(rows[torch.from_numpy(mine)], ref[meta.position[mine].to_numpy()],
+                                   atol=1e-4, rtol=1e-4)
+    assert meta.position.min() == len(bench.prefix)
+    assert store.manifest["shared_block"]["n_tokens"] == len(bench.prefix)

@@ -47,6 +47,7 @@ from sae_reasoning.activations.tokens import PackedBenchmark, check_context, pac
 
 log = logging.getLogger(__name__)
 CAPTURE_VERSION = 1
+INLINE_PREFIX = 16  # shared blocks up to this many tokens run inline instead of cached
 META_BYTES = 16  # example_index, position, token_id (int32) and norm (float32) per row
 
 
@@ -142,7 +143,10 @@ class CaptureJob:
         try:
             with torch.no_grad():
                 prefix_ctx, prefix_norms = None, {}
-                if bench.prefix:
+                # A short shared block (a zero-shot prompt's BOS) is cheaper run inline with
+                # every row than through a KV cache; a few-shot block is cached.
+                inline = torch.tensor([bench.prefix], device=lm.device) if len(bench.prefix) <= INLINE_PREFIX else None
+                if bench.prefix and inline is None:
                     ids = torch.tensor([bench.prefix], device=lm.device)
                     with recording(lm.model, layers, stop=False) as acts:
                         _, prefix_ctx = forward(lm.model, ids, torch.ones_like(ids), keep=True, logits=False)
@@ -155,8 +159,16 @@ class CaptureJob:
                         continue
                     ids, mask = bench.batch(batch.items, lm.tokenizer.pad_token_id, lm.device)
                     ctx = prefix_ctx.expand(len(batch.items)) if prefix_ctx is not None else None
-                    with recording(lm.model, layers) as acts:
-                        forward(lm.model, ids, mask, ctx)
+                    if inline is not None and inline.shape[1]:
+                        block = inline.expand(len(batch.items), -1)
+                        with recording(lm.model, layers) as acts:
+                            forward(lm.model, torch.cat([block, ids], 1), torch.cat([torch.ones_like(block), mask], 1))
+                        prefix_norms = prefix_norms or {layer: acts[layer][0, :offset].norm(dim=-1).float().cpu()
+                                                        for layer in layers}
+                        acts = {layer: a[:, offset:] for layer, a in acts.items()}
+                    else:
+                        with recording(lm.model, layers) as acts:
+                            forward(lm.model, ids, mask, ctx)
                     real = mask.bool()
                     keep = slice(max(skip, 0), None)
                     pos = (offset + torch.arange(ids.shape[1], device=ids.device))[None].expand_as(ids)
