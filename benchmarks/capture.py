@@ -6,7 +6,7 @@ Same prompts, same length-sorted token-budget batches, one run:
             written to disk (float32) on the writer thread
   (b)       CaptureJob of the last block, blocks.29.hook_resid_post (no final norm/lm_head)
 Prompts are zero-shot ("Question: ...\\nAnswer:" + the worked solution, teacher-forced),
-so the shared block the capture caches is only BOS and both sides run the same tokens.
+so the shared block is only BOS (capture runs it inline) and both sides run the same tokens.
 Each configuration runs `--repeats` times, interleaved (this machine's speed drifts by
 +-20% over minutes); the fastest run counts.
 Targets (issue 3): (a) >= 2.2x bare, (b) >= 1.15x bare.
