@@ -194,7 +194,7 @@ def test_a_short_shared_block_runs_inline_and_is_still_left_out(tmp_path, handle
     for ex in bench.examples:
         ids = torch.tensor([bench.prefix + ex.question + ex.answers[0]])
         ref = capture_residuals(lm.model, ids, None, [1])[1][0]
-        mine = (meta.example_index == ex.row).to_numpy()
+        mine = (meta.example_index == ex.row).to_numpy().copy()
         torch.testing.assert_close(rows[torch.from_numpy(mine)], ref[meta.position[mine].to_numpy()],
                                    atol=1e-4, rtol=1e-4)
     assert meta.position.min() == len(bench.prefix)

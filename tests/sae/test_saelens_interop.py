@@ -1,13 +1,12 @@
-"""SAELens itself (the optional `bench` extra) loads every architecture we save and computes
-the same features and reconstructions. Skipped when sae-lens is not installed."""
+"""SAELens itself (sae-lens is in the test extra) loads every architecture we save and
+computes the same features and reconstructions."""
 
 import pytest
+import sae_lens  # ~10-20 s to import: one test does all architectures
 import torch
 
 from sae_reasoning.sae.saelens_format import save_sae
 from tests.sae.test_architectures import ARCHS, random_sae
-
-sae_lens = pytest.importorskip("sae_lens")   # ~10-20 s to import: one test does all archs
 
 
 @pytest.mark.slow
