@@ -140,7 +140,8 @@ def parallel_capacity() -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="batches per namespace")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="batches per namespace (100 is shorter than a worker's 2-3 s start-up)")
     parser.add_argument("--quick", action="store_true", help="10 steps: checks that it works")
     parser.add_argument("--dask", action="store_true", help="also run DaskRunner")
     args = parser.parse_args()
