@@ -80,7 +80,7 @@ def encode_prompts(tokenizer, prompts: pd.DataFrame) -> list[EncodedBenchmark]:
     prompts = prompts.reset_index(drop=True)
     for name, group in prompts.groupby("benchmark", sort=False):
         prefix = shared_prefix(group["prompt"].tolist())
-        bench = EncodedBenchmark(name, tokenizer(prefix)["input_ids"] if prefix else _bos(tokenizer))
+        bench = EncodedBenchmark(name, prefix_ids(tokenizer, prefix))
         for row, rec in group.iterrows():
             question = tokenizer(rec["prompt"][len(prefix):], add_special_tokens=False)["input_ids"]
             if not question:
@@ -104,15 +104,19 @@ def encode_prompts(tokenizer, prompts: pd.DataFrame) -> list[EncodedBenchmark]:
     return out
 
 
-def _bos(tokenizer) -> list[int]:
-    ids = tokenizer("", add_special_tokens=True)["input_ids"]
-    return list(ids)
+def prefix_ids(tokenizer, prefix: str) -> list[int]:
+    """The shared block's tokens; with no block, whatever the tokenizer starts with (BOS)."""
+    return list(tokenizer(prefix)["input_ids"] if prefix else tokenizer("", add_special_tokens=True)["input_ids"])
+
+
+def context_window(config) -> int | None:
+    """The model's context length in tokens (None if its config does not say)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def check_lengths(lm: LanguageModel, benchmarks: list[EncodedBenchmark]) -> None:
     """Every prompt + answer fits the model's context window (named if not), before any work."""
-    cfg = lm.model.config
-    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    limit = context_window(lm.model.config)
     if not limit:
         return
     for bench in benchmarks:

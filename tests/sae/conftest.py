@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sae_reasoning.activations.store import ActivationSet, ShardWriter
+from sae_reasoning.sae.ground_truth import planted_activations
 
 HOOK = "blocks.3.hook_resid_post"
 
@@ -27,12 +28,7 @@ def write_store(root: Path, acts: torch.Tensor, *, hook: str = HOOK, benchmark: 
 def planted_data(n: int, d_in: int = 32, n_features: int = 128, active: float = 3.0,
                  noise: float = 0.01, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """x = c @ D + noise with unit-norm planted directions D and ~`active` features per token."""
-    g = torch.Generator().manual_seed(seed)
-    D = torch.randn(n_features, d_in, generator=g)
-    D /= D.norm(dim=1, keepdim=True)
-    on = torch.rand(n, n_features, generator=g) < active / n_features
-    c = on * (0.5 + torch.rand(n, n_features, generator=g))
-    return c @ D + noise * torch.randn(n, d_in, generator=g), D
+    return planted_activations(n, d_in, n_features, active, noise, seed)
 
 
 @pytest.fixture

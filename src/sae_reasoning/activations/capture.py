@@ -145,8 +145,8 @@ class CaptureJob:
                 prefix_ctx, prefix_norms = None, {}
                 # A short shared block (a zero-shot prompt's BOS) is cheaper run inline with
                 # every row than through a KV cache; a few-shot block is cached.
-                inline = torch.tensor([bench.prefix], device=lm.device) if len(bench.prefix) <= INLINE_PREFIX else None
-                if bench.prefix and inline is None:
+                inline = 0 < len(bench.prefix) <= INLINE_PREFIX
+                if bench.prefix and not inline:
                     ids = torch.tensor([bench.prefix], device=lm.device)
                     with recording(lm.model, layers, stop=False) as acts:
                         _, prefix_ctx = forward(lm.model, ids, torch.ones_like(ids), keep=True, logits=False)
@@ -159,8 +159,8 @@ class CaptureJob:
                         continue
                     ids, mask = bench.batch(batch.items, lm.tokenizer.pad_token_id, lm.device)
                     ctx = prefix_ctx.expand(len(batch.items)) if prefix_ctx is not None else None
-                    if inline is not None and inline.shape[1]:
-                        block = inline.expand(len(batch.items), -1)
+                    if inline:
+                        block = torch.tensor([bench.prefix], device=lm.device).expand(len(batch.items), -1)
                         with recording(lm.model, layers) as acts:
                             forward(lm.model, torch.cat([block, ids], 1), torch.cat([torch.ones_like(block), mask], 1))
                         prefix_norms = prefix_norms or {layer: acts[layer][0, :offset].norm(dim=-1).float().cpu()

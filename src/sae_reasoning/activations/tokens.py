@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sae_reasoning.scoring import shared_prefix
+from sae_reasoning.scoring import context_window, prefix_ids, shared_prefix
 
 CHUNK = 256  # prompts per tokenizer call (bounds the transient Python lists)
 
@@ -54,7 +54,6 @@ def pack_prompts(tokenizer, prompts: pd.DataFrame, benchmarks: list[str] | None 
             continue
         texts = group["prompt"].tolist()
         prefix = shared_prefix(texts)
-        prefix_ids = tokenizer(prefix)["input_ids"] if prefix else list(tokenizer("")["input_ids"])
         parts, lengths = [], []
         for start in range(0, len(group), CHUNK):
             chunk = group.iloc[start:start + CHUNK]
@@ -69,14 +68,14 @@ def pack_prompts(tokenizer, prompts: pd.DataFrame, benchmarks: list[str] | None 
             lengths.extend(len(q) + len(a) for q, a in zip(questions, answers))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        out.append(PackedBenchmark(str(name), list(prefix_ids), group.index.to_numpy(np.int64),
+        out.append(PackedBenchmark(str(name), prefix_ids(tokenizer, prefix), group.index.to_numpy(np.int64),
                                    np.concatenate(parts) if parts else np.zeros(0, np.int32), offsets))
     return out
 
 
 def check_context(model_name: str, config, benchmarks: list[PackedBenchmark], prompts: pd.DataFrame) -> None:
     """Every prefix + sequence fits the context window; the longest offender is named."""
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = context_window(config)
     if not limit:
         return
     for b in benchmarks:
