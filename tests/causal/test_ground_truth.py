@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_reasoning.causal.analysis import CausalConfig, analyse_hook, statistics_of, subset
-from sae_reasoning.causal.circuits import circuit_graph
+from sae_reasoning.causal.circuits import circuit_graph, find_circuit
 from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import capture_residuals, hook_point
 from sae_reasoning.sae import SAEConfig, build_sae
@@ -93,3 +93,20 @@ def test_the_planted_feature_is_ranked_first_and_is_the_circuit(planted):
     assert isinstance(g, nx.DiGraph)
     assert list(g.predecessors("answer")) == [f"{hook_point(LAYER)}/{TRUE}"]
     assert g.graph[hook_point(LAYER)]["faithfulness"] == s["faithfulness"]
+
+
+@pytest.mark.parametrize("refine", [1, 4])
+def test_circuit_search_narrows_to_adjacent_sizes(planted, refine):
+    """The planted feature placed 6th in the order: the smallest passing prefix is the top 6,
+    which the doubling sizes (4 fails, 8 passes) alone would miss."""
+    lm, sae, encoded, stats = planted
+    live = [f for f in torch.nonzero(stats["firing_rate"] > 0).flatten().tolist() if f != TRUE]
+    order = live[:5] + [TRUE] + live[5:]
+    select = subset(encoded, "select", 99, 0)
+    estimate = torch.zeros(sae.cfg.d_sae)
+    search = find_circuit(lm, sae, LAYER, select, order, estimate, stats, fraction=0.8, refine=refine,
+                          mode="zero", batch_size=8)
+    assert search.found and search.features == order[:6]
+    assert search.checked[6] >= 0.8 > search.checked[5]
+    assert all(share < 0.8 for k, share in search.checked.items() if k < 6)
+    assert {1, 2, 4, 8} <= set(search.checked)

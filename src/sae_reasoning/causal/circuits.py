@@ -11,10 +11,14 @@ term kept throughout:
   faithfulness  = (m(C)   - m(0)) / (m(M) - m(0))   1: the circuit alone does what the SAE does
   completeness  = (m(M\\C) - m(0)) / (m(M) - m(0))   0: nothing is left once C is ablated
 
-Search: features ordered by the size of their attribution estimate; the size is
-found by exact ablation of the top-k for a few k (doubling sizes, then evenly spaced
-sizes and the estimate's own guess between the last failure and the first success), the
-smallest k whose ablation recovers `fraction` of the effect of ablating the whole SAE.
+Search: features ordered by the size of their attribution estimate; the circuit is the
+top-k for the smallest k whose exact ablation recovers `fraction` of the effect of
+ablating the whole SAE. k is found by exact ablation of the top-k for doubling k, then
+by searching between the last failing and the first passing size (`refine` evenly spaced
+sizes per round, the estimate's own guess in the first) until they are adjacent: the
+circuit's size passes, one feature fewer fails, and so does every smaller size checked.
+(The recovered share is not monotone in k in general, so sizes never checked below the
+last failing one could pass; checking all d_sae sizes would cost d_sae passes.)
 Ablation is mean ablation by default, as in Marks et al.: zero-ablating every feature
 throws the residual far off its distribution, an effect no small set reproduces.
 """
@@ -100,14 +104,18 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
     passing = [k for k in sorted(share) if share[k] >= fraction]
     hi = passing[0]
     lo = max([k for k in share if k < hi], default=0)
-    between = {int(round(x)) for x in np.linspace(lo, hi, refine + 2)[1:-1]}
-    if est_size is not None and lo < est_size < hi:
-        between.add(est_size)
-    between = sorted(between - {lo, hi, 0})
-    if between:
-        more = _recovered(lm, layer, sae, benchmarks, order, between, stats, mode, batch_size, "circuit refine")
+    rounds = 0
+    while hi - lo > 1:  # narrow to adjacent sizes: hi passes, hi - 1 fails
+        between = {int(round(x)) for x in np.linspace(lo, hi, refine + 2)[1:-1]} | {(lo + hi) // 2}
+        if rounds == 0 and est_size is not None and lo < est_size < hi:
+            between.add(est_size)
+        between = sorted(between - {lo, hi})
+        more = _recovered(lm, layer, sae, benchmarks, order, between, stats, mode, batch_size,
+                          f"circuit sizes {lo + 1}..{hi - 1}")
         share.update({k: d / delta_all for k, d in more.items()})
         hi = min(k for k in share if share[k] >= fraction)
+        lo = max([k for k in share if k < hi], default=0)
+        rounds += 1
     return CircuitSearch([int(f) for f in order[:hi]], fraction, float(share[hi]), float(delta_all),
                          {int(k): float(v) for k, v in sorted(share.items())}, est_size, True)
 
