@@ -200,6 +200,16 @@ def main() -> None:
               f"{threads} torch thread(s) per group): {dask_wall:.2f} s")
         print(f"ratio DaskRunner/SequentialRunner: {dask_wall / seq_wall:.2f} "
               f"(vs same-threads SequentialRunner: {dask_wall / seq1_wall:.2f}; target <= 0.65)")
+    # Where DeviceSlotRunner's time goes, against a perfect split of the 1-thread work.
+    startup = [r.ready - r.launched for r in runner.results if r.kind == "namespace"]
+    alone = sum(end - start for start, end, *_ in seq1.values())
+    together = sum(end - start for start, end, *_ in dev.values())
+    print(f"DeviceSlotRunner time budget: worker start-up (spawn, import torch and the project) "
+          f"{sum(startup) / len(startup):.2f} s; node time {together:.2f} s with both namespaces at once "
+          f"vs {alone:.2f} s one at a time ({100 * (together / alone - 1):+.0f}% from sharing the cores' "
+          f"caches and memory bandwidth)")
+    print(f"ceiling: half the 1-thread sequential wall over the {default_threads}-thread one = "
+          f"{seq1_wall / 2 / seq_wall:.2f} (no start-up, no sharing cost)")
     print("timeline (seconds from run start; node start -> end, torch threads):")
     runs = [("SequentialRunner", seq), ("DeviceSlotRunner", dev), ("SequentialRunner/1t", seq1)]
     if dask is not None:

@@ -43,6 +43,7 @@ from sae_reasoning.runner.core import (
     one_line,
     safe_name,
 )
+from sae_reasoning.runner.heap import no_trim_threshold, restore_dynamic_thresholds
 from sae_reasoning.runner.memory import check_fits_somewhere, fits, gb, worker_memory
 from sae_reasoning.runner.slots import cpu_cores, visible_gpus
 from sae_reasoning.runner.worker import (
@@ -124,7 +125,8 @@ class DaskRunner(NamespaceGroupRunner):
         if self._address:
             client = Client(self._address, timeout="60s")
         else:
-            self.cluster = self._local_cluster(len(groups))
+            with no_trim_threshold():
+                self.cluster = self._local_cluster(len(groups))
             client = Client(self.cluster)
         state.backend.update(client=client, futures={}, seen_events=0,
                              topic=f"sae-reasoning-runner-{uuid.uuid4().hex[:12]}")
@@ -310,6 +312,7 @@ def run_group_task(namespace: str, payload: bytes, log_path: str, package_name: 
     from distributed import get_worker
 
     worker = get_worker()
+    restore_dynamic_thresholds()  # before any model work: see runner/heap.py
 
     def notify(event: str, **info) -> None:
         worker.log_event(topic, {"event": event, "namespace": namespace, **info})
