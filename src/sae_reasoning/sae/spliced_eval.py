@@ -72,6 +72,15 @@ def _batches(tokenizer, texts: list[str], max_tokens: int, batch_size: int, pad_
 
 
 @torch.no_grad()
+def training_norm_cut(activations, hook_point: str, max_norm_ratio: float | None) -> float | None:
+    """SAE training's norm cut (`max_norm_ratio` x a benchmark's median norm) in raw units,
+    for held-out texts that mix benchmarks: at the middle benchmark's median norm."""
+    if max_norm_ratio is None:
+        return None
+    medians = sorted(store.median_norm for store in activations.for_hook(hook_point))
+    return max_norm_ratio * medians[len(medians) // 2]
+
+
 def spliced_eval(lm, sae, hook_point: str, texts: list[str], *, max_tokens: int = 256,
                  batch_size: int = 4, exclude_first_position: bool = True,
                  max_norm: float | None = None) -> dict[str, Any]:

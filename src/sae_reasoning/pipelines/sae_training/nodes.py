@@ -20,7 +20,7 @@ from sae_reasoning.sae.ground_truth import planted_dictionary_recovery
 from sae_reasoning.sae.metrics import evaluate_sae as _evaluate
 from sae_reasoning.sae.model import SAE
 from sae_reasoning.sae.plots import plot_training_curves
-from sae_reasoning.sae.spliced_eval import SplicedEvalConfig, heldout_texts, spliced_eval
+from sae_reasoning.sae.spliced_eval import SplicedEvalConfig, heldout_texts, spliced_eval, training_norm_cut
 from sae_reasoning.sae.train import TrainingConfig, count_tokens, resolve_device
 from sae_reasoning.sae.training_job import SAETrainingJob
 
@@ -95,10 +95,7 @@ def _spliced(module: SAE, hook: str, model: ModelHandle, prompts: pd.DataFrame,
              params: SplicedEvalConfig) -> dict[str, Any]:
     lm = model.load()
     texts = heldout_texts(prompts, config.eval_every, params.n_prompts, params.seed)
-    max_norm = None
-    if config.max_norm_ratio is not None:   # the training filter's norm cut, in raw units
-        medians = sorted(s.median_norm for s in activations.for_hook(hook))
-        max_norm = config.max_norm_ratio * medians[len(medians) // 2]
+    max_norm = training_norm_cut(activations, hook, config.max_norm_ratio)
     result = spliced_eval(lm, module, hook, texts, max_tokens=params.max_tokens,
                           batch_size=params.batch_size,
                           exclude_first_position=config.exclude_first_position, max_norm=max_norm)
