@@ -48,9 +48,11 @@ def test_trim_variable_forces_mmap_and_restore_undoes_it():
     assert _probe("restore", "65536") == "0 0"     # restored: served from the heap
 
 
-def test_local_cluster_workers_start_without_the_variable():
+def test_local_cluster_workers_start_without_the_variable(monkeypatch):
     from distributed import Client, LocalCluster
 
+    # As an earlier LocalCluster's nannies leave it in the process that started them.
+    monkeypatch.setenv(TRIM_VARIABLE, "65536")
     before = dict(os.environ)
     with no_trim_threshold():
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,

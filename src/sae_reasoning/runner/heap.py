@@ -59,6 +59,7 @@ def no_trim_threshold() -> Iterator[None]:
     import dask
 
     saved = dict(os.environ)
+    os.environ.pop(TRIM_VARIABLE, None)  # left here by an earlier cluster's nannies, children inherit it
     try:
         with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM_VARIABLE}": None}):
             yield
