@@ -95,3 +95,16 @@ def scale_by_model(base: dict, model: dict, seconds: float) -> dict:
     time.sleep(seconds)
     return _stamp(start=start, value=base["value"] * model["factor"],
                   slot=os.environ.get("KEDRO_DEVICE_SLOT"))
+
+
+def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0) -> int:
+    """torch's CPU threads as this node starts; with `wait_for`, first waits (up to a
+    minute) for that file to exist and then `then_s` more seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    deadline = time.time() + 60
+    while wait_for and not os.path.exists(wait_for) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(then_s)
+    return threads

@@ -48,6 +48,7 @@ from sae_reasoning.runner.worker import (
     NODE_START,
     READY,
     STOP,
+    THREADS,
     run_group,
 )
 
@@ -70,6 +71,7 @@ class _Worker:
     go_sent: bool = False
     final: bool = False  # its outcome is known; only its exit is awaited
     exit_deadline: float = float("inf")
+    threads: int = 0  # CPU threads it was last told to use (0: its slot's)
 
 
 class DeviceSlotRunner(NamespaceGroupRunner):
@@ -86,6 +88,8 @@ class DeviceSlotRunner(NamespaceGroupRunner):
             cores // number of slots.
         prestart: start a group's worker process on a free slot while the shared nodes
             it waits for still run, so its start-up (imports, CUDA) overlaps them.
+        share_cores: once no group is left to start, hand the CPU threads of free CPU
+            slots to the CPU workers still running, from their next node on.
         log_dir, package_name, memory, live, live_interval_s, is_async: see
             `NamespaceGroupRunner`.
     """
@@ -100,6 +104,7 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         threads_per_slot: int | str | None = None,
         package_name: str | None = None,
         prestart: bool | str = True,
+        share_cores: bool | str = True,
         memory: str = "auto",
         memory_gb: str | float | Sequence | None = None,
         live: str = "auto",
@@ -112,6 +117,7 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         self._memory_gb = memory_gb
         self._threads_per_slot = int(threads_per_slot) if threads_per_slot else None
         self._prestart = as_bool(prestart)
+        self._share_cores = as_bool(share_cores)
         self._exit_grace_s = 120.0
         self.slots: list[Slot] = []
 
@@ -291,6 +297,30 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         free = state.backend["free"]
         free.append(worker.slot)
         free.sort(key=self.slots.index)
+        self._share_idle_cores(state)
+
+    def _share_idle_cores(self, state: RunState) -> None:
+        """Once no group is left to start, the threads of free CPU slots go to the CPU
+        workers still running (evenly); each takes them at its next node. Without this, a
+        long namespace would finish on its one slot's cores while the others idle."""
+        if not self._share_cores or state.pending_groups():
+            return
+        free = [s for s in state.backend["free"] if s.kind == "cpu"]
+        running = [w for w in state.backend["workers"].values()
+                   if w.slot.kind == "cpu" and w.go_sent and not w.final]
+        if not free or not running:
+            return
+        total = sum(s.threads for s in free) + sum(w.slot.threads for w in running)
+        share, extra = divmod(total, len(running))
+        for i, worker in enumerate(running):
+            n = share + (i < extra)
+            if n != (worker.threads or worker.slot.threads):
+                with contextlib.suppress(OSError):
+                    worker.conn.send({THREADS: n})
+                    worker.threads = n
+                    self._log.info("Namespace %s on %s: %d CPU thread(s) from its next node on "
+                                   "(%s idle)", worker.result.name, worker.slot.name, n,
+                                   ", ".join(s.name for s in free))
 
 
 # -------------------------------------------------------------------- helpers

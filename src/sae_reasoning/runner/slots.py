@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SLOT_ENV_VAR = "KEDRO_DEVICE_SLOT"
-_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # `--runner-params` splits on commas before the runner sees them, so a slot list given on
 # the command line uses one of these separators instead: `slots=cuda:0;cuda:2`.
 _SEPARATORS = re.compile(r"[,;+\s]+")
@@ -41,7 +41,7 @@ class Slot:
             "CUDA_VISIBLE_DEVICES": self.cuda_visible_devices,
             SLOT_ENV_VAR: self.name,
         }
-        env.update({var: str(self.threads) for var in _THREAD_ENV_VARS})
+        env.update({var: str(self.threads) for var in THREAD_ENV_VARS})
         return env
 
 

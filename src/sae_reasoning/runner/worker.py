@@ -34,7 +34,7 @@ from kedro.framework.project import configure_project, settings, validate_settin
 from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner, Task
 
-from sae_reasoning.runner.slots import Slot
+from sae_reasoning.runner.slots import THREAD_ENV_VARS, Slot
 
 # Worker -> parent.
 READY = "ready"
@@ -45,6 +45,7 @@ FAILED = "failed"
 # Parent -> worker.
 GO = "go"
 STOP = "stop"
+THREADS = "threads"  # {"threads": n}: use n CPU threads from the next node on
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
@@ -89,7 +90,8 @@ def run_group(
             return
 
         done_nodes = execute_group(
-            group, hook_manager, lambda event, **info: conn.send({"event": event, **info})
+            group, hook_manager, lambda event, **info: conn.send({"event": event, **info}),
+            between_nodes=lambda: _take_threads(conn),
         )
         logger.info("Namespace %s finished (%d nodes)", group.namespace, len(done_nodes))
         conn.send({"event": DONE, "done_nodes": done_nodes, "time": time.time()})
@@ -104,16 +106,19 @@ def run_group(
         log_stream.flush()
 
 
-def execute_group(group: GroupPayload, hook_manager, notify) -> list[str]:
+def execute_group(group: GroupPayload, hook_manager, notify, between_nodes=None) -> list[str]:
     """Run the group's nodes in topological order with Kedro's `Task` (hooks included),
     releasing datasets as SequentialRunner does; `notify(event, **info)` hears each node
-    start and finish. Returns the completed nodes; a failing node raises `GroupFailed`."""
+    start and finish; `between_nodes()` runs before each node. Returns the completed
+    nodes; a failing node raises `GroupFailed`."""
     logger = logging.getLogger(__name__)
     pipeline = Pipeline(group.nodes)  # topologically sorted
     load_counts = Counter(chain.from_iterable(n.inputs for n in pipeline.nodes))
     total = len(pipeline.nodes)
     done_nodes: list[str] = []
     for i, node in enumerate(pipeline.nodes, start=1):
+        if between_nodes is not None:
+            between_nodes()
         logger.info("Running node %d/%d: %s", i, total, node.name)
         notify(NODE_START, node=node.name, time=time.time())
         try:
@@ -207,7 +212,20 @@ def _bootstrap(package_name: str | None, log_stream=None):
 
 def _set_threads(threads: int) -> None:
     # OMP_NUM_THREADS (set before the process started) covers a torch imported later;
-    # a torch already imported by the nodes' modules is told directly.
+    # a torch already imported by the nodes' modules is told directly (from the thread
+    # that runs the nodes: OpenMP's thread count is per calling thread).
+    os.environ.update({var: str(threads) for var in THREAD_ENV_VARS})
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
+
+
+def _take_threads(conn) -> None:
+    """Between nodes: take the CPU threads the parent hands over (`{"threads": n}`, sent
+    when another slot's cores fell idle); a node's threads stay fixed while it runs."""
+    while conn.poll():
+        msg = conn.recv()
+        if isinstance(msg, dict) and THREADS in msg:
+            _set_threads(int(msg[THREADS]))
+            logging.getLogger(__name__).info("Now %d CPU thread(s): cores of a finished slot "
+                                             "are idle", msg[THREADS])

@@ -1,0 +1,51 @@
+"""DeviceSlotRunner hands the cores of a finished CPU slot to the namespace still running."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline, node, pipeline
+from kedro_datasets.pickle import PickleDataset
+
+from sae_reasoning.runner import DeviceSlotRunner
+from tests.runner import toy_nodes as t
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.filterwarnings("ignore:One or more dataset names contain")]
+
+
+def _run(tmp_path, share_cores: bool) -> dict:
+    data = tmp_path / f"share-{share_cores}"
+    fast_out = data / "fast.first.pkl"
+    per_ns = Pipeline([
+        node(t.torch_threads, ["base", "params:wait_for", "params:then_s"], "first", name="first"),
+        node(t.torch_threads, "first", "second", name="second"),
+    ])
+    pipe = Pipeline([node(t.make_base, "params:n", "base", name="make_base")])
+    for ns, wait_for in (("fast", ""), ("slow", str(fast_out))):
+        pipe += pipeline(per_ns, namespace=ns, inputs={"base"},
+                         parameters={"params:wait_for": f"params:wait_for_{ns}", "params:then_s": f"params:then_s_{ns}"})
+    names = ["base"] + [f"{ns}.{d}" for ns in ("fast", "slow") for d in ("first", "second")]
+    catalog = DataCatalog(datasets={n: PickleDataset(filepath=str(data / f"{n}.pkl")) for n in names} | {
+        # `slow`'s first node waits for `fast` to have finished (its first output, then a
+        # few seconds for fast's second node and its worker's exit).
+        "params:n": MemoryDataset(1), "params:then_s_fast": MemoryDataset(0.0), "params:then_s_slow": MemoryDataset(3.0),
+        "params:wait_for_fast": MemoryDataset(""), "params:wait_for_slow": MemoryDataset(str(fast_out)),
+    })
+    DeviceSlotRunner(slots="cpu;cpu", threads_per_slot=1, share_cores=share_cores, live="off",
+                     memory="off", log_dir=tmp_path / f"logs-{share_cores}").run(pipe, catalog)
+    return {n: pickle.loads((data / f"{n}.pkl").read_bytes()) for n in names[1:]}
+
+
+def test_threads_of_a_finished_slot_go_to_the_running_namespace(tmp_path):
+    shared = _run(tmp_path, share_cores=True)
+    assert shared["fast.first"] == shared["fast.second"] == 1
+    assert shared["slow.first"] == 1           # set while fast still held its slot
+    assert shared["slow.second"] == 2          # fast's core, taken at the next node
+
+
+def test_sharing_can_be_switched_off(tmp_path):
+    alone = _run(tmp_path, share_cores=False)
+    assert alone["slow.first"] == alone["slow.second"] == 1
