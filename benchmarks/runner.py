@@ -1,8 +1,9 @@
 """DeviceSlotRunner vs Kedro's SequentialRunner on two model-like namespaces.
 
-Each namespace runs one CPU-bound node shaped like this project's per-model work: a small
-model's forward passes over batches of a few prompts (576-wide layers, as SmolLM2-135M),
-in torch, with however many threads the process was given. SequentialRunner runs the two
+Each namespace runs four CPU-bound nodes in a row (as capture -> training -> causal),
+shaped like this project's per-model work: a small model's forward passes over batches of
+a few prompts (576-wide layers, as SmolLM2-135M), in torch, with however many threads the
+process was given. SequentialRunner runs the two
 namespaces one after the other in this process, twice: with torch's default threads (every
 core: what `kedro run` does) and with one thread per core-share (the same threads each
 namespace gets from DeviceSlotRunner, so only the parallelism differs). DeviceSlotRunner
@@ -30,6 +31,7 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 import torch  # noqa: E402
 
 D_MODEL, N_LAYERS, BATCH = 576, 12, 4
+STAGES = 4  # nodes per namespace
 
 
 def make_weights(seed: int) -> list:
@@ -38,10 +40,11 @@ def make_weights(seed: int) -> list:
     return [torch.randn(D_MODEL, D_MODEL, generator=g) / D_MODEL**0.5 for _ in range(N_LAYERS)]
 
 
-def forward_passes(weights: list, steps: int, scale: float) -> dict:
-    """A namespace's node: `steps` batches through the model, as capture does per batch."""
+def forward_passes(weights: list, steps: int, scale: float, previous: dict | None = None) -> dict:
+    """One stage of a namespace: `steps` batches through the model, as capture does per
+    batch. A namespace is STAGES such nodes in a row (as capture -> training -> causal)."""
     start = time.time()
-    g = torch.Generator().manual_seed(int(scale * 1000))
+    g = torch.Generator().manual_seed(int(scale * 1000) + len(previous["threads"]) if previous else 0)
     total = 0.0
     for _ in range(steps):
         x = torch.randn(BATCH, 32, D_MODEL, generator=g)
@@ -50,12 +53,16 @@ def forward_passes(weights: list, steps: int, scale: float) -> dict:
             x = torch.nn.functional.layer_norm(x, (D_MODEL,))
         total += float(x.pow(2).mean())
     return {
-        "start": start,
+        "start": previous["start"] if previous else start,
         "end": time.time(),
         "pid": os.getpid(),
-        "threads": torch.get_num_threads(),
-        "value": total / steps,
+        "threads": (previous["threads"] if previous else []) + [torch.get_num_threads()],
+        "value": (previous["value"] if previous else 0.0) + total / steps,
     }
+
+
+def first_stage(weights: list, steps: int, scale: float) -> dict:
+    return forward_passes(weights, steps, scale)
 
 
 def compare(*results: dict) -> dict:
@@ -71,12 +78,13 @@ def build(workdir: Path, steps: int):
     from kedro.pipeline import Pipeline, node, pipeline
     from kedro_datasets.pickle import PickleDataset
 
+    stage_steps = max(1, steps // STAGES)
     per_model = Pipeline(
-        [
-            node(
-                forward_passes, ["weights", "params:steps", "params:scale"], "result",
-                name="forward",
-            )
+        [node(first_stage, ["weights", "params:steps", "params:scale"], "stage_1", name="stage_1")]
+        + [
+            node(forward_passes, ["weights", "params:steps", "params:scale", f"stage_{i - 1}"],
+                 "result" if i == STAGES else f"stage_{i}", name=f"stage_{i}")
+            for i in range(2, STAGES + 1)
         ]
     )
     pipe = Pipeline([node(make_weights, "params:seed", "weights", name="make_weights")])
@@ -96,7 +104,7 @@ def build(workdir: Path, steps: int):
         datasets = {n: PickleDataset(filepath=str(workdir / "data" / f"{n}.pkl")) for n in names}
         datasets |= {
             "params:seed": MemoryDataset(0),
-            "params:steps": MemoryDataset(steps),
+            "params:steps": MemoryDataset(stage_steps),
             "params:scale_0": MemoryDataset(1.0),
             "params:scale_1": MemoryDataset(1.1),
         }
@@ -186,12 +194,12 @@ def main() -> None:
     load_after = os.getloadavg()
 
     slots = ", ".join(f"{s.name} ({s.threads} thread(s))" for s in runner.slots)
-    print(f"cores: {cpu_cores()}  namespaces: {len(NAMESPACES)}  steps/namespace: {args.steps}  "
+    print(f"cores: {cpu_cores()}  namespaces: {len(NAMESPACES)}  steps/namespace: {args.steps} in {STAGES} nodes  "
           f"load avg before/after: {load_before[0]:.1f}/{load_after[0]:.1f}")
     print(f"machine check: one CPU-bound process {one:.2f} s, two at once {two:.2f} s "
           f"(parallel capacity {2 * one / two:.2f}x of 2x)")
     print(f"SequentialRunner wall ({default_threads} torch threads): {seq_wall:.2f} s")
-    print(f"SequentialRunner wall ({seq1[NAMESPACES[0]][2]} torch thread(s)): {seq1_wall:.2f} s")
+    print(f"SequentialRunner wall ({seq1[NAMESPACES[0]][2][0]} torch thread(s)): {seq1_wall:.2f} s")
     print(f"DeviceSlotRunner wall (slots {slots}): {dev_wall:.2f} s")
     print(f"ratio DeviceSlotRunner/SequentialRunner: {dev_wall / seq_wall:.2f} "
           f"(vs same-threads SequentialRunner: {dev_wall / seq1_wall:.2f}; target <= 0.65)")
@@ -206,17 +214,18 @@ def main() -> None:
     together = sum(end - start for start, end, *_ in dev.values())
     print(f"DeviceSlotRunner time budget: worker start-up (spawn, import torch and the project) "
           f"{sum(startup) / len(startup):.2f} s; node time {together:.2f} s with both namespaces at once "
-          f"vs {alone:.2f} s one at a time ({100 * (together / alone - 1):+.0f}% from sharing the cores' "
-          f"caches and memory bandwidth)")
+          f"vs {alone:.2f} s one at a time ({100 * (together / alone - 1):+.0f}%: the two share caches, "
+          f"memory bandwidth and, on a VM, maybe the host's cores)")
     print(f"ceiling: half the 1-thread sequential wall over the {default_threads}-thread one = "
-          f"{seq1_wall / 2 / seq_wall:.2f} (no start-up, no sharing cost)")
-    print("timeline (seconds from run start; node start -> end, torch threads):")
+          f"{seq1_wall / 2 / seq_wall:.2f} (the ratio with no start-up and no sharing cost)")
+    print("timeline (seconds from run start; first node start -> last node end, torch threads):")
     runs = [("SequentialRunner", seq), ("DeviceSlotRunner", dev), ("SequentialRunner/1t", seq1)]
     if dask is not None:
         runs.append(("DaskRunner", dask))
     for name, timeline in runs:
         for ns, (start, end, n_threads, _pid) in timeline.items():
-            print(f"  {name:19s} {ns:8s} node   {start:6.2f} -> {end:6.2f}  ({n_threads} threads)")
+            print(f"  {name:19s} {ns:8s} nodes  {start:6.2f} -> {end:6.2f}  "
+                  f"(torch threads per node: {', '.join(map(str, n_threads))})")
     # The runners' own per-namespace timeline (logs/<run_id>/timeline.json): start and
     # end on each slot or worker, from the runner's clock.
     for r in runner.results:
