@@ -14,6 +14,13 @@ disk (a later run may reuse them) but are left out of load().
 load() -> {hook point: SAE}, each with `.training_log` (loss/mse/l0/dead_fraction ... per
 logged step) and `.training_summary` when it was trained here. Folders written by SAELens
 itself load too (placed under <path>/<hook point>/).
+
+`path` may be an fsspec URL (s3://..., gcs://..., with `credentials` / `fs_args` as in
+kedro-datasets). Training then runs in a local staging folder (`local_cache`, default
+data/.staging/<name>-<hash of the URL>), where checkpoints stay for resume. save() reads
+the remote training_summary.json first and skips a job whose finished SAE is there
+(fingerprint match); each SAE trained or written is uploaded without its checkpoints and
+swapped in (storage.py `publish`). load() downloads the SAE files the staging folder lacks.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.sae.model import SAE
-from sae_reasoning.sae.saelens_format import is_sae_folder
+from sae_reasoning.sae.saelens_format import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, is_sae_folder
 from sae_reasoning.sae.training_job import (
+    CHECKPOINT_DIRNAME,
+    SUMMARY_FILENAME,
     SAETrainingJob,
     load_sae_folder,
     read_summary,
@@ -44,16 +54,28 @@ INDEX_FILENAME = "saes.json"
 class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
     """A folder of SAEs in the SAELens on-disk format, keyed by hook point."""
 
-    def __init__(self, path: str, device: str = "cpu", metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, device: str = "cpu", credentials: dict[str, Any] | None = None,
+                 fs_args: dict[str, Any] | None = None, local_cache: str | None = None,
+                 metadata: dict[str, Any] | None = None):
         """
         Args:
-            path: folder of this model's SAEs (one subfolder per hook point).
+            path: folder of this model's SAEs (one subfolder per hook point): a local path or
+                an fsspec URL.
             device: where load() puts the SAEs.
+            credentials, fs_args: passed to the fsspec filesystem (as in kedro-datasets).
+            local_cache: staging folder for a remote `path` (ignored for local paths).
             metadata: free-form (shown by kedro-viz).
         """
-        self._path = Path(path)
+        self._storage = Storage(path, credentials=credentials, fs_args=fs_args,
+                                local_cache=local_cache, kind="SAE folder")
+        self._protocol = self._storage.protocol
         self._device = device
         self.metadata = metadata
+
+    @property
+    def _path(self) -> Path:
+        """The folder the work happens in: the path itself, or the staging folder of a URL."""
+        return self._storage.local
 
     # -- helpers --------------------------------------------------------------------
     def _folder(self, hook_point: str) -> Path:
@@ -62,6 +84,8 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         return self._path / hook_point
 
     def _hook_points(self) -> list[str]:
+        if not self._storage.is_local:
+            return self._remote_hook_points()
         index = self._path / INDEX_FILENAME
         if index.is_file():
             return list(json.loads(index.read_text())["hook_points"])
@@ -70,8 +94,77 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         return sorted(p.name for p in self._path.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and is_sae_folder(p))
 
+    # -- remote (fsspec URL) --------------------------------------------------------
+    def _remote_hook_points(self) -> list[str]:
+        s = self._storage
+        index = s.cat(INDEX_FILENAME)
+        if index is not None:
+            return list(json.loads(index)["hook_points"])
+        return [h for h in s.list_dirs() if self._remote_is_sae(h)]
+
+    def _remote_is_sae(self, hook: str) -> bool:
+        return {SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME} <= set(self._storage.list_files(hook))
+
+    def _remote_summary(self, hook: str) -> dict | None:
+        raw = self._storage.cat(f"{hook}/{SUMMARY_FILENAME}")
+        try:
+            return json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    def _remote_reusable(self, hook: str, job: SAETrainingJob) -> bool:
+        summary = self._remote_summary(hook) or {}
+        return (summary.get("fingerprint") == job.fingerprint and summary.get("finished", False)
+                and self._remote_is_sae(hook))
+
+    def _load_remote(self) -> dict[str, SAE]:
+        s = self._storage
+        with s.errors("load SAEs"):
+            s.recover()
+            hooks = self._hook_points()
+            if not hooks:
+                raise DatasetError(f"no SAEs in {s.url}")
+            for hook in hooks:
+                self._folder(hook)  # validates the name
+                files = s.list_files(hook)
+                if not {SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME} <= set(files):
+                    raise DatasetError(f"SAE folder {s.display(hook)} listed in {INDEX_FILENAME} is missing "
+                                       "or incomplete; re-run sae_training")
+                s.fetch(hook, self._folder(hook), files)
+                for f in self._folder(hook).iterdir():  # files of an earlier SAE the URL no longer has
+                    if f.is_file() and not f.name.startswith(".") and f.name not in files:
+                        f.unlink()
+        return {hook: load_sae_folder(self._folder(hook), device=self._device) for hook in hooks}
+
+    def _save_remote(self, data: dict[str, Any]) -> None:
+        s = self._storage
+        with s.errors("prepare saving SAEs"):
+            s.check_writable()
+            s.recover()
+        self._path.mkdir(parents=True, exist_ok=True)
+        for hook, item in data.items():
+            folder = self._folder(hook)
+            if isinstance(item, SAETrainingJob):
+                if item.hook_point != hook:
+                    raise DatasetError(f"job for {item.hook_point} saved under key {hook}")
+                with s.errors("read the stored SAE"):
+                    reusable = self._remote_reusable(hook, item)
+                if reusable:
+                    logger.info("reusing SAE %s (fingerprint match %s)", s.display(hook), item.fingerprint)
+                    continue
+                item.run(folder)
+            elif isinstance(item, SAE):
+                write_sae_folder(folder, item)
+            else:
+                raise DatasetError(f"SAEDataset: cannot save {type(item).__name__} for {hook}")
+            s.publish(folder, hook, exclude=(CHECKPOINT_DIRNAME,))
+        with s.errors(f"write {INDEX_FILENAME}"):
+            s.publish_bytes(json.dumps({"hook_points": list(data)}, indent=1).encode(), INDEX_FILENAME)
+
     # -- AbstractDataset ------------------------------------------------------------
     def load(self) -> dict[str, SAE]:
+        if not self._storage.is_local:
+            return self._load_remote()
         hooks = self._hook_points()
         if not hooks:
             raise DatasetError(f"no SAEs in {self._path}")
@@ -89,6 +182,8 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         if not isinstance(data, dict):
             raise DatasetError(f"SAEDataset.save expects {{hook point: SAETrainingJob | SAE}}, "
                                f"got {type(data).__name__}")
+        if not self._storage.is_local:
+            return self._save_remote(data)
         self._path.mkdir(parents=True, exist_ok=True)
         for hook, item in data.items():
             folder = self._folder(hook)
@@ -106,18 +201,23 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         os.replace(tmp, index)
 
     def _exists(self) -> bool:
+        if not self._storage.is_local:
+            with self._storage.errors("list SAEs"):
+                hooks = self._hook_points()
+                return bool(hooks) and all(self._remote_is_sae(h) for h in hooks)
         hooks = self._hook_points()
         return bool(hooks) and all(is_sae_folder(self._path / h) for h in hooks)
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": PurePosixPath(self._path).as_posix(), "device": self._device}
+        path = PurePosixPath(self._path).as_posix() if self._storage.is_local else self._storage.url
+        return {"path": path, "device": self._device}
 
     # -- convenience ----------------------------------------------------------------
     def summaries(self) -> dict[str, dict | None]:
         """training_summary.json of each hook point (without the history)."""
         out = {}
         for hook in self._hook_points():
-            s = read_summary(self._folder(hook))
+            s = read_summary(self._folder(hook)) if self._storage.is_local else self._remote_summary(hook)
             if s is not None:
                 s.pop("history", None)
             out[hook] = s
