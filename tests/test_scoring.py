@@ -138,3 +138,71 @@ def test_scoring_from_the_sae_layer_equals_scoring_the_whole_model(tiny_lms, fam
         assert part[name].correct.tolist() == full[name].correct.tolist()
         assert part[name].kl.tolist() == pytest.approx(full[name].kl.tolist(), abs=1e-4)
     assert (full["f64"].gold_logprob - full["clean"].gold_logprob).abs().max() > 1e-3
+
+
+def _bare_prompts(n=3):
+    """Prompts of a benchmark with no shared block: the questions start at position 0."""
+    return tiny_prompts(n_open=n, n_choice=0).assign(
+        benchmark="bare", prompt=lambda d: d.prompt.str.replace(SHOTS, "", regex=False))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ablation_at_all_positions_equals_one_uncached_forward(tiny_lms, family):
+    """positions='all': the rebuilt contexts give exactly the numbers of the whole sequence run
+    in one plain forward with the intervention at every position but position 0."""
+    import pandas as pd
+
+    from sae_reasoning.causal.splice import DirectionControl, FeatureAblation, spliced
+    from sae_reasoning.models.hooks import patch_residual
+    from tests.causal.test_splice import LAYER, random_sae
+
+    lm = tiny_lms[family]
+    sae = random_sae()
+    prompts = pd.concat([tiny_prompts(n_open=4, n_choice=3), _bare_prompts()], ignore_index=True)
+    encoded = encode_prompts(lm.tokenizer, prompts)
+    assert [len(b.prefix) > 0 for b in encoded] == [True, True, False]
+    fns = {"mean": FeatureAblation(sae, list(range(0, 256, 3)), "mean", mean=torch.rand(sae.cfg.d_sae)),
+           "direction": DirectionControl(sae, list(range(50)), seed=1)}
+    conds = {k: (lambda a: lambda _b: spliced(lm.model, LAYER, a))(fn) for k, fn in fns.items()}
+    got = score_conditions(lm, encoded, conds, batch_size=2, progress=None, start_layer=LAYER, positions="all")
+    answer = score_conditions(lm, encoded, conds, batch_size=2, progress=None, start_layer=LAYER)
+
+    def but_first(fn):
+        def apply(h):
+            out = fn(h).clone()
+            out[:, 0] = h[:, 0]
+            return out
+        return apply
+
+    for name, fn in fns.items():
+        by_row = got[name].set_index("row")
+        moved = 0.0
+        for bench in encoded:
+            for ex in bench.examples:
+                ids = torch.tensor([bench.prefix + ex.question + ex.answers[ex.gold]])
+                n = len(ex.answers[ex.gold])
+                with torch.no_grad():
+                    clean = torch.log_softmax(lm.model(input_ids=ids).logits[0, -n - 1:].float(), -1)
+                    with patch_residual(lm.model, LAYER, but_first(fn)):
+                        ref = torch.log_softmax(lm.model(input_ids=ids).logits[0, -n - 1:].float(), -1)
+                    with patch_residual(lm.model, LAYER, fn):     # position 0 too: not what 'all' does
+                        ref0 = torch.log_softmax(lm.model(input_ids=ids).logits[0, -n - 1:].float(), -1)
+                gold = ref[torch.arange(n), ex.answers[ex.gold]].sum().item()
+                kl = (clean.exp() * (clean - ref)).sum(-1).mean().item()
+                assert by_row.loc[ex.row, "gold_logprob"] == pytest.approx(gold, abs=2e-5)
+                assert by_row.loc[ex.row, "kl"] == pytest.approx(kl, abs=2e-5)
+                moved = max(moved, abs(ref0[torch.arange(n), ex.answers[ex.gold]].sum().item() - gold))
+        assert moved > 1e-4      # the check would see position 0 ablated
+        # Acting at every position is not acting at the answer positions only.
+        assert (got[name].gold_logprob - answer[name].gold_logprob).abs().max() > 1e-3
+    # The clean condition is the same whichever positions the others act at.
+    assert got["clean"].gold_logprob.tolist() == pytest.approx(answer["clean"].gold_logprob.tolist(), abs=1e-6)
+
+
+def test_all_positions_needs_the_layer(tiny_lms):
+    lm = tiny_lms["gpt2"]
+    encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=2, n_choice=0))
+    with pytest.raises(ValueError, match="needs start_layer"):
+        score_conditions(lm, encoded, {}, progress=None, positions="all")
+    with pytest.raises(ValueError, match="positions 'every'"):
+        score_conditions(lm, encoded, {}, progress=None, start_layer=1, positions="every")

@@ -11,8 +11,16 @@ Per example:
 
 Prompts share a few-shot block per benchmark; it is run once and cached, each question
 is run once per batch, and every condition then runs only the answer tokens on top
-(see models/cached_forward.py). Interventions therefore act at the answer positions:
-the last prompt token and the answer tokens.
+(see models/cached_forward.py). Where interventions act (`positions`):
+
+  answer  the answer positions: the last prompt token and the answer tokens. Only the
+          answer pass runs per condition.
+  all     every position of the sequence (few-shot block, question, answer), except
+          position 0 when `exclude_first` (see score_conditions). An intervention at
+          block L's output leaves blocks 0..L as they were, so per condition only the
+          blocks above L rerun, from the clean residual at L recorded while the clean
+          contexts were built: over the few-shot block once per benchmark, over the
+          questions once per batch; then the answer pass runs on that condition's context.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_reasoning.models.cached_forward import Context, forward, select
-from sae_reasoning.models.hooks import recording
+from sae_reasoning.models.hooks import keep_clean, recording
 from sae_reasoning.models.loading import LanguageModel
-from sae_reasoning.models.partial_forward import start_at
+from sae_reasoning.models.partial_forward import forward_above, start_at
 
 log = logging.getLogger(__name__)
 
 Condition = Callable[["AnswerBatch"], ContextManager]
+POSITIONS = ("answer", "all")
 
 
 @dataclass
@@ -148,6 +157,17 @@ def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @dataclass
+class Segment:
+    """A clean context-building pass (few-shot block or questions), kept to rerun it."""
+
+    ids: torch.Tensor             # [B, S] right-padded tokens
+    mask: torch.Tensor
+    positions: torch.Tensor       # [B, S] position ids
+    resid: torch.Tensor           # [B, S, d_model] clean residual after the recorded layer
+    context: Context              # clean context after the pass
+
+
+@dataclass
 class AnswerBatch:
     """One batch of examples with its cached context, ready for answer passes."""
 
@@ -159,46 +179,77 @@ class AnswerBatch:
     ids: torch.Tensor             # [R, S] last question token + candidate answer, right-padded
     mask: torch.Tensor
     answer_len: torch.Tensor      # [R]
+    # With iter_answer_batches(record_layer=): the passes that built `context`, to rerun
+    # them under an intervention (rebuild_context). `prefix` is the benchmark's (batch 1),
+    # the same object for all its batches.
+    prefix: Segment | None = None
+    question: Segment | None = None
+    last_of_benchmark: bool = False
 
     _rows_context: Context | None = field(default=None, repr=False)
 
-    def run(self, model, *, grad: bool = False):
-        ctx = self.context
+    def run(self, model, *, grad: bool = False, context: Context | None = None):
+        """Logits of the answer rows, on the batch's clean context or on `context` (same examples)."""
+        ctx = self.context if context is None else context
         if ctx is not None and len(self.pair_example) != ctx.batch_size:
-            # One row per answer candidate; copied once per batch, not once per condition.
-            if self._rows_context is None:
-                self._rows_context = select(ctx, self.pair_example)
-            ctx = self._rows_context
+            # One row per answer candidate; the clean one copied once per batch, not once per condition.
+            if context is not None:
+                ctx = select(ctx, self.pair_example)
+            else:
+                if self._rows_context is None:
+                    self._rows_context = select(ctx, self.pair_example)
+                ctx = self._rows_context
         with torch.set_grad_enabled(grad):
             out, _ = forward(model, self.ids, self.mask, ctx)
         return out.logits
 
+    def answer_positions(self) -> torch.Tensor:
+        """[R, S] position ids of the answer rows."""
+        start = (self.context.length[self.pair_example] if self.context is not None
+                 else torch.zeros(len(self.pair_example), dtype=torch.long, device=self.ids.device))
+        return start[:, None].to(self.ids.device) + torch.arange(self.ids.shape[1], device=self.ids.device)
+
 
 def iter_answer_batches(lm: LanguageModel, benchmarks: list[EncodedBenchmark], batch_size: int = 16,
-                        progress: str | None = None) -> Iterator[AnswerBatch]:
-    """Build contexts (shared block once per benchmark, then questions) batch by batch."""
+                        progress: str | None = None, record_layer: int | None = None) -> Iterator[AnswerBatch]:
+    """Build contexts (shared block once per benchmark, then questions) batch by batch.
+
+    record_layer: also keep each context-building pass with its residual after that block
+    (batch.prefix, batch.question), so that rebuild_context can rerun the blocks above it.
+    """
     model, dev = lm.model, lm.device
     pad = lm.tokenizer.pad_token_id
     total = sum(len(b.examples) for b in benchmarks)
     bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
     index = 0
+
     # Grad mode is global state: never hold no_grad across a yield (the consumer may need
     # gradients, e.g. attribution), only around the context-building passes.
+    def run(ids, mask, ctx):
+        """A clean context-building pass: (new context, its Segment if recording)."""
+        start = ctx.length if ctx is not None else torch.zeros(len(ids), dtype=torch.long, device=dev)
+        with torch.no_grad(), (recording(model, [record_layer], stop=False) if record_layer is not None
+                               else contextlib.nullcontext({})) as rec:
+            _, new = forward(model, ids, mask, ctx, keep=True, logits=False)
+        if record_layer is None:
+            return new, None
+        positions = start[:, None].to(dev) + torch.arange(ids.shape[1], device=dev)
+        return new, Segment(ids, mask, positions, rec[record_layer], new)
+
     for bench in benchmarks:
-        prefix_ctx = None
+        prefix_ctx = prefix_seg = None
         if bench.prefix:
             ids = torch.tensor([bench.prefix], device=dev)
-            with torch.no_grad():
-                _, prefix_ctx = forward(model, ids, torch.ones_like(ids), keep=True, logits=False)
+            prefix_ctx, prefix_seg = run(ids, torch.ones_like(ids), None)
         order = sorted(bench.examples, key=lambda e: len(e.question))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
             heads = [e.question[:-1] for e in chunk]
+            question_seg = None
             if any(heads):
                 ids, mask = pad_right(heads, pad, dev)
-                with torch.no_grad():
-                    _, ctx = forward(model, ids, mask, ctx, keep=True, logits=False)
+                ctx, question_seg = run(ids, mask, ctx)
             pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
             seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
             ids, mask = pad_right(seqs, pad, dev)
@@ -208,10 +259,41 @@ def iter_answer_batches(lm: LanguageModel, benchmarks: list[EncodedBenchmark], b
                 pair_answer=torch.tensor([j for _, j in pairs], device=dev),
                 ids=ids, mask=mask,
                 answer_len=torch.tensor([len(chunk[i].answers[j]) for i, j in pairs], device=dev),
+                prefix=prefix_seg, question=question_seg, last_of_benchmark=start + batch_size >= len(order),
             )
             index += 1
             bar.update(len(chunk))
     bar.close()
+
+
+def rerun_segment(model, layer: int, segment: Segment, context: Context | None,
+                  intervention: Callable[[], ContextManager], *, exclude_first: bool = True) -> Context:
+    """The context after `segment` with `intervention()` acting at block `layer`'s output at
+    every position of it (bar position 0 when exclude_first), from its clean residual there.
+
+    `context`: the context before the segment under the same intervention (None at the start)."""
+    first = segment.positions == 0 if exclude_first else None
+    exempt = (keep_clean(model, layer, segment.resid, first) if first is not None and bool(first.any())
+              else contextlib.nullcontext())
+    with intervention(), exempt:     # in this order: the exemption's hook runs after the intervention's
+        return forward_above(model, layer, segment.resid, segment.ids, segment.mask, context, segment.context)
+
+
+def rebuild_context(model, layer: int, batch: AnswerBatch, intervention: Callable[[], ContextManager],
+                    prefixes: dict, key, *, exclude_first: bool = True) -> Context | None:
+    """The batch's context (shared block, then questions) with the intervention at every position.
+
+    The shared block is the same for all the batches of a benchmark: its context is built at
+    the first and kept in `prefixes[key]`; the caller drops it after the benchmark's last batch.
+    """
+    ctx = None
+    if batch.prefix is not None:
+        if key not in prefixes:
+            prefixes[key] = rerun_segment(model, layer, batch.prefix, None, intervention, exclude_first=exclude_first)
+        ctx = prefixes[key].expand(len(batch.examples))
+    if batch.question is not None:
+        ctx = rerun_segment(model, layer, batch.question, ctx, intervention, exclude_first=exclude_first)
+    return ctx
 
 
 def answer_logprobs(batch: AnswerBatch, logits: torch.Tensor):
@@ -272,6 +354,8 @@ def score_conditions(
     progress: str | None = "scoring",
     generate_tokens: int = 0,
     start_layer: int | None = None,
+    positions: str = "answer",
+    exclude_first: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Score every example under each condition; 'clean' (no intervention) always included.
 
@@ -284,24 +368,56 @@ def score_conditions(
     start_layer: every condition intervenes at that block's output or above, so the clean
     pass records the residual there and the other passes run only the blocks above it
     (models/partial_forward.py).
+
+    positions: where the conditions act, "answer" (the answer pass only) or "all" (every
+    position: the condition also runs while the few-shot block's and the questions'
+    contexts are rebuilt above `start_layer`, which it then needs: it must be the one layer
+    the conditions act at). exclude_first ("all"): position 0 keeps its clean residual.
+    Position 0 is the attention sink (BOS where the tokenizer adds one) whose massive
+    residual norm SAE training leaves out (activations.store.MassiveActivationFilter): an
+    SAE applied there is off its training distribution; and its residual depends on that
+    one token alone (attention is causal), so it carries nothing about the problem.
+
+    Memory with "all": one condition's question contexts at a time, and each condition's
+    few-shot-block context (the layers above start_layer, batch 1) for as long as its
+    benchmark's batches last.
     """
+    if positions not in POSITIONS:
+        raise ValueError(f"positions {positions!r}: expected one of {POSITIONS}")
+    if positions == "all" and start_layer is None:
+        raise ValueError("positions='all' needs start_layer, the layer the conditions act at: the "
+                         "contexts are rebuilt from the clean residual there")
+    every = positions == "all"
     conditions = {"clean": lambda _b: contextlib.nullcontext(), **(conditions or {})}
     check_lengths(lm, benchmarks)
     stop_ids = stop_token_ids(lm.tokenizer)
     results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
     t0, n = time.time(), 0
-    for batch in iter_answer_batches(lm, benchmarks, batch_size, progress):
+    prefixes: dict[str, Context] = {}     # condition -> its few-shot-block context, for the benchmark at hand
+    for batch in iter_answer_batches(lm, benchmarks, batch_size, progress,
+                                     record_layer=start_layer if every else None):
         clean_logp = None
         resid = None
+        first = batch.answer_positions() == 0 if every and exclude_first else None
         for name, cond in conditions.items():
+            context, exempt = None, contextlib.nullcontext()
             if start_layer is None:
                 start = contextlib.nullcontext({})
             elif name == "clean":
                 start = recording(lm.model, [start_layer], stop=False)
             else:
                 start = start_at(lm.model, start_layer, resid)
-            with start as recorded, cond(batch), torch.no_grad():
-                logits = batch.run(lm.model)
+                if every:
+                    with torch.no_grad():
+                        context = rebuild_context(lm.model, start_layer, batch, lambda: cond(batch), prefixes,
+                                                  name, exclude_first=exclude_first)
+                    if first is not None and bool(first.any()):
+                        exempt = keep_clean(lm.model, start_layer, resid, first)
+            with start as recorded, cond(batch), exempt, torch.no_grad():
+                logits = batch.run(lm.model, context=context)
+            del context
+            if batch.last_of_benchmark:
+                prefixes.pop(name, None)
             if name == "clean" and start_layer is not None:
                 resid = recorded[start_layer]
             df, logp = score_batch(batch, logits, stop_ids, clean_logp)

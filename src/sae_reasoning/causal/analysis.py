@@ -4,7 +4,8 @@
    a bank of activations of held-aside tokens (for random replacement), firing rates.
 2. Attribution patching on the `select` split: one forward and backward per batch gives,
    for every feature, the estimated change of the gold answer's log-probability if the
-   feature were zero-ablated at the answer positions (gradient x (0 - activation)).
+   feature were zero-ablated at the positions the ablations act at (gradient x (0 -
+   activation), summed over them).
 3. Circuit search on the `select` split (circuits.py): the fewest features, in estimate
    order, whose exact ablation recovers a fraction of the whole SAE's effect.
 4. Exact ablation on the `heldout` split, with the SAE error term kept, starting from
@@ -16,6 +17,10 @@
 5. Statistics per condition (stats.py): paired bootstrap CIs, sign-flip and McNemar
    p-values, Benjamini-Hochberg q-values across all single features tested.
 6. Ranking by the exact drop in gold log-prob.
+
+Where ablations act (`positions`, scoring.py): `answer`, the last prompt token and the
+answer tokens; or `all`, every position of few-shot block, question and answer except
+position 0 (when the massive-activation rule leaves it out of the SAE's training data).
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from sae_reasoning.causal.circuits import completeness, faithfulness, find_circu
 from sae_reasoning.causal.splice import (
     AttributionProbe, DirectionControl, ErrorAblation, FeatureAblation, spliced,
 )
+from sae_reasoning.models.cached_forward import cut_above
 from sae_reasoning.models.hooks import parse_hook_point, patch_residual
 from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring import (
-    EncodedBenchmark, answer_logprobs, encode_prompts, iter_answer_batches, score_conditions,
+    POSITIONS, EncodedBenchmark, answer_logprobs, encode_prompts, iter_answer_batches, rerun_segment,
+    score_conditions,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ class CausalConfig:
     n_random_sets: int = 3              # draws of top_k random live features ablated together
     n_random_directions: int = 3        # norm-matched random directions (control for the top-K set)
     modes: tuple[str, ...] = ("zero", "resample")
+    positions: str = "answer"           # where ablations act: answer (last prompt token + answer) | all
     max_examples_per_benchmark: int = 60    # per split
     batch_size: int = 16
     stats_tokens: int = 20000           # tokens encoded for means, the resample bank, firing rates
@@ -72,7 +80,14 @@ class CausalConfig:
         cfg = cls(**{k: (tuple(v) if k == "modes" else v) for k, v in p.items()})
         if exclude is not None:
             cfg.exclude = MassiveActivationFilter(**exclude)
+        if cfg.positions not in POSITIONS:
+            raise ValueError(f"causal.positions {cfg.positions!r}: expected one of {POSITIONS}")
         return cfg
+
+    def scoring(self) -> dict:
+        """Where ablations act, as score_conditions' keyword arguments. Position 0 is left
+        clean with `all` exactly when SAE training leaves it out (massive_activations)."""
+        return {"positions": self.positions, "exclude_first": self.exclude.exclude_first_position}
 
 
 def subset(encoded: list[EncodedBenchmark], split: str, cap: int, seed: int) -> list[EncodedBenchmark]:
@@ -105,30 +120,39 @@ def statistics_of(f: torch.Tensor) -> dict:
     return {"mean": f.mean(0), "firing_rate": (f > 0).float().mean(0), "bank": f, "n_tokens": len(f)}
 
 
-def attribution(lm: LanguageModel, sae, layer: int, benchmarks: list[EncodedBenchmark], batch_size: int) -> torch.Tensor:
+def attribution(lm: LanguageModel, sae, layer: int, benchmarks: list[EncodedBenchmark], batch_size: int,
+                **scoring) -> torch.Tensor:
     """Estimated mean change in gold log-prob per example when each feature is zero-ablated."""
-    grad_sum, grad_f_sum = attribution_terms(lm, sae, layer, benchmarks, batch_size)
+    grad_sum, grad_f_sum = attribution_terms(lm, sae, layer, benchmarks, batch_size, **scoring)
     return -grad_f_sum
 
 
 def attribution_terms(lm: LanguageModel, sae, layer: int, benchmarks: list[EncodedBenchmark],
-                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      batch_size: int, *, positions: str = "answer",
+                      exclude_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per feature, mean over examples of sum_tokens grad and sum_tokens grad * f.
 
     The estimate for replacing f by a constant c is c * first - second: zero ablation
-    -second, mean ablation mean * first - second (one backward pass serves both).
+    -second, mean ablation mean * first - second (one backward pass serves both). The sums
+    run over the positions the ablation acts at (`positions`, `exclude_first`: as in
+    score_conditions), so the estimate is of the same quantity the exact ablation measures.
     """
+    if positions not in POSITIONS:
+        raise ValueError(f"positions {positions!r}: expected one of {POSITIONS}")
     d_sae = sae.W_dec.shape[0]
-    grad_sum, grad_f_sum = torch.zeros(d_sae, dtype=torch.float64), torch.zeros(d_sae, dtype=torch.float64)
+    sums = [torch.zeros(d_sae, dtype=torch.float64), torch.zeros(d_sae, dtype=torch.float64)]
     n = 0
     probe = AttributionProbe(sae)
     with frozen(lm.model), frozen(sae):
-        for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution"):
-            g, gf = _attribute_batch(lm, layer, probe, batch)
-            grad_sum += g
-            grad_f_sum += gf
-            n += len(batch.examples)
-    return (grad_sum / max(n, 1)).float(), (grad_f_sum / max(n, 1)).float()
+        if positions == "all":
+            n = _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_first, sums)
+        else:
+            for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution"):
+                g, gf = _attribute_batch(lm, layer, probe, batch)
+                sums[0] += g
+                sums[1] += gf
+                n += len(batch.examples)
+    return (sums[0] / max(n, 1)).float(), (sums[1] / max(n, 1)).float()
 
 
 def estimate(terms: tuple[torch.Tensor, torch.Tensor], mode: str, stats: dict) -> torch.Tensor:
@@ -153,6 +177,75 @@ def frozen(module: torch.nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def _add_terms(sums: list[torch.Tensor], probe: AttributionProbe, acted: torch.Tensor) -> None:
+    """Add sum grad and sum grad * f over the positions `acted` ([B, S] bool) of the probe's leaf."""
+    f = probe.features
+    if f is None or f.grad is None:
+        return
+    grad = f.grad * acted[..., None].to(f.grad)
+    sums[0] += grad.sum((0, 1)).double().cpu()
+    sums[1] += (grad * f.detach()).sum((0, 1)).double().cpu()
+
+
+def _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_first, sums) -> int:
+    """Attribution summed over every position an ablation with positions='all' acts at.
+
+    The probe goes in wherever the ablation would: the few-shot block's and the questions'
+    contexts are rebuilt with it above the layer, with grad (scoring.rerun_segment, from the
+    clean residual recorded while the clean contexts were built), and the answer pass runs
+    on them, so the gradient reaches every position. The few-shot block is the same for
+    all of a benchmark's examples: it runs once per benchmark, its keys/values above the
+    layer are cut into leaves that sum the gradients of every batch, and one backward at
+    the benchmark's end carries that sum through the block (cached_forward.cut_above).
+    Running each example uncached instead would run and backpropagate the block once per
+    example; rebuilding it per batch, once per batch. Returns the number of examples.
+    """
+    model = lm.model
+    n = 0
+    block = None      # the benchmark's few-shot block under the probe, while its batches run
+
+    def probed(probe):
+        return lambda: patch_residual(model, layer, probe)
+
+    def acted(seg_positions, mask):
+        keep = mask.bool()
+        return keep & (seg_positions != 0) if exclude_first else keep
+
+    for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution", record_layer=layer):
+        with torch.enable_grad():
+            ctx = None
+            if batch.prefix is not None:
+                if block is None:
+                    probe = AttributionProbe(sae)
+                    built = rerun_segment(model, layer, batch.prefix, None, probed(probe), exclude_first=False)
+                    context, originals, leaves = cut_above(built, layer)
+                    block = {"probe": probe, "acted": acted(batch.prefix.positions, batch.prefix.mask),
+                             "context": context, "originals": originals, "leaves": leaves}
+                ctx = block["context"].expand(len(batch.examples))
+            q_probe = AttributionProbe(sae)
+            if batch.question is not None:
+                ctx = rerun_segment(model, layer, batch.question, ctx, probed(q_probe), exclude_first=False)
+            a_probe = AttributionProbe(sae)
+            with patch_residual(model, layer, a_probe):
+                logits = batch.run(model, grad=True, context=ctx)
+            _, summed, _ = answer_logprobs(batch, logits)
+            gold = torch.tensor([j == batch.examples[i].gold for i, j in
+                                 zip(batch.pair_example.tolist(), batch.pair_answer.tolist())], device=summed.device)
+            summed[gold].sum().backward()
+        if batch.question is not None:
+            _add_terms(sums, q_probe, acted(batch.question.positions, batch.question.mask))
+        _add_terms(sums, a_probe, acted(batch.answer_positions(), batch.mask))
+        n += len(batch.examples)
+        if block is not None and batch.last_of_benchmark:
+            # The block's gradient, summed over the benchmark's batches, back through it once.
+            pairs = [(o, leaf.grad) for o, leaf in zip(block["originals"], block["leaves"]) if leaf.grad is not None]
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+            _add_terms(sums, block["probe"], block["acted"])
+            block = None
+    return n
 
 
 def _attribute_batch(lm, layer, probe, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +310,7 @@ def analyse_hook(lm: LanguageModel, sae, hook: str, select: list[EncodedBenchmar
     """(effects table, ranking list, summary dict, circuit dict) for one SAE."""
     layer = parse_hook_point(hook)
     d_sae = sae.W_dec.shape[0]
-    terms = attribution_terms(lm, sae, layer, select, cfg.batch_size)
+    terms = attribution_terms(lm, sae, layer, select, cfg.batch_size, **cfg.scoring())
     est = estimate(terms, "zero", stats)
     alive = stats["firing_rate"] > 0
     order = torch.argsort(torch.where(alive, est, torch.full_like(est, float("inf"))))
@@ -238,7 +331,7 @@ def analyse_hook(lm: LanguageModel, sae, hook: str, select: list[EncodedBenchmar
     circuit_order = [int(i) for i in torch.argsort(magnitude, descending=True)[: int(alive.sum())]]
     search_set = subset(select, "select", cfg.circuit_examples_per_benchmark, cfg.seed)
     search = find_circuit(lm, sae, layer, search_set, circuit_order, est_c, stats, fraction=cfg.circuit_fraction,
-                          refine=cfg.circuit_refine, mode=cm, batch_size=cfg.batch_size)
+                          refine=cfg.circuit_refine, mode=cm, batch_size=cfg.batch_size, scoring=cfg.scoring())
 
     conditions, meta = {}, {}
 
@@ -273,7 +366,7 @@ def analyse_hook(lm: LanguageModel, sae, hook: str, select: list[EncodedBenchmar
 
     # Every condition acts at the SAE's layer: ablated passes run only the blocks above it.
     scores = score_conditions(lm, heldout, conditions, batch_size=cfg.batch_size, progress=f"ablations {hook}",
-                              start_layer=layer)
+                              start_layer=layer, **cfg.scoring())
     parts = []
     for name, df in scores.items():
         if name == "clean":
@@ -306,6 +399,9 @@ def analyse_hook(lm: LanguageModel, sae, hook: str, select: list[EncodedBenchmar
     summary = {
         "layer": layer,
         "d_sae": int(d_sae),
+        # Where every ablation, control and attribution estimate acts (CausalConfig.scoring).
+        "positions": cfg.positions,
+        "first_position_exempt": bool(cfg.positions == "all" and cfg.exclude.exclude_first_position),
         "alive_features": int(alive.sum()),
         "n_select_examples": sum(len(b.examples) for b in select),
         "n_heldout_examples": sum(len(b.examples) for b in heldout),

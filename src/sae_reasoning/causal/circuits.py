@@ -68,20 +68,23 @@ def _sizes_doubling(estimate: int | None, n: int) -> list[int]:
     return sorted(sizes)
 
 
-def _recovered(lm, layer, sae, benchmarks, order, sizes, stats, mode, batch_size, progress):
+def _recovered(lm, layer, sae, benchmarks, order, sizes, stats, mode, batch_size, progress, scoring=None):
     conds = {}
     for k in sizes:
         abl = FeatureAblation(sae, order[:k], mode, mean=stats.get("mean"), bank=stats.get("bank"))
         conds[f"top{k}"] = (lambda a: lambda _b: spliced(lm.model, layer, a))(abl)
-    scores = score_conditions(lm, benchmarks, conds, batch_size=batch_size, progress=progress, start_layer=layer)
+    scores = score_conditions(lm, benchmarks, conds, batch_size=batch_size, progress=progress, start_layer=layer,
+                              **(scoring or {}))
     clean = scores["clean"]["gold_logprob"].mean()
     return {k: float(scores[f"top{k}"]["gold_logprob"].mean() - clean) for k in sizes}
 
 
 def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order: list[int],
                  estimate: torch.Tensor, stats: dict, *, fraction: float = 0.8, refine: int = 4,
-                 mode: str = "zero", batch_size: int = 16) -> CircuitSearch:
+                 mode: str = "zero", batch_size: int = 16, scoring: dict | None = None) -> CircuitSearch:
     """Smallest prefix of `order` whose exact ablation recovers `fraction` of the whole SAE's effect.
+
+    `scoring`: score_conditions' keyword arguments for where ablations act (positions=, exclude_first=).
 
     `order`: live features, largest |attribution estimate| first; ablating all of them is
     ablating the whole SAE (dead features never fire).
@@ -90,7 +93,7 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
     if n == 0:
         return CircuitSearch([], fraction, None, 0.0, {}, None, False)
     deltas = _recovered(lm, layer, sae, benchmarks, order, _sizes_doubling(None, n), stats, mode,
-                        batch_size, "circuit search")
+                        batch_size, "circuit search", scoring)
     delta_all = deltas[n]
     # The estimate's own guess: the first k whose summed (linear) estimate reaches the
     # target share of the exact whole-SAE effect (None when it never does).
@@ -111,7 +114,7 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
             between.add(est_size)
         between = sorted(between - {lo, hi})
         more = _recovered(lm, layer, sae, benchmarks, order, between, stats, mode, batch_size,
-                          f"circuit sizes {lo + 1}..{hi - 1}")
+                          f"circuit sizes {lo + 1}..{hi - 1}", scoring)
         share.update({k: d / delta_all for k, d in more.items()})
         hi = min(k for k in share if share[k] >= fraction)
         lo = max([k for k in share if k < hi], default=0)

@@ -5,6 +5,10 @@ positions cannot change anything that comes before them (attention is causal). S
 shared block is run once per benchmark, each question once, and later passes run only
 the new tokens on top of the cached keys and values. Rows are right-padded; the mask
 carries the holes and position ids are explicit, so padding never changes a real token.
+
+An intervention at block L's output (at every position) leaves the keys and values of
+blocks 0..L as they were: a context rebuilt under it (partial_forward.forward_above) takes
+those layers from the clean context and recomputes only the layers above (`combine`).
 """
 
 from __future__ import annotations
@@ -32,12 +36,19 @@ class Context:
         """A batch-1 context repeated for `batch_size` rows (views, no copy until extended)."""
         if self.batch_size != 1:
             raise ValueError("only a batch-1 context can be expanded")
-        cache = DynamicCache()
-        for layer in self.cache.layers:
-            cache.update(layer.keys.expand(batch_size, *layer.keys.shape[1:]),
-                         layer.values.expand(batch_size, *layer.values.shape[1:]),
-                         len(cache.layers))
+        cache = _cache((layer.keys.expand(batch_size, *layer.keys.shape[1:]),
+                        layer.values.expand(batch_size, *layer.values.shape[1:])) for layer in self.cache.layers)
         return Context(cache, self.mask.expand(batch_size, -1), self.length.expand(batch_size))
+
+
+def _cache(pairs) -> DynamicCache:
+    """A cache holding exactly these (keys, values) tensors, views included: DynamicCache.update
+    would concatenate each onto an empty tensor, i.e. copy it."""
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(pairs):
+        cache.update(k[..., :0, :], v[..., :0, :], i)      # creates and initialises layer i, empty
+        cache.layers[i].keys, cache.layers[i].values = k, v
+    return cache
 
 
 def _cache_kwarg(model) -> str:
@@ -96,10 +107,7 @@ def forward(
         new_context = Context(cache, full_mask, start + attention_mask.sum(1))
         if snap is not None:
             # The extended cache is returned; the caller's context must stay untouched.
-            new_cache = DynamicCache()
-            for i, layer in enumerate(cache.layers):
-                new_cache.update(layer.keys, layer.values, i)
-            new_context.cache = new_cache
+            new_context.cache = _cache((layer.keys, layer.values) for layer in cache.layers)
             _restore(cache, snap)
     elif snap is not None:
         _restore(cache, snap)
@@ -108,7 +116,35 @@ def forward(
 
 def select(context: Context, rows: torch.Tensor) -> Context:
     """The context of the given rows (e.g. one row per answer choice)."""
-    cache = DynamicCache()
-    for i, layer in enumerate(context.cache.layers):
-        cache.update(layer.keys[rows], layer.values[rows], i)
+    cache = _cache((layer.keys[rows], layer.values[rows]) for layer in context.cache.layers)
     return Context(cache, context.mask[rows], context.length[rows])
+
+
+def combine(lower: Context, upper: Context, layer: int) -> Context:
+    """Cache layers 0..`layer` of `lower`, the layers above of `upper` (same rows and tokens).
+
+    No copy: the new context holds the same tensors."""
+    if lower.mask.shape != upper.mask.shape:
+        raise ValueError(f"combine: contexts of different shapes {tuple(lower.mask.shape)} "
+                         f"and {tuple(upper.mask.shape)}")
+    pairs = zip(lower.cache.layers, upper.cache.layers, strict=True)
+    cache = _cache(((lo if i <= layer else up).keys, (lo if i <= layer else up).values)
+                   for i, (lo, up) in enumerate(pairs))
+    return Context(cache, upper.mask, upper.length)
+
+
+def cut_above(context: Context, layer: int) -> tuple[Context, list[torch.Tensor], list[torch.Tensor]]:
+    """The context with the keys/values of the layers above `layer` replaced by leaves.
+
+    Returns (context, originals, leaves). Passes on the new context accumulate the gradient
+    of their metrics in the leaves' .grad; torch.autograd.backward(originals, [leaf.grad ...])
+    then carries the sum back through the pass that built `context`, once."""
+    originals, leaves, pairs = [], [], []
+    for i, layer_cache in enumerate(context.cache.layers):
+        k, v = layer_cache.keys, layer_cache.values
+        if i > layer:
+            originals += [k, v]
+            k, v = k.detach().requires_grad_(True), v.detach().requires_grad_(True)
+            leaves += [k, v]
+        pairs.append((k, v))
+    return Context(_cache(pairs), context.mask, context.length), originals, leaves

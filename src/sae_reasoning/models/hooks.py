@@ -138,3 +138,24 @@ def patch_residual(model: nn.Module, layer: int, fn: Callable[[torch.Tensor], to
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def keep_clean(model: nn.Module, layer: int, clean: torch.Tensor, rows: torch.Tensor):
+    """Within the block, block `layer`'s output at `rows` ([B, S] bool) is `clean` ([B, S, d]).
+
+    Installed after an intervention's hook on the same block (hooks run in the order they
+    were registered), it exempts those positions from the intervention."""
+    check_layers(model, [layer])
+    block = transformer_blocks(model)[layer]
+    rows = rows.to(clean.device)[..., None]
+
+    def hook(_module, _inputs, output):
+        hidden = _hidden(output)
+        return _replace_hidden(output, torch.where(rows, clean.to(hidden), hidden))
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -77,6 +77,13 @@ def _md(text: str) -> str:
     return text.replace("\n", "↵").replace("|", "\\|")
 
 
+def _where(s: dict) -> str:
+    if s.get("positions", "answer") == "answer":
+        return "the answer positions (the last prompt token and the answer tokens)"
+    return ("every position (few-shot block, question, answer)"
+            + (" except position 0, the attention sink left out of SAE training" if s.get("first_position_exempt") else ""))
+
+
 def causal_details(s: dict, contexts: dict) -> list[str]:
     """Controls, error term, circuit and top-activating contexts of one SAE."""
     L = []
@@ -175,7 +182,7 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
           "until a feature is touched (checked: `splice identity` below). Features are ranked by "
           "attribution patching on the `select` split; the top candidates, random live features "
           "(control), and all features at once are then ablated exactly on the `heldout` split, at "
-          "the answer positions. Δ = ablated − clean, mean over held-out examples; [95% CI] = paired "
+          "the positions stated per hook point. Δ = ablated − clean, mean over held-out examples; [95% CI] = paired "
           "bootstrap over examples; p = sign-flip permutation test (log-prob) or McNemar's exact test "
           "(accuracy); q = Benjamini-Hochberg across all single features tested.", ""]
     for model, per_hook in causal.items():
@@ -186,7 +193,7 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
             for b, c in s["clean"].items():
                 L.append(f"| {b} | {c['n']} | {c['accuracy']:.1%} | {c['chance']:.1%} |")
             a = s["all_features_zero"]
-            L += ["",
+            L += ["", f"- ablations act at: {_where(s)}",
                   f"- splice identity: max |Δ gold log-prob| with the SAE spliced in and nothing ablated = "
                   f"{s['splice_identity_max_abs_logprob_change']:.2e}",
                   f"- all features zero-ablated: Δ accuracy {a['delta_accuracy']:+.1%}, Δ gold log-prob "

@@ -75,3 +75,23 @@ def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
 
     # The pipeline names these outputs, so kedro-viz draws them as dataset nodes.
     assert {"circuit", "feature_contexts"} <= create_pipeline().outputs()
+
+
+def test_causal_node_ablates_at_all_positions(captured):
+    """positions: all runs every path (singles, sets, directions, error term, circuit) end to end."""
+    from sae_reasoning.reporting.report import _where
+
+    handle, prompts, acts = captured
+    params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
+    assert params["positions"] == "answer"
+    params.update(positions="all", top_k=2, n_random_controls=1, n_random_sets=1, n_random_directions=1, n_boot=50,
+                  stats_tokens=400, batch_size=8, n_context_features=1, n_contexts=1, modes=["zero", "mean"])
+    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts, params)
+    s = summary["hook_points"][HOOK]
+    assert s["positions"] == "all" and s["first_position_exempt"] is True
+    assert "except position 0" in _where(s)
+    # The splice with nothing ablated leaves every rebuilt context as it was.
+    assert s["splice_identity_max_abs_logprob_change"] < 1e-4
+    assert {"direction:0", "zero:random_set0", "error:zero", "zero:all", "mean:all"} <= set(effects.condition)
+    assert effects.delta_logprob.notna().all()
+    assert s["circuit"]["checked_sizes"] or not s["circuit"]["found"]
