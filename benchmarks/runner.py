@@ -52,9 +52,11 @@ def forward_passes(weights: list, steps: int, scale: float, previous: dict | Non
             x = x + torch.nn.functional.gelu(x @ (w * scale))
             x = torch.nn.functional.layer_norm(x, (D_MODEL,))
         total += float(x.pow(2).mean())
+    end = time.time()
     return {
         "start": previous["start"] if previous else start,
-        "end": time.time(),
+        "end": end,
+        "busy": (previous["busy"] if previous else 0.0) + end - start,  # seconds in these nodes
         "pid": os.getpid(),
         "threads": (previous["threads"] if previous else []) + [torch.get_num_threads()],
         "value": (previous["value"] if previous else 0.0) + total / steps,
@@ -123,7 +125,7 @@ def timed_run(runner, pipe, catalog, workdir: Path) -> tuple[float, dict]:
     for ns in NAMESPACES:
         with open(workdir / "data" / f"{ns}.result.pkl", "rb") as f:
             r = pickle.load(f)
-        out[ns] = (r["start"] - t0, r["end"] - t0, r["threads"], r["pid"])
+        out[ns] = (r["start"] - t0, r["end"] - t0, r["threads"], r["pid"], r["busy"])
     return wall, out
 
 
@@ -210,8 +212,8 @@ def main() -> None:
               f"(vs same-threads SequentialRunner: {dask_wall / seq1_wall:.2f}; target <= 0.65)")
     # Where DeviceSlotRunner's time goes, against a perfect split of the 1-thread work.
     startup = [r.ready - r.launched for r in runner.results if r.kind == "namespace"]
-    alone = sum(end - start for start, end, *_ in seq1.values())
-    together = sum(end - start for start, end, *_ in dev.values())
+    alone = sum(r[4] for r in seq1.values())     # seconds inside the nodes
+    together = sum(r[4] for r in dev.values())
     print(f"DeviceSlotRunner time budget: worker start-up (spawn, import torch and the project) "
           f"{sum(startup) / len(startup):.2f} s; node time {together:.2f} s with both namespaces at once "
           f"vs {alone:.2f} s one at a time ({100 * (together / alone - 1):+.0f}%: the two share caches, "
@@ -223,7 +225,7 @@ def main() -> None:
     if dask is not None:
         runs.append(("DaskRunner", dask))
     for name, timeline in runs:
-        for ns, (start, end, n_threads, _pid) in timeline.items():
+        for ns, (start, end, n_threads, _pid, _busy) in timeline.items():
             print(f"  {name:19s} {ns:8s} nodes  {start:6.2f} -> {end:6.2f}  "
                   f"(torch threads per node: {', '.join(map(str, n_threads))})")
     # The runners' own per-namespace timeline (logs/<run_id>/timeline.json): start and
