@@ -23,3 +23,14 @@ def tiny_lms(tiny_model_dirs):
 
     return {f: ModelHandle(ModelSpec(f, str(d), converted_cache=None)).load("cpu")
             for f, d in tiny_model_dirs.items()}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

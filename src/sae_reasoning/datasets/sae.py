@@ -143,20 +143,15 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             s.recover()
         self._path.mkdir(parents=True, exist_ok=True)
         for hook, item in data.items():
-            folder = self._folder(hook)
+            _check_item(hook, item)
             if isinstance(item, SAETrainingJob):
-                if item.hook_point != hook:
-                    raise DatasetError(f"job for {item.hook_point} saved under key {hook}")
                 with s.errors("read the stored SAE"):
                     reusable = self._remote_reusable(hook, item)
                 if reusable:
                     logger.info("reusing SAE %s (fingerprint match %s)", s.display(hook), item.fingerprint)
                     continue
-                item.run(folder)
-            elif isinstance(item, SAE):
-                write_sae_folder(folder, item)
-            else:
-                raise DatasetError(f"SAEDataset: cannot save {type(item).__name__} for {hook}")
+            folder = self._folder(hook)
+            _write_item(folder, item)
             s.publish(folder, hook, exclude=(CHECKPOINT_DIRNAME,))
         with s.errors(f"write {INDEX_FILENAME}"):
             s.publish_bytes(json.dumps({"hook_points": list(data)}, indent=1).encode(), INDEX_FILENAME)
@@ -186,15 +181,8 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             return self._save_remote(data)
         self._path.mkdir(parents=True, exist_ok=True)
         for hook, item in data.items():
-            folder = self._folder(hook)
-            if isinstance(item, SAETrainingJob):
-                if item.hook_point != hook:
-                    raise DatasetError(f"job for {item.hook_point} saved under key {hook}")
-                item.run(folder)
-            elif isinstance(item, SAE):
-                write_sae_folder(folder, item)
-            else:
-                raise DatasetError(f"SAEDataset: cannot save {type(item).__name__} for {hook}")
+            _check_item(hook, item)
+            _write_item(self._folder(hook), item)
         index = self._path / INDEX_FILENAME
         tmp = index.with_name(f".{index.name}.tmp")
         tmp.write_text(json.dumps({"hook_points": list(data)}, indent=1))
@@ -222,3 +210,19 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
                 s.pop("history", None)
             out[hook] = s
         return out
+
+
+def _check_item(hook: str, item: Any) -> None:
+    if isinstance(item, SAETrainingJob):
+        if item.hook_point != hook:
+            raise DatasetError(f"job for {item.hook_point} saved under key {hook}")
+    elif not isinstance(item, SAE):
+        raise DatasetError(f"SAEDataset: cannot save {type(item).__name__} for {hook}")
+
+
+def _write_item(folder: Path, item: SAETrainingJob | SAE) -> None:
+    """A job trains into `folder` (or reuses the SAE there); an SAE is written as is."""
+    if isinstance(item, SAETrainingJob):
+        item.run(folder)
+    else:
+        write_sae_folder(folder, item)
