@@ -203,6 +203,11 @@ class AnswerBatch:
             out, _ = forward(model, self.ids, self.mask, ctx)
         return out.logits
 
+    def gold_rows(self) -> torch.Tensor:
+        """[R] bool: the answer rows that hold their example's gold answer."""
+        gold = torch.tensor([e.gold for e in self.examples], device=self.pair_answer.device)
+        return self.pair_answer == gold[self.pair_example]
+
     def answer_positions(self) -> torch.Tensor:
         """[R, S] position ids of the answer rows."""
         start = (self.context.length[self.pair_example] if self.context is not None

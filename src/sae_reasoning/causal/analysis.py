@@ -148,9 +148,7 @@ def attribution_terms(lm: LanguageModel, sae, layer: int, benchmarks: list[Encod
             n = _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_first, sums)
         else:
             for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution"):
-                g, gf = _attribute_batch(lm, layer, probe, batch)
-                sums[0] += g
-                sums[1] += gf
+                _attribute_batch(lm, layer, probe, batch, sums)
                 n += len(batch.examples)
     return (sums[0] / max(n, 1)).float(), (sums[1] / max(n, 1)).float()
 
@@ -231,9 +229,7 @@ def _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_fir
             with patch_residual(model, layer, a_probe):
                 logits = batch.run(model, grad=True, context=ctx)
             _, summed, _ = answer_logprobs(batch, logits)
-            gold = torch.tensor([j == batch.examples[i].gold for i, j in
-                                 zip(batch.pair_example.tolist(), batch.pair_answer.tolist())], device=summed.device)
-            summed[gold].sum().backward()
+            summed[batch.gold_rows()].sum().backward()
         if batch.question is not None:
             _add_terms(sums, q_probe, acted(batch.question.positions, batch.question.mask))
         _add_terms(sums, a_probe, acted(batch.answer_positions(), batch.mask))
@@ -248,18 +244,13 @@ def _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_fir
     return n
 
 
-def _attribute_batch(lm, layer, probe, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums over the batch's answer positions of gradient and gradient x activation, per feature."""
+def _attribute_batch(lm, layer, probe, batch, sums: list[torch.Tensor]) -> None:
+    """Add the batch's sums over its answer positions of gradient and gradient x activation."""
     with patch_residual(lm.model, layer, probe):
         logits = batch.run(lm.model, grad=True)
     _, summed, _ = answer_logprobs(batch, logits)
-    gold_rows = torch.tensor([r for r, (i, j) in enumerate(zip(batch.pair_example.tolist(), batch.pair_answer.tolist()))
-                              if j == batch.examples[i].gold])
-    summed[gold_rows].sum().backward()
-    f = probe.features
-    mask = batch.mask[..., None].to(f.dtype)
-    grad = probe.features.grad * mask
-    return grad.sum((0, 1)).double().cpu(), (grad * f.detach()).sum((0, 1)).double().cpu()
+    summed[batch.gold_rows()].sum().backward()
+    _add_terms(sums, probe, batch.mask.bool())
 
 
 def _summarize(clean: pd.DataFrame, ablated: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
