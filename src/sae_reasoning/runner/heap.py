@@ -3,9 +3,9 @@
 Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536
 (`distributed.nanny.pre-spawn-environ`). Setting any malloc threshold switches off
 glibc's dynamic mmap threshold, so every tensor over 128 KiB becomes a fresh mmap, page
-faults and an munmap. A forward pass allocates such tensors all the time: measured here,
-the runner benchmark's per-model loop ran 2.4x slower with that variable set (9.9 s
-against 4.7 s for 200 steps) and at full speed again with the thresholds below.
+faults and an munmap. A forward pass allocates such tensors all the time: the runner
+benchmark's per-model loop runs 2.1x slower with that variable set (9.6 s against 4.5 s for
+200 steps, `benchmarks/malloc_threshold.py`) and at full speed again with the thresholds below.
 
 `LocalCluster`s the runner starts leave the variable out (`no_trim_threshold`); on a
 cluster someone else started, the group's task restores a plain process's behaviour
