@@ -1,4 +1,5 @@
-"""DeviceSlotRunner on small real pipelines: real spawned workers, real files, no mocks.
+"""DeviceSlotRunner on small real pipelines: real worker processes (forked, as CPU slots
+start them, and spawned, as GPU slots do), real files, no mocks.
 
 The pipeline mirrors the project's shape: a shared node before (`make_base`), one
 namespaced copy of a small "model" pipeline per namespace, shared nodes after (`combine`
@@ -18,7 +19,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from kedro_datasets.pickle import PickleDataset
 
 from sae_reasoning.runner import CrossProcessDatasetError, DeviceSlotRunError, DeviceSlotRunner
-from sae_reasoning.runner.slots import cpu_cores
+from sae_reasoning.runner.slots import Slot, cpu_cores
 from tests.runner import toy_nodes as t
 
 pytestmark = [
@@ -83,10 +84,17 @@ def load(tmp_path, name):
         return pickle.load(f)
 
 
-def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(tmp_path, caplog):
+@pytest.mark.parametrize("start_method", ["auto", "spawn"])
+def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(
+    tmp_path, caplog, start_method
+):
     catalog = build_catalog(tmp_path, {"m1": 2, "m2": 10}, seconds=0.5)
+    # share_cores off: m1 may finish before m2's last node, whose threads would then grow.
     runner = DeviceSlotRunner(slots="cpu,cpu", log_dir=tmp_path / "logs", live="log",
-                              live_interval_s=0)
+                              live_interval_s=0, share_cores=False, start_method=start_method)
+    cpu, gpu = Slot("cpu:0", "cpu", "", 1), Slot("cuda:0", "cuda", "0", 1)
+    assert [runner.start_method(s) for s in (cpu, gpu)] == (
+        ["fork", "spawn"] if start_method == "auto" else ["spawn", "spawn"])
     with caplog.at_level(logging.INFO):
         runner.run(build_pipeline(["m1", "m2"], with_info=True), catalog, run_id="run1")
 
@@ -112,6 +120,7 @@ def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(tmp_path
         assert info["torch_threads"] == int(info["omp_num_threads"]) == max(1, cpu_cores() // 2)
 
     # One log per namespace, holding what the worker logged.
+    assert f"worker starting ({'fork' if start_method == 'auto' else 'spawn'}) on slot" in caplog.text
     m1_log = (tmp_path / "logs" / "run1" / "m1.log").read_text()
     assert "scaling 3 by 2" in m1_log and "Completed node: m1.finish" in m1_log
     assert "scaling 3 by 10" in (tmp_path / "logs" / "run1" / "m2.log").read_text()

@@ -18,21 +18,24 @@ pytestmark = [pytest.mark.timeout(180),
 
 def _run(tmp_path, share_cores: bool) -> dict:
     data = tmp_path / f"share-{share_cores}"
-    fast_out = data / "fast.first.pkl"
+    fast_out, slow_started = data / "fast.first.pkl", data / "slow-started"
     per_ns = Pipeline([
-        node(t.torch_threads, ["base", "params:wait_for", "params:then_s"], "first", name="first"),
+        node(t.torch_threads, ["base", "params:wait_for", "params:then_s", "params:mark"], "first",
+             name="first"),
         node(t.torch_threads, "first", "second", name="second"),
     ])
     pipe = Pipeline([node(t.make_base, "params:n", "base", name="make_base")])
-    for ns, wait_for in (("fast", ""), ("slow", str(fast_out))):
+    for ns in ("fast", "slow"):
         pipe += pipeline(per_ns, namespace=ns, inputs={"base"},
-                         parameters={"params:wait_for": f"params:wait_for_{ns}", "params:then_s": f"params:then_s_{ns}"})
+                         parameters={p: f"{p}_{ns}" for p in ("params:wait_for", "params:then_s", "params:mark")})
     names = ["base"] + [f"{ns}.{d}" for ns in ("fast", "slow") for d in ("first", "second")]
     catalog = DataCatalog(datasets={n: PickleDataset(filepath=str(data / f"{n}.pkl")) for n in names} | {
-        # `slow`'s first node waits for `fast` to have finished (its first output, then a
-        # few seconds for fast's second node and its worker's exit).
+        # `fast` starts once `slow`'s first node has (and read its threads); `slow`'s first
+        # node then waits for `fast` to have finished (its first output, then a few seconds
+        # for fast's second node and its worker's exit).
         "params:n": MemoryDataset(1), "params:then_s_fast": MemoryDataset(0.0), "params:then_s_slow": MemoryDataset(3.0),
-        "params:wait_for_fast": MemoryDataset(""), "params:wait_for_slow": MemoryDataset(str(fast_out)),
+        "params:wait_for_fast": MemoryDataset(str(slow_started)), "params:wait_for_slow": MemoryDataset(str(fast_out)),
+        "params:mark_fast": MemoryDataset(""), "params:mark_slow": MemoryDataset(str(slow_started)),
     })
     DeviceSlotRunner(slots="cpu;cpu", threads_per_slot=1, share_cores=share_cores, live="off",
                      memory="off", log_dir=tmp_path / f"logs-{share_cores}").run(pipe, catalog)

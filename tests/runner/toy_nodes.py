@@ -1,7 +1,7 @@
 """Node functions and hooks for the runner tests.
 
-They live in an importable module because the runner's workers are spawned processes
-that unpickle nodes by reference.
+They live in an importable module because spawned workers (GPU slots, start_method=spawn)
+import them by name when they unpickle the nodes.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
@@ -97,12 +98,15 @@ def scale_by_model(base: dict, model: dict, seconds: float) -> dict:
                   slot=os.environ.get("KEDRO_DEVICE_SLOT"))
 
 
-def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0) -> int:
-    """torch's CPU threads as this node starts; with `wait_for`, first waits (up to a
-    minute) for that file to exist and then `then_s` more seconds."""
+def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0, mark: str = "") -> int:
+    """torch's CPU threads as this node starts; with `mark`, then creates that file; with
+    `wait_for`, waits (up to a minute) for that file to exist and then `then_s` more
+    seconds."""
     import torch
 
     threads = torch.get_num_threads()
+    if mark:
+        Path(mark).touch()
     deadline = time.time() + 60
     while wait_for and not os.path.exists(wait_for) and time.time() < deadline:
         time.sleep(0.05)

@@ -90,6 +90,11 @@ class DeviceSlotRunner(NamespaceGroupRunner):
             it waits for still run, so its start-up (imports, CUDA) overlaps them.
         share_cores: once no group is left to start, hand the CPU threads of free CPU
             slots to the CPU workers still running, from their next node on.
+        start_method: how worker processes start. "auto" (default): forked from this
+            process for CPU slots (it has imported torch and the project already, which a
+            spawned worker spends seconds redoing), spawned for GPU slots and wherever
+            this process has initialised CUDA (a forked CUDA context is unusable). Or
+            "spawn", "fork" or "forkserver" for every slot.
         log_dir, package_name, memory, live, live_interval_s, is_async: see
             `NamespaceGroupRunner`.
     """
@@ -105,6 +110,7 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         package_name: str | None = None,
         prestart: bool | str = True,
         share_cores: bool | str = True,
+        start_method: str = "auto",
         memory: str = "auto",
         memory_gb: str | float | Sequence | None = None,
         live: str = "auto",
@@ -118,6 +124,11 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         self._threads_per_slot = int(threads_per_slot) if threads_per_slot else None
         self._prestart = as_bool(prestart)
         self._share_cores = as_bool(share_cores)
+        methods = ("auto", *multiprocessing.get_all_start_methods())
+        if start_method not in methods:
+            raise ValueError(f"DeviceSlotRunner: start_method={start_method!r}; this platform "
+                             f"offers {', '.join(methods)}.")
+        self._start_method = start_method
         self._exit_grace_s = 120.0
         self.slots: list[Slot] = []
 
@@ -201,19 +212,32 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         waiting_on = [a for a in state.ancestors[unit.name] if state.results[a].status != DONE_]
         return all(state.units[a].kind == "node" for a in waiting_on)
 
+    def start_method(self, slot: Slot) -> str:
+        """How `slot`'s worker process starts (see the class docstring)."""
+        if self._start_method != "auto":
+            return self._start_method
+        if slot.kind != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+            return "spawn"
+        return "spawn" if cuda_initialised() else "fork"
+
     def _launch(self, unit: Unit, slot: Slot, state: RunState) -> _Worker:
-        ctx = multiprocessing.get_context("spawn")
+        method = self.start_method(slot)
+        ctx = multiprocessing.get_context(method)
         log_path = self.run_log_dir / f"{safe_name(unit.name)}.log"
         conn, child_conn = ctx.Pipe(duplex=True)
         package = self._package_name or configured_package()
+        # A forked child would hold copies of this process's ends of the other workers'
+        # pipes (keeping them open when this process closes them): it closes them first.
+        inherited = [w.conn for w in state.backend["workers"].values()] if method == "fork" else []
         process = ctx.Process(
             target=run_group,
-            args=(child_conn, slot, str(log_path), package, state.payloads[unit.name]),
+            args=(child_conn, slot, str(log_path), package, state.payloads[unit.name], inherited),
             name=f"{unit.name}@{slot.name}",
         )
         # The child inherits the environment and stdout/stderr at start: its
         # CUDA_VISIBLE_DEVICES and thread counts are in force before it imports anything
-        # (torch included), and whatever it prints from its first instant goes to its log.
+        # (torch included; a forked child sets torch's threads itself), and whatever it
+        # prints from its first instant goes to its log.
         with _environ(slot.env()), _stdio_to(log_path):
             process.start()
         child_conn.close()
@@ -222,8 +246,8 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         result.launched = result.started = state.now()
         if not state.deps_done(unit):
             self._log.info(
-                "Namespace %s: worker starting on slot %s while its upstream runs "
-                "(pid %d, log %s)", unit.name, slot.name, process.pid, log_path,
+                "Namespace %s: worker starting (%s) on slot %s while its upstream runs "
+                "(pid %d, log %s)", unit.name, method, slot.name, process.pid, log_path,
             )
         return _Worker(unit, slot, process, conn, result)
 
@@ -324,6 +348,12 @@ class DeviceSlotRunner(NamespaceGroupRunner):
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def cuda_initialised() -> bool:
+    """Whether this process holds a CUDA context (a forked child could not use it)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 def _stop(handles) -> None:

@@ -1,15 +1,19 @@
 """The worker process: runs one namespace group, node by node, on the slot it was given.
 
-It starts (spawned, never forked) with its slot's environment already in place, sends its
-output to the namespace's log file, rebuilds the project's hook manager the way
-`KedroSession` does, loads the group (which imports the nodes' modules: torch,
-transformers...), says `ready` and waits for `go`: the parent may start a worker while the
-shared nodes upstream of its group are still running, so that start-up overlaps them.
+It starts with its slot's environment already in place, sends its output to the
+namespace's log file, rebuilds the project's hook manager the way `KedroSession` does,
+loads the group (which imports the nodes' modules: torch, transformers...), says `ready`
+and waits for `go`. A spawned worker imports everything anew (seconds, mostly torch); a
+forked one (CPU slots, see `DeviceSlotRunner.start_method`) has it all from the parent
+and is ready in a fraction of a second. the parent may start a worker while the
+The parent may start a worker while the shared nodes upstream of its group are still
+running, so that start-up overlaps them.
 Then it runs the group's nodes (`execute_group`, shared with the Dask backend) and
 reports each node's start and end, then `done` or `failed`.
 
-Nothing here imports torch: the slot's environment must be in force before anything does
-(the parent sets it before the process starts; `run_group` sets it again first thing).
+Nothing here imports torch: in a spawned worker the slot's environment must be in force
+before anything does (the parent sets it before the process starts; `run_group` sets it
+again first thing).
 """
 
 from __future__ import annotations
@@ -67,8 +71,13 @@ def run_group(
     log_path: str,
     package_name: str | None,
     payload: bytes,
+    inherited: list | None = None,
 ) -> None:
-    """Entry point of the spawned worker process (`conn`: a duplex pipe to the parent)."""
+    """Entry point of the worker process (`conn`: a duplex pipe to the parent;
+    `inherited`: the parent's ends of other workers' pipes, which a forked child holds
+    copies of and closes)."""
+    for other in inherited or ():
+        other.close()
     os.environ.update(slot.env())
     log_stream = _redirect_output(log_path)
     logger = logging.getLogger(__name__)
@@ -196,7 +205,9 @@ def _bootstrap(package_name: str | None, log_stream=None):
     Mirrors `KedroSession`: hooks from `settings.HOOKS` plus plugin entry points, minus
     `settings.DISABLE_HOOKS_FOR_PLUGINS`.
     """
-    if package_name:
+    from kedro.framework import project
+
+    if package_name and project.PACKAGE_NAME != package_name:  # a forked child has it
         configure_project(package_name)
         validate_settings()
     # The project's logging configuration replaces the root handlers: point them back
