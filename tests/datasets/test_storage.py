@@ -5,6 +5,7 @@ import importlib.util
 import json
 import logging
 import pickle
+import sys
 import zipfile
 
 import fsspec
@@ -23,8 +24,9 @@ from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import transformer_blocks
 from sae_reasoning.sae import SAETrainingJob, TrainingConfig
+from tests.datasets.conftest import local_files, remote_files
 from tests.prompts_fixture import tiny_prompts
-from tests.sae.conftest import HOOK, write_store
+from tests.sae.conftest import HOOK
 from tests.sae.test_train import TINY
 
 HOOK1 = "blocks.1.hook_resid_post"
@@ -40,23 +42,9 @@ def mem():
     fs.pseudo_dirs[:] = [""]
 
 
-@pytest.fixture
-def spec(tiny_model_dirs):
-    return ModelSpec("tiny_llama", str(tiny_model_dirs["llama"]), converted_cache=None)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     """Every test here runs on one torch thread (tests/conftest.py)."""
-
-
-def remote_files(fs, root):
-    return {p[len(root) + 1:]: fs.cat_file(p) for p in sorted(fs.find(root))}
-
-
-def local_files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
 
 
 # -- locations ------------------------------------------------------------------------------
@@ -91,9 +79,11 @@ def test_catalog_entries_take_credentials_and_fs_args(tmp_path, mem):
     assert mem.exists("/b/m/scores.parquet") and not catalog.exists("acts")
 
 
-def test_a_protocol_whose_package_is_missing_is_named_at_construction():
-    if importlib.util.find_spec("s3fs") is not None:
-        pytest.skip("s3fs is installed here")
+def test_a_protocol_whose_package_is_missing_is_named_at_construction(monkeypatch):
+    if importlib.util.find_spec("s3fs") is not None:  # the test extra installs it: hide it
+        monkeypatch.setitem(sys.modules, "s3fs", None)  # `import s3fs` raises ImportError
+        registry = sys.modules["fsspec.registry"]._registry  # fsspec keeps the imported class
+        monkeypatch.delitem(registry, "s3", raising=False)
     with pytest.raises(DatasetError, match=r"s3://bucket/acts/m: the s3:// protocol needs .*pip install s3fs"):
         ActivationStoreDataset(path="s3://bucket/acts/m")
     with pytest.raises(DatasetError, match=r"nosuch://x/y: fsspec does not know the protocol"):
@@ -113,21 +103,23 @@ def test_a_url_that_cannot_take_files_fails_before_the_model_loads(tmp_path, spe
 
 
 # -- activations ----------------------------------------------------------------------------
-def test_capture_into_memory_url_equals_a_local_capture_and_is_reused(tmp_path, mem, spec):
+def capture_equals_a_local_capture_and_is_reused(tmp_path, spec, url, stored, **ds_args):
+    """Capture into `url` (ds_args: credentials / fs_args) and check it against a local
+    capture; `stored()` is {path relative to url: bytes} as the storage holds them."""
     prompts = tiny_prompts()
     job = dict(layers=[1, 2], batch_tokens=60, shard_tokens=40)
     local = ActivationStoreDataset(path=str(tmp_path / "local"))
     local.save(CaptureJob(ModelHandle(spec), prompts, **job))
 
-    remote = ActivationStoreDataset(path="memory:///bucket/acts/tiny", local_cache=str(tmp_path / "stage"))
+    remote = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "stage"), **ds_args)
     assert not remote.exists()
     remote.save(CaptureJob(ModelHandle(spec), prompts, **job))
     assert remote.exists()
     # The URL holds exactly the local capture's files: no staging or probe names left.
-    assert remote_files(mem, "/bucket/acts/tiny") == local_files(tmp_path / "local")
+    assert stored() == local_files(tmp_path / "local")
 
     # Loading elsewhere (an empty staging folder) downloads and opens the same tensors.
-    reader = ActivationStoreDataset(path="memory:///bucket/acts/tiny", local_cache=str(tmp_path / "elsewhere"))
+    reader = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "elsewhere"), **ds_args)
     got, want = reader.load(), ActivationSet.open(tmp_path / "local")
     assert got.benchmarks == want.benchmarks and got.hook_points == want.hook_points
     for bench in want.benchmarks:
@@ -141,11 +133,16 @@ def test_capture_into_memory_url_equals_a_local_capture_and_is_reused(tmp_path, 
 
     # A second save, from a machine with nothing staged, reuses: no forward pass, no shard download.
     fresh = ModelHandle(spec)
-    again = ActivationStoreDataset(path="memory:///bucket/acts/tiny", local_cache=str(tmp_path / "stage2"))
+    again = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "stage2"), **ds_args)
     again.save(CaptureJob(fresh, prompts, **job))
     assert fresh._loaded is None
     assert {p.name for p in (tmp_path / "stage2").rglob("*") if p.is_file()} == {"manifest.json"}
-    assert remote_files(mem, "/bucket/acts/tiny") == local_files(tmp_path / "local")
+    assert stored() == local_files(tmp_path / "local")
+
+
+def test_capture_into_memory_url_equals_a_local_capture_and_is_reused(tmp_path, mem, spec):
+    capture_equals_a_local_capture_and_is_reused(tmp_path, spec, "memory:///bucket/acts/tiny",
+                                                 lambda: remote_files(mem, "/bucket/acts/tiny"))
 
 
 def test_changed_shard_on_the_url_is_downloaded_again(tmp_path, mem, spec):
@@ -209,10 +206,8 @@ def test_a_failed_upload_is_finished_from_staging_without_capturing_again(tmp_pa
 
 
 # -- publish: never a half-written folder at the URL ------------------------------------------
-@pytest.mark.parametrize("protocol", ["memory", "dir"])  # dir: real folders, as sftp or hdfs
-def test_an_interrupted_publish_is_completed_and_a_partial_upload_ignored(tmp_path, mem, protocol):
-    fs_args = {"path": str(tmp_path / "remote"), "target_protocol": "file"} if protocol == "dir" else {}
-    s = Storage(f"{protocol}:///b/root", fs_args=fs_args, local_cache=str(tmp_path / "stage"))
+def interrupted_publish_is_completed_and_partial_upload_ignored(s, tmp_path):
+    """Publishes through Storage `s` (an empty root) with interruptions at each step."""
     fs, root = s.fs, s.root
 
     def put(path, data):
@@ -246,44 +241,51 @@ def test_an_interrupted_publish_is_completed_and_a_partial_upload_ignored(tmp_pa
     assert remote_files(fs, root)["file"] == b"1"
 
 
+@pytest.mark.parametrize("protocol", ["memory", "dir"])  # dir: real folders, as sftp or hdfs
+def test_an_interrupted_publish_is_completed_and_a_partial_upload_ignored(tmp_path, mem, protocol):
+    fs_args = {"path": str(tmp_path / "remote"), "target_protocol": "file"} if protocol == "dir" else {}
+    s = Storage(f"{protocol}:///b/root", fs_args=fs_args, local_cache=str(tmp_path / "stage"))
+    interrupted_publish_is_completed_and_partial_upload_ignored(s, tmp_path)
+
+
 # -- SAEs -----------------------------------------------------------------------------------
-@pytest.fixture
-def toy_set(tmp_path):
-    g = torch.Generator().manual_seed(1)
-    write_store(tmp_path / "acts", torch.randn(2000, 16, generator=g) + 0.5)
-    return ActivationSet.open(tmp_path / "acts")
-
-
 CFG = TrainingConfig(**TINY, training_tokens=10 * 128)
 
 
-def test_sae_round_trip_and_reuse_through_a_url(tmp_path, mem, toy_set, caplog):
-    url = "memory:///b/sae/toy"
-    ds = SAEDataset(url, local_cache=str(tmp_path / "stage"))
+def sae_round_trip_and_reuse(tmp_path, toy_set, caplog, url, stored, **ds_args):
+    """Train into `url` and reuse from it; `stored()` as in capture_equals_a_local_capture..."""
+    ds = SAEDataset(url, local_cache=str(tmp_path / "stage"), **ds_args)
     assert not ds.exists()
     ds.save({HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
     assert ds.exists()
-    stored = remote_files(mem, "/b/sae/toy")
-    assert set(stored) == {"saes.json", f"{HOOK}/cfg.json", f"{HOOK}/sae_weights.safetensors",
-                           f"{HOOK}/training_summary.json"}  # checkpoints stay in staging
+    first = stored()
+    assert set(first) == {"saes.json", f"{HOOK}/cfg.json", f"{HOOK}/sae_weights.safetensors",
+                          f"{HOOK}/training_summary.json"}  # checkpoints stay in staging
     assert (tmp_path / "stage" / HOOK / "checkpoints").is_dir()
 
     trained = SAEDataset(str(tmp_path / "stage")).load()[HOOK]
-    loaded = SAEDataset(url, local_cache=str(tmp_path / "elsewhere")).load()[HOOK]
+    loaded = SAEDataset(url, local_cache=str(tmp_path / "elsewhere"), **ds_args).load()[HOOK]
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in loaded.state_dict().items())
     assert loaded.training_summary["finished"] and len(loaded.training_log["loss"]) == 10
-    assert SAEDataset(url, local_cache=str(tmp_path / "x")).summaries()[HOOK]["steps"] == 10
+    summaries = SAEDataset(url, local_cache=str(tmp_path / "x"), **ds_args).summaries()
+    assert summaries[HOOK]["steps"] == 10
 
-    again = SAEDataset(url, local_cache=str(tmp_path / "stage2"))
+    again = SAEDataset(url, local_cache=str(tmp_path / "stage2"), **ds_args)
     with caplog.at_level(logging.INFO, logger="sae_reasoning"):
         again.save({HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
     assert f"reusing SAE {url}/{HOOK}" in caplog.text
     assert not (tmp_path / "stage2" / HOOK).exists()  # decided from the URL: nothing trained or fetched
-    assert remote_files(mem, "/b/sae/toy") == stored
+    assert stored() == first
 
     # A plain SAE is written as is; the index lists both.
     again.save({HOOK: SAETrainingJob(toy_set, HOOK, CFG), "blocks.0.hook_resid_post": loaded})
-    assert set(SAEDataset(url, local_cache=str(tmp_path / "y")).load()) == {HOOK, "blocks.0.hook_resid_post"}
+    assert set(SAEDataset(url, local_cache=str(tmp_path / "y"), **ds_args).load()) == \
+        {HOOK, "blocks.0.hook_resid_post"}
+
+
+def test_sae_round_trip_and_reuse_through_a_url(tmp_path, mem, toy_set, caplog):
+    sae_round_trip_and_reuse(tmp_path, toy_set, caplog, "memory:///b/sae/toy",
+                             lambda: remote_files(mem, "/b/sae/toy"))
 
 
 def test_failed_training_keeps_the_sae_at_the_url(tmp_path, mem, toy_set):
@@ -300,26 +302,32 @@ def test_failed_training_keeps_the_sae_at_the_url(tmp_path, mem, toy_set):
 
 
 # -- scores ---------------------------------------------------------------------------------
-def test_scores_round_trip_and_fingerprint_reuse_through_a_url(mem, spec, caplog):
-    url = "memory:///b/m/baseline_scores.parquet"
-    ds = ScoresDataset(filepath=url)
+def scores_round_trip_and_fingerprint_reuse(spec, caplog, url, stored, **ds_args):
+    """Score into `url` and reuse it; `stored()` is the table's bytes at the URL."""
+    ds = ScoresDataset(filepath=url, **ds_args)
     assert not ds.exists()
     prompts = tiny_prompts()
     ds.save(BaselineJob(ModelHandle(spec), prompts, generate_tokens=3))
     first = ds.load()
     assert ds.exists() and len(first) == len(prompts) and "gold_logprob" in first.columns
-    stored = mem.cat_file("/b/m/baseline_scores.parquet")
+    table = stored()
 
     fresh = ModelHandle(spec)
     with caplog.at_level("INFO"):
-        ScoresDataset(filepath=url).save(BaselineJob(fresh, prompts, generate_tokens=3))
+        ScoresDataset(filepath=url, **ds_args).save(BaselineJob(fresh, prompts, generate_tokens=3))
     assert "reusing" in caplog.text and fresh._loaded is None
-    assert mem.cat_file("/b/m/baseline_scores.parquet") == stored
+    assert stored() == table
 
     changed = prompts.copy()
     changed.loc[0, "target"] = " 99"
     ds.save(BaselineJob(ModelHandle(spec), changed, generate_tokens=3))
     assert ds.load().loc[0, "gold_logprob"] != first.loc[0, "gold_logprob"]
+    assert stored() != table
+
+
+def test_scores_round_trip_and_fingerprint_reuse_through_a_url(mem, spec, caplog):
+    scores_round_trip_and_fingerprint_reuse(spec, caplog, "memory:///b/m/baseline_scores.parquet",
+                                            lambda: mem.cat_file("/b/m/baseline_scores.parquet"))
 
 
 def test_a_failing_scores_job_keeps_the_table_at_the_url(tmp_path, mem):

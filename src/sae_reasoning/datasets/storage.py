@@ -35,6 +35,10 @@ from kedro.io.core import get_protocol_and_path
 from sae_reasoning.activations.store import sha256_file
 
 FETCHED = ".fetched.json"  # per local folder: {file: [size, mtime_ns, checksum]} already verified
+# Object stores whose folders are only key prefixes. Their makedirs creates a missing bucket
+# (s3fs, gcsfs; a container in adlfs), which turned a mistyped bucket name into a new bucket
+# instead of an error, so `_parents` skips them.
+KEY_PREFIX_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
 
 
 def default_staging(url: str) -> Path:
@@ -279,8 +283,10 @@ class Storage:
                 self._finish(_join(rel, m.group(1)))
 
     def _parents(self, paths: list[str]) -> None:
-        """Create the parent folders (needed where folders are real: sftp, hdfs...; a no-op
-        or a cheap check on object stores)."""
+        """Create the parent folders (needed where folders are real: sftp, hdfs...; not needed
+        on object stores, skipped there: see KEY_PREFIX_STORES)."""
+        if self.protocol in KEY_PREFIX_STORES:
+            return
         for parent in sorted({p.rpartition("/")[0] for p in paths} - {""}):
             self.fs.makedirs(parent, exist_ok=True)
 

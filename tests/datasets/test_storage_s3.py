@@ -1,0 +1,178 @@
+"""The project's datasets at s3:// URLs, through s3fs, against a real S3 API server: moto's,
+on 127.0.0.1 in this process. The scenarios are test_storage.py's memory:// ones; what the
+bucket holds is read back with boto3, so s3fs's listing cache cannot hide a stale state."""
+
+import logging
+import socket
+
+import pytest
+from kedro.io import DatasetError
+
+from sae_reasoning.activations.capture import CaptureJob
+from sae_reasoning.baseline import BaselineJob
+from sae_reasoning.datasets.activations import ActivationStoreDataset
+from sae_reasoning.datasets.sae import SAEDataset
+from sae_reasoning.datasets.scores import ScoresDataset
+from sae_reasoning.datasets.storage import Storage
+from sae_reasoning.models import ModelHandle
+from tests.datasets.conftest import remote_files
+from tests.datasets.test_storage import (
+    capture_equals_a_local_capture_and_is_reused,
+    interrupted_publish_is_completed_and_partial_upload_ignored,
+    sae_round_trip_and_reuse,
+    scores_round_trip_and_fingerprint_reuse,
+)
+from tests.prompts_fixture import tiny_prompts
+
+# In the `test` extra: a missing one is an error here, never a skip.
+import boto3  # noqa: E402
+import moto.server as moto_server  # noqa: E402
+import s3fs  # noqa: E402, F401
+
+BUCKET = "sae-test"
+CREDENTIALS = {"key": "testing", "secret": "testing"}  # moto accepts any keys unless auth is on
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free loopback port with one bucket; yields (endpoint, boto3 client).
+    The AWS variables point nowhere real, so no request, credential or metadata lookup can
+    leave the machine."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
+                     "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        env.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        env.setenv("NO_PROXY", "127.0.0.1,localhost")
+        env.setenv("no_proxy", "127.0.0.1,localhost")
+        werkzeug, level = logging.getLogger("werkzeug"), logging.getLogger("werkzeug").level
+        werkzeug.setLevel(logging.WARNING)  # it logs one INFO line per request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            yield endpoint, client
+        finally:
+            server.stop()
+            werkzeug.setLevel(level)
+
+
+@pytest.fixture
+def ds_args(s3):
+    """credentials / fs_args as a catalog entry gives them (kedro-datasets style)."""
+    return {"credentials": dict(CREDENTIALS), "fs_args": {"client_kwargs": {"endpoint_url": s3[0]}}}
+
+
+def s3_files(client, prefix):
+    """{key relative to prefix: bytes} of every object under prefix, as S3 itself lists them."""
+    out = {}
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+            out[obj["Key"][len(prefix) + 1:]] = body
+    return out
+
+
+# -- scenarios shared with memory:// --------------------------------------------------------
+def test_capture_into_s3_equals_a_local_capture_and_is_reused(tmp_path, s3, ds_args, spec):
+    capture_equals_a_local_capture_and_is_reused(
+        tmp_path, spec, f"s3://{BUCKET}/acts/tiny", lambda: s3_files(s3[1], "acts/tiny"), **ds_args)
+
+
+def test_sae_round_trip_and_reuse_through_s3(tmp_path, s3, ds_args, toy_set, caplog):
+    sae_round_trip_and_reuse(tmp_path, toy_set, caplog, f"s3://{BUCKET}/sae/toy",
+                             lambda: s3_files(s3[1], "sae/toy"), **ds_args)
+
+
+def test_scores_round_trip_and_fingerprint_reuse_through_s3(s3, ds_args, spec, caplog):
+    scores_round_trip_and_fingerprint_reuse(
+        spec, caplog, f"s3://{BUCKET}/m/baseline_scores.parquet",
+        lambda: s3_files(s3[1], "m")["baseline_scores.parquet"], **ds_args)
+
+
+def test_an_interrupted_publish_to_s3_is_completed_and_a_failed_upload_keeps_the_old_copy(
+        tmp_path, s3, ds_args, monkeypatch):
+    s = Storage(f"s3://{BUCKET}/publish", local_cache=str(tmp_path / "stage"), **ds_args)
+    interrupted_publish_is_completed_and_partial_upload_ignored(s, tmp_path)
+    before = s3_files(s3[1], "publish")
+    assert before["item/a"] == b"2" and before["file"] == b"1"
+
+    # A real upload that fails part way (the second file's PUT): the URL keeps the old copy.
+    v3 = tmp_path / "v3"
+    for name in ("a", "sub/c", "sub/d"):
+        (v3 / name).parent.mkdir(parents=True, exist_ok=True)
+        (v3 / name).write_bytes(b"3")
+    put_file, calls = type(s.fs)._put_file, []
+
+    async def failing_put_file(self, lpath, rpath, *args, **kwargs):
+        calls.append(rpath)
+        if len(calls) == 2:
+            raise ConnectionError("connection reset during upload")
+        return await put_file(self, lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(type(s.fs), "_put_file", failing_put_file)
+    with pytest.raises(DatasetError, match=rf"s3://{BUCKET}/publish/item failed .*ConnectionError"):
+        s.publish(v3, "item")
+    after = s3_files(s3[1], "publish")
+    assert {k: v for k, v in after.items() if not k.startswith(".")} == before
+    assert len(calls) == 3  # it failed among the item's own files, not before them
+    monkeypatch.undo()
+
+    # The next access ignores the unmarked partial upload; the next publish replaces it.
+    Storage(f"s3://{BUCKET}/publish", **ds_args).recover()
+    assert {k: v for k, v in s3_files(s3[1], "publish").items() if not k.startswith(".")} == before
+    s.publish(v3, "item")
+    assert s3_files(s3[1], "publish") == {"item/a": b"3", "item/sub/c": b"3", "item/sub/d": b"3",
+                                          "file": b"1"}
+
+
+# -- errors named with the URL, before any model work -----------------------------------------
+def test_wrong_credentials_fail_before_the_model_loads(tmp_path, s3, ds_args, spec, monkeypatch):
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys from now
+    url = f"s3://{BUCKET}/acts/denied"
+    bad = {**ds_args, "credentials": {"key": "AKIAWRONGWRONGWRONG0", "secret": "wrong"}}
+    handle = ModelHandle(spec)
+    ds = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "stage"), **bad)
+    with pytest.raises(DatasetError, match=rf"activation store {url} is not writable .*Access Key"):
+        ds.save(CaptureJob(handle, tiny_prompts(), layers=[1]))
+    assert handle._loaded is None
+    with pytest.raises(DatasetError, match=rf"scores table s3://{BUCKET}/m2 is not writable"):
+        ScoresDataset(filepath=f"s3://{BUCKET}/m2/scores.parquet", **bad).save(
+            BaselineJob(handle, tiny_prompts()))
+    assert handle._loaded is None
+
+
+def test_a_missing_bucket_fails_before_the_model_loads_and_is_not_created(tmp_path, s3, ds_args,
+                                                                           spec, toy_set):
+    url = "s3://no-such-bucket/acts"
+    handle = ModelHandle(spec)
+    ds = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "stage"), **ds_args)
+    with pytest.raises(DatasetError, match=rf"activation store {url} is not writable"):
+        ds.save(CaptureJob(handle, tiny_prompts(), layers=[1]))
+    with pytest.raises(DatasetError, match=r"SAE folder s3://no-such-bucket/sae is not writable"):
+        SAEDataset("s3://no-such-bucket/sae", local_cache=str(tmp_path / "sae"), **ds_args).save(
+            {"blocks.3.hook_resid_post": None})
+    assert handle._loaded is None
+    # A mistyped bucket name must not quietly become a new bucket.
+    assert [b["Name"] for b in s3[1].list_buckets()["Buckets"]] == [BUCKET]
+    with pytest.raises(DatasetError, match=rf"no activation folders under {url}"):
+        ds.load()
