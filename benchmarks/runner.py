@@ -7,12 +7,15 @@ process was given. SequentialRunner runs the two
 namespaces one after the other in this process, twice: with torch's default threads (every
 core: what `kedro run` does) and with one thread per core-share (the same threads each
 namespace gets from DeviceSlotRunner, so only the parallelism differs). DeviceSlotRunner
-runs them at once, one per CPU slot (cores // 2 threads each), process start-up included.
+runs them at once, one per CPU slot (cores // 2 threads each), process start-up included
+(CPU slots fork their workers from this process, which has torch imported, as `kedro run`
+has after loading the project's pipelines; `--spawn` starts them as GPU slots do).
 With `--dask`, DaskRunner also runs them, on a LocalCluster of two single-threaded worker
-processes on loopback started before the clock starts (a cluster is normally up already;
-each task's torch gets cores // 2 threads, as a slot's would).
+processes on loopback started before the clock starts with the project's worker preload
+(`--preload sae_reasoning.runner.dask_preload`: a cluster is normally up already; each
+task's torch gets cores // 2 threads, as a slot's would).
 
-    .venv/bin/python benchmarks/runner.py [--steps N] [--quick] [--dask]
+    .venv/bin/python benchmarks/runner.py [--steps N] [--quick] [--dask] [--spawn]
 """
 
 from __future__ import annotations
@@ -154,6 +157,8 @@ def main() -> None:
                         help="batches per namespace (100 is shorter than a worker's 2-3 s start-up)")
     parser.add_argument("--quick", action="store_true", help="10 steps: checks that it works")
     parser.add_argument("--dask", action="store_true", help="also run DaskRunner")
+    parser.add_argument("--spawn", action="store_true",
+                        help="DeviceSlotRunner spawns its workers (as for GPU slots) instead of forking")
     args = parser.parse_args()
     if args.quick:
         args.steps = 10
@@ -172,7 +177,8 @@ def main() -> None:
         workdir = Path(tmp)
         pipe, catalog = build(workdir, args.steps)
         quiet = {"log_dir": workdir / "logs", "live": "off", "memory": "off"}
-        runner = DeviceSlotRunner(slots="cpu,cpu", **quiet)
+        runner = DeviceSlotRunner(slots="cpu,cpu", start_method="spawn" if args.spawn else "auto",
+                                  **quiet)
         logging.getLogger("sae_reasoning.runner").setLevel(logging.WARNING)
         logging.getLogger("kedro").setLevel(logging.WARNING)
 
@@ -189,7 +195,8 @@ def main() -> None:
 
             logging.getLogger("distributed").setLevel(logging.ERROR)
             with LocalCluster(host="127.0.0.1", processes=True, n_workers=len(NAMESPACES),
-                              threads_per_worker=1, dashboard_address=":0") as cluster:
+                              threads_per_worker=1, dashboard_address=":0",
+                              preload=["sae_reasoning.runner.dask_preload"]) as cluster:
                 dask_runner = DaskRunner(address=cluster.scheduler_address,
                                          threads_per_group=threads, **quiet)
                 dask_wall, dask = timed_run(dask_runner, pipe, catalog(), workdir)
@@ -214,7 +221,9 @@ def main() -> None:
     startup = [r.ready - r.launched for r in runner.results if r.kind == "namespace"]
     alone = sum(r[4] for r in seq1.values())     # seconds inside the nodes
     together = sum(r[4] for r in dev.values())
-    print(f"DeviceSlotRunner time budget: worker start-up (spawn, import torch and the project) "
+    method = runner.start_method(runner.slots[0])
+    what = "spawn, import torch and the project" if method == "spawn" else f"{method}, load the group"
+    print(f"DeviceSlotRunner time budget: worker start-up ({what}) "
           f"{sum(startup) / len(startup):.2f} s; node time {together:.2f} s with both namespaces at once "
           f"vs {alone:.2f} s one at a time ({100 * (together / alone - 1):+.0f}%: the two share caches, "
           f"memory bandwidth and, on a VM, maybe the host's cores)")

@@ -7,13 +7,12 @@ import json
 import logging
 import os
 
+import distributed
 import pytest
 
 from sae_reasoning.runner import DaskRunError, DaskRunner, InsufficientMemoryError
 from tests.runner.test_device_slot_runner import build_catalog, build_pipeline, load
 from tests.runner.test_memory import memory_catalog, memory_pipeline
-
-distributed = pytest.importorskip("distributed")
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -54,6 +53,7 @@ def test_namespaces_run_as_tasks_on_the_cluster_with_the_projects_hooks(tmp_path
     assert "scaling 3 by 2" in m1_log and "scaling 3 by 10" not in m1_log
     live = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DaskRunner dask1:")]
     assert any("m1 running on tcp://127.0.0.1" in line for line in live)
+    assert "2 worker(s) warmed up (torch and the project imported)" in caplog.text
     timeline = json.loads((tmp_path / "logs" / "dask1" / "timeline.json").read_text())
     assert timeline["runner"] == "DaskRunner" and {p["name"] for p in timeline["slots"]} == workers
     units = {u["name"]: u for u in timeline["units"]}
@@ -136,6 +136,33 @@ def test_workers_declaring_a_gpu_get_one_namespace_at_a_time(tmp_path):
     m1, m2 = load(tmp_path, "m1.out"), load(tmp_path, "m2.out")
     assert m1["pid"] == m2["pid"]  # the one worker
     assert m1["end"] <= m2["mid_start"] or m2["end"] <= m1["mid_start"]
+
+
+def _worker_state() -> dict:
+    import sys
+
+    from sae_reasoning.runner import dask_runner, heap
+
+    return {"torch": "torch" in sys.modules, "nodes": "tests.runner.toy_nodes" in sys.modules,
+            "hooks": "tests.runner.toy_project" in dask_runner._HOOK_MANAGERS,
+            "malloc_restored": heap._done}
+
+
+def test_a_preloaded_worker_is_ready_before_any_task(tmp_path):
+    # `dask worker ... --preload sae_reasoning.runner.dask_preload`: torch, the project's
+    # pipelines (and so its nodes' modules) and hook manager are in place at start-up,
+    # and glibc's thresholds undone (the nanny set MALLOC_TRIM_THRESHOLD_).
+    with distributed.LocalCluster(
+        host="127.0.0.1", processes=True, n_workers=1, threads_per_worker=1,
+        dashboard_address=":0", preload=["sae_reasoning.runner.dask_preload"],
+        env={"SAE_REASONING_KEDRO_PACKAGE": "tests.runner.toy_project"},
+    ) as c, distributed.Client(c) as client:
+        (state,) = client.run(_worker_state).values()
+        assert state == {"torch": True, "nodes": True, "hooks": True, "malloc_restored": True}
+        runner = DaskRunner(address=c.scheduler_address, log_dir=tmp_path / "logs",
+                            package_name="tests.runner.toy_project")
+        runner.run(build_pipeline(["m1"]), build_catalog(tmp_path, {"m1": 2}), run_id="dask9")
+    assert load(tmp_path, "combined")["value"] == 7
 
 
 def test_cli_runner_params_reach_the_dask_runner():

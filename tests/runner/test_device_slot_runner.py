@@ -124,6 +124,11 @@ def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(
     m1_log = (tmp_path / "logs" / "run1" / "m1.log").read_text()
     assert "scaling 3 by 2" in m1_log and "Completed node: m1.finish" in m1_log
     assert "scaling 3 by 10" in (tmp_path / "logs" / "run1" / "m2.log").read_text()
+    # And one for the run: this process's records (shared nodes, live lines, summary).
+    run_log = (tmp_path / "logs" / "run1" / "run.log").read_text()
+    assert "Completed node: make_base" in run_log and "Completed node: combine" in run_log
+    assert "m1 done on cpu:" in run_log and "DeviceSlotRunner summary" in run_log
+    assert "scaling 3 by 2" not in run_log  # the namespaces' records stay in their logs
     assert {r.name: r.status for r in runner.results if r.kind == "namespace"} == {
         "m1": "done",
         "m2": "done",

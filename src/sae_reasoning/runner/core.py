@@ -13,6 +13,7 @@ cluster) says where groups run: `_open`, `_start_groups`, `_poll`, `_cancel`, `_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -23,14 +24,14 @@ from dataclasses import asdict, dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from kedro.io.core import generate_timestamp
 from kedro.runner import AbstractRunner, Task
 
 from sae_reasoning.runner.live import LiveView, wall_clock, write_timeline
 from sae_reasoning.runner.memory import MemoryNeed, estimate_group_memory, gb
-from sae_reasoning.runner.worker import GroupPayload
+from sae_reasoning.runner.worker import LOG_FORMAT, GroupPayload
 
 if TYPE_CHECKING:
     from kedro.io import CatalogProtocol
@@ -238,17 +239,18 @@ class NamespaceGroupRunner(AbstractRunner):
         )
         opened = False
         live = LiveView(f"{self._name} {run_id}", self._log, self._live_mode, self._live_interval_s)
-        try:
-            if groups:
-                self._open(state, groups)  # may raise: nothing has run yet
-            opened = True
-            with live:
-                self._loop(state, live)
-        finally:
-            self._close(state)  # also when `_open` raised: a client or cluster may be up
-            if opened:
-                self._write_timeline(state)
-        self._log_summary()
+        with run_log(self.run_log_dir / "run.log", self._log):
+            try:
+                if groups:
+                    self._open(state, groups)  # may raise: nothing has run yet
+                opened = True
+                with live:
+                    self._loop(state, live)
+            finally:
+                self._close(state)  # also when `_open` raised: a client or cluster may be up
+                if opened:
+                    self._write_timeline(state)
+            self._log_summary()
         self._raise_on_failure()
 
     def _loop(self, state: RunState, live: LiveView) -> None:
@@ -474,6 +476,38 @@ class NamespaceGroupRunner(AbstractRunner):
 
 
 # -------------------------------------------------------------------- helpers
+
+
+class _RunLogHandler(logging.FileHandler):
+    """Opens (and makes the folder of) its file at the first record, not before: a run
+    refused before any work leaves nothing behind. Unwritable: reported once, run goes on."""
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.stream is None:  # could not open: stop trying, say so once
+            self.setLevel(logging.CRITICAL + 1)
+            logging.getLogger(__name__).warning("Could not write the run log %s", self.baseFilename)
+            return
+        super().handleError(record)
+
+
+@contextlib.contextmanager
+def run_log(path: Path, log: logging.Logger) -> Iterator[None]:
+    """This process's log records during the run (the runner's, the shared nodes', the
+    live lines and the summary) also go to `path`, beside the namespaces' logs."""
+    handler = _RunLogHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
 
 
 def plan(pipeline: Pipeline, runner: str = "The runner") -> dict[str, Unit]:

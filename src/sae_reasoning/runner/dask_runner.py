@@ -112,6 +112,7 @@ class DaskRunner(NamespaceGroupRunner):
         self.workers: dict[str, dict] = {}  # address -> {"host", "memory_bytes", "gpu"}
         self.use_gpu = False
         self.cluster: Any = None
+        self._warm_up_timeout_s = 300.0
 
     def _get_executor(self, max_workers: int) -> None:
         return None  # the Dask cluster is the executor
@@ -153,6 +154,7 @@ class DaskRunner(NamespaceGroupRunner):
         if self._threads is None and self.cluster is not None and not self.use_gpu:
             self._threads = max(1, cpu_cores() // max(1, len(eligible)))
         self._warn_local_paths(state, info)
+        self._warm_up(client, state, list(self.workers))
         self._log.info(
             "DaskRunner: %d namespace group(s) on %s, %d worker(s)%s: %s; logs in %s",
             len(groups), client.scheduler.address, len(eligible),
@@ -160,6 +162,31 @@ class DaskRunner(NamespaceGroupRunner):
             ", ".join(f"{a} ({gb(w['memory_bytes'])})" for a, w in self.workers.items()),
             self.run_log_dir,
         )
+
+    def _warm_up(self, client, state: RunState, workers: list[str]) -> None:
+        """Import torch and the project on every worker (`warm_up`) while the shared nodes
+        run here, so no namespace task pays for it: one small task per worker, ahead of
+        any namespace's (a preloaded worker finishes it at once)."""
+        package = self._package_name or configured_package()
+        state.backend["warm"] = [
+            client.submit(warm_up, package, workers=[address], allow_other_workers=False,
+                          pure=False, key=f"warm-up-{uuid.uuid4().hex[:8]}")
+            for address in workers
+        ]
+
+    def _await_warm_up(self, state: RunState) -> None:
+        """Before the first namespace is submitted: a worker still warming up looks busy to
+        the scheduler, which would queue two namespaces on the other worker."""
+        if state.backend.get("warm_awaited"):
+            return
+        state.backend["warm_awaited"] = True
+        from distributed import wait
+
+        try:
+            wait(state.backend.get("warm", []), timeout=self._warm_up_timeout_s)
+        except TimeoutError:  # a worker busy with someone else's work: submit anyway
+            self._log.info("DaskRunner: workers still warming up after %.0f s; submitting",
+                           self._warm_up_timeout_s)
 
     def _local_cluster(self, n_groups: int):
         from distributed import LocalCluster
@@ -195,6 +222,7 @@ class DaskRunner(NamespaceGroupRunner):
             futures = list(state.backend.get("futures", {}).values())
             if futures:  # only when the run stops early (an error in this process)
                 client.cancel(futures)
+            _log_warm_up(self._log, state.backend.get("warm", []))
             client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -205,6 +233,7 @@ class DaskRunner(NamespaceGroupRunner):
         for unit in state.pending_groups():
             if not state.deps_done(unit):
                 continue
+            self._await_warm_up(state)
             need = state.needs.get(unit.name)
             places = [a for a, w in self.workers.items() if fits(need, w["memory_bytes"])]
             kwargs: dict[str, Any] = {}
@@ -305,6 +334,37 @@ _HOOK_MANAGERS: dict[str | None, Any] = {}
 _HOOKS_LOCK = threading.Lock()
 
 
+def _hook_manager(package_name: str | None):
+    """This worker process's hook manager for `package_name`, built (and the project
+    configured) once. Configuring the project replaces the root log handlers."""
+    with _HOOKS_LOCK:
+        if package_name not in _HOOK_MANAGERS:
+            _HOOK_MANAGERS[package_name] = _bootstrap(package_name)
+        return _HOOK_MANAGERS[package_name]
+
+
+def warm_up(package_name: str | None) -> float:
+    """Make this worker process ready for namespace tasks; returns the seconds it took.
+
+    Restores glibc's malloc thresholds, imports torch and the project's pipelines (and so
+    every node's module), builds the hook manager, and creates the CUDA context on a GPU
+    worker. Idempotent: a second call costs nothing. Called as a run opens (overlapping the
+    shared nodes) and by the worker preload (`sae_reasoning.runner.dask_preload`).
+    """
+    start = time.perf_counter()
+    restore_dynamic_thresholds()
+    import torch
+
+    if package_name:
+        from kedro.framework import project
+
+        _hook_manager(package_name)
+        dict(project.pipelines)  # the registry imports every pipeline's nodes
+    if torch.cuda.is_available():
+        torch.cuda.init()
+    return time.perf_counter() - start
+
+
 def run_group_task(namespace: str, payload: bytes, log_path: str, package_name: str | None,
                    topic: str, threads: int | None) -> dict:
     """The Dask task: one namespace group on this worker. Returns its outcome (a failing
@@ -319,13 +379,10 @@ def run_group_task(namespace: str, payload: bytes, log_path: str, package_name: 
 
     buffer = io.StringIO()
     # Configuring the project replaces the root log handlers: do it before adding ours.
-    with _HOOKS_LOCK:  # once per worker process
-        if package_name not in _HOOK_MANAGERS:
-            try:
-                _HOOK_MANAGERS[package_name] = _bootstrap(package_name)
-            except Exception as exc:  # noqa: BLE001 - reported as the group's failure
-                return {"status": "failed", **failure(exc), "worker": worker.address, "log": ""}
-    hook_manager = _HOOK_MANAGERS[package_name]
+    try:
+        hook_manager = _hook_manager(package_name)
+    except Exception as exc:  # noqa: BLE001 - reported as the group's failure
+        return {"status": "failed", **failure(exc), "worker": worker.address, "log": ""}
     handlers = _log_handlers(log_path, buffer)
     root = logging.getLogger()
     level = root.level
@@ -361,6 +418,16 @@ def run_group_task(namespace: str, payload: bytes, log_path: str, package_name: 
         root.setLevel(level)
     return {**outcome, "started": started, "worker": worker.address, "pid": os.getpid(),
             "log": buffer.getvalue()}
+
+
+def _log_warm_up(log: logging.Logger, futures: list) -> None:
+    done = [f.result() for f in futures if f.status == "finished"]
+    if done:
+        log.info("DaskRunner: %d worker(s) warmed up (torch and the project imported) in %s s",
+                 len(done), ", ".join(f"{t:.1f}" for t in done))
+    failed = [f for f in futures if f.status == "error"]
+    for f in failed:  # a namespace task on that worker meets the same error and reports it
+        log.warning("DaskRunner: warming up a worker failed: %s", one_line(f.exception()))
 
 
 def _log_handlers(log_path: str, buffer: io.StringIO) -> list[logging.Handler]:
