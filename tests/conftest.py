@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.s3_server import ds_args, s3  # noqa: E402, F401  (fixtures)
 from tests.tiny import FAMILIES, save_tiny_model  # noqa: E402
 
 

@@ -2,8 +2,6 @@
 on 127.0.0.1 in this process. The scenarios are test_storage.py's memory:// ones; what the
 bucket holds is read back with boto3, so s3fs's listing cache cannot hide a stale state."""
 
-import logging
-import socket
 
 import pytest
 from kedro.io import DatasetError
@@ -23,71 +21,12 @@ from tests.datasets.test_storage import (
     scores_round_trip_and_fingerprint_reuse,
 )
 from tests.prompts_fixture import tiny_prompts
-
-# In the `test` extra: a missing one is an error here, never a skip.
-import boto3  # noqa: E402
-import moto.server as moto_server  # noqa: E402
-import s3fs  # noqa: E402, F401
-
-BUCKET = "sae-test"
-CREDENTIALS = {"key": "testing", "secret": "testing"}  # moto accepts any keys unless auth is on
+from tests.s3_server import BUCKET, s3_files
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     """Every test here runs on one torch thread (tests/conftest.py)."""
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on a free loopback port with one bucket; yields (endpoint, boto3 client).
-    The AWS variables point nowhere real, so no request, credential or metadata lookup can
-    leave the machine."""
-    with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
-                     "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        env.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        env.setenv("NO_PROXY", "127.0.0.1,localhost")
-        env.setenv("no_proxy", "127.0.0.1,localhost")
-        werkzeug, level = logging.getLogger("werkzeug"), logging.getLogger("werkzeug").level
-        werkzeug.setLevel(logging.WARNING)  # it logs one INFO line per request
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        try:
-            endpoint = f"http://127.0.0.1:{port}"
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield endpoint, client
-        finally:
-            server.stop()
-            werkzeug.setLevel(level)
-
-
-@pytest.fixture
-def ds_args(s3):
-    """credentials / fs_args as a catalog entry gives them (kedro-datasets style)."""
-    return {"credentials": dict(CREDENTIALS), "fs_args": {"client_kwargs": {"endpoint_url": s3[0]}}}
-
-
-def s3_files(client, prefix):
-    """{key relative to prefix: bytes} of every object under prefix, as S3 itself lists them."""
-    out = {}
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-    for page in pages:
-        for obj in page.get("Contents", []):
-            body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            out[obj["Key"][len(prefix) + 1:]] = body
-    return out
 
 
 # -- scenarios shared with memory:// --------------------------------------------------------

@@ -11,7 +11,13 @@ import distributed
 import pytest
 
 from sae_reasoning.runner import DaskRunError, DaskRunner, InsufficientMemoryError
-from tests.runner.test_device_slot_runner import build_catalog, build_pipeline, load
+from tests.runner.test_device_slot_runner import (
+    build_catalog,
+    build_pipeline,
+    check_s3_outputs,
+    load,
+    s3_catalog,
+)
 from tests.runner.test_memory import memory_catalog, memory_pipeline
 
 pytestmark = [
@@ -172,3 +178,11 @@ def test_cli_runner_params_reach_the_dask_runner():
     kwargs = _split_params(None, None, "address=tcp://10.0.0.5:8786,gpu=false,memory_gb=8")
     runner = DaskRunner(**kwargs, is_async=False)
     assert (runner._address, runner._gpu, runner._memory_gb) == ("tcp://10.0.0.5:8786", "false", 8.0)
+
+
+def test_workers_and_this_process_share_data_through_s3(tmp_path, cluster, s3, ds_args):
+    # The catalog's paths are s3:// URLs (a real S3 API on loopback): each worker process
+    # saves its namespace's output to the bucket, and the shared node here reads them back.
+    runner = DaskRunner(address=cluster.scheduler_address, log_dir=tmp_path / "logs")
+    runner.run(build_pipeline(["m1", "m2"]), s3_catalog(tmp_path, ds_args), run_id="dask-s3")
+    check_s3_outputs(tmp_path, s3[1])

@@ -371,14 +371,14 @@ class NamespaceGroupRunner(AbstractRunner):
                              catalog=sub_catalog(catalog, names), is_async=self._is_async,
                              run_id=run_id)
         try:
-            return pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)
+            return dumps(group)
         except Exception as exc:  # noqa: BLE001 - pinpoint the culprit below
             culprits = [f"node {n.name}" for n in unit.nodes if not picklable(n)]
             culprits += [f"dataset {d}" for d in names if not picklable(catalog.get(d))]
             raise CrossProcessDatasetError(
                 f"Namespace '{unit.name}' cannot be sent to a worker process: "
-                f"{', '.join(culprits) or exc} cannot be pickled ({exc}). Nodes must be "
-                "importable functions (no lambdas or closures) and datasets picklable."
+                f"{', '.join(culprits) or exc} cannot be pickled ({exc}). Nodes and datasets "
+                "must be picklable by cloudpickle (no open files, locks or live connections)."
             ) from exc
 
     # ------------------------------------------------------------- validation
@@ -579,9 +579,22 @@ def ephemeral(dataset: Any) -> bool:
     return bool(getattr(dataset, "_EPHEMERAL", False))
 
 
+def dumps(obj: Any) -> bytes:
+    """A group for a worker process, as bytes that `pickle.loads` reads there.
+
+    cloudpickle, not pickle: fsspec's async filesystems (s3fs, gcsfs...) hang sync wrappers
+    named like their class's methods on each instance, which pickle refuses ("not the same
+    object as S3FileSystem._glob"), so a kedro-datasets entry at an s3:// URL could not
+    reach a worker. cloudpickle sends those by value, and importable functions by name.
+    """
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def picklable(obj: Any) -> bool:
     try:
-        pickle.dumps(obj)
+        dumps(obj)
     except Exception:  # noqa: BLE001
         return False
     return True
