@@ -98,17 +98,17 @@ def scale_by_model(base: dict, model: dict, seconds: float) -> dict:
                   slot=os.environ.get("KEDRO_DEVICE_SLOT"))
 
 
-def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0, mark: str = "") -> int:
-    """torch's CPU threads as this node starts; with `mark`, then creates that file; with
-    `wait_for`, waits (up to a minute) for that file to exist and then `then_s` more
-    seconds."""
+def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0, mark: str = "") -> dict:
+    """torch's CPU threads as this node starts and as it ends. With `mark`, creates that
+    file once started; with `wait_for`, waits (up to a minute) for that file to exist and
+    then `then_s` more seconds."""
     import torch
 
-    threads = torch.get_num_threads()
+    start = torch.get_num_threads()
     if mark:
         Path(mark).touch()
     deadline = time.time() + 60
     while wait_for and not os.path.exists(wait_for) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(then_s)
-    return threads
+    return {"start": start, "end": torch.get_num_threads()}

@@ -48,7 +48,7 @@ from sae_reasoning.runner.worker import (
     NODE_START,
     READY,
     STOP,
-    THREADS,
+    THREADS_SIGNAL,
     run_group,
 )
 
@@ -72,6 +72,7 @@ class _Worker:
     final: bool = False  # its outcome is known; only its exit is awaited
     exit_deadline: float = float("inf")
     threads: int = 0  # CPU threads it was last told to use (0: its slot's)
+    threads_box: Any = None  # shared int the worker reads them from (worker.ThreadShare)
 
 
 class DeviceSlotRunner(NamespaceGroupRunner):
@@ -89,7 +90,7 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         prestart: start a group's worker process on a free slot while the shared nodes
             it waits for still run, so its start-up (imports, CUDA) overlaps them.
         share_cores: once no group is left to start, hand the CPU threads of free CPU
-            slots to the CPU workers still running, from their next node on.
+            slots to the CPU workers still running, from their running node's next op on.
         start_method: how worker processes start. "auto" (default): forked from this
             process for CPU slots (it has imported torch and the project already, which a
             spawned worker spends seconds redoing), spawned for GPU slots and wherever
@@ -229,9 +230,11 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         # A forked child would hold copies of this process's ends of the other workers'
         # pipes (keeping them open when this process closes them): it closes them first.
         inherited = [w.conn for w in state.backend["workers"].values()] if method == "fork" else []
+        threads_box = ctx.RawValue("i", 0)
         process = ctx.Process(
             target=run_group,
-            args=(child_conn, slot, str(log_path), package, state.payloads[unit.name], inherited),
+            args=(child_conn, slot, str(log_path), package, state.payloads[unit.name], inherited,
+                  threads_box),
             name=f"{unit.name}@{slot.name}",
         )
         # The child inherits the environment and stdout/stderr at start: its
@@ -249,7 +252,7 @@ class DeviceSlotRunner(NamespaceGroupRunner):
                 "Namespace %s: worker starting (%s) on slot %s while its upstream runs "
                 "(pid %d, log %s)", unit.name, method, slot.name, process.pid, log_path,
             )
-        return _Worker(unit, slot, process, conn, result)
+        return _Worker(unit, slot, process, conn, result, threads_box=threads_box)
 
     def _go(self, worker: _Worker, state: RunState) -> None:
         worker.conn.send(GO)
@@ -325,8 +328,9 @@ class DeviceSlotRunner(NamespaceGroupRunner):
 
     def _share_idle_cores(self, state: RunState) -> None:
         """Once no group is left to start, the threads of free CPU slots go to the CPU
-        workers still running (evenly); each takes them at its next node. Without this, a
-        long namespace would finish on its one slot's cores while the others idle."""
+        workers still running (evenly), from their running node's next op on (a signal;
+        see worker.ThreadShare). Without this, a long namespace would finish on its one
+        slot's cores while the others idle."""
         if not self._share_cores or state.pending_groups():
             return
         free = [s for s in state.backend["free"] if s.kind == "cpu"]
@@ -339,12 +343,15 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         for i, worker in enumerate(running):
             n = share + (i < extra)
             if n != (worker.threads or worker.slot.threads):
-                with contextlib.suppress(OSError):
-                    worker.conn.send({THREADS: n})
-                    worker.threads = n
-                    self._log.info("Namespace %s on %s: %d CPU thread(s) from its next node on "
-                                   "(%s idle)", worker.result.name, worker.slot.name, n,
-                                   ", ".join(s.name for s in free))
+                worker.threads_box.value = worker.threads = n
+                # Only a worker that said `ready` has its handler in place (SIGUSR1's
+                # default would end it); the others read the box before their first node.
+                if worker.result.ready is not None and THREADS_SIGNAL is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.process.pid, THREADS_SIGNAL)
+                self._log.info("Namespace %s on %s: now %d CPU thread(s) (%s idle)",
+                               worker.result.name, worker.slot.name, n,
+                               ", ".join(s.name for s in free))
 
 
 # -------------------------------------------------------------------- helpers

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
 import time
 import traceback
@@ -49,7 +50,9 @@ FAILED = "failed"
 # Parent -> worker.
 GO = "go"
 STOP = "stop"
-THREADS = "threads"  # {"threads": n}: use n CPU threads from the next node on
+# Parent -> worker, outside the pipe: a shared int holds the CPU threads to use (0: the
+# slot's), and SIGUSR1 says "look now" (see ThreadShare).
+THREADS_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
@@ -72,10 +75,11 @@ def run_group(
     package_name: str | None,
     payload: bytes,
     inherited: list | None = None,
+    threads_box=None,
 ) -> None:
     """Entry point of the worker process (`conn`: a duplex pipe to the parent;
     `inherited`: the parent's ends of other workers' pipes, which a forked child holds
-    copies of and closes)."""
+    copies of and closes; `threads_box`: see ThreadShare)."""
     for other in inherited or ():
         other.close()
     os.environ.update(slot.env())
@@ -85,6 +89,7 @@ def run_group(
         hook_manager = _bootstrap(package_name, log_stream)
         group: GroupPayload = pickle.loads(payload)  # imports the nodes' modules
         _set_threads(slot.threads)
+        share = ThreadShare(threads_box, slot.threads)
         logger.info(
             "Namespace %s on slot %s (pid %d, CUDA_VISIBLE_DEVICES=%r, %d CPU threads)",
             group.namespace,
@@ -100,7 +105,7 @@ def run_group(
 
         done_nodes = execute_group(
             group, hook_manager, lambda event, **info: conn.send({"event": event, **info}),
-            between_nodes=lambda: _take_threads(conn),
+            between_nodes=share.between_nodes,
         )
         logger.info("Namespace %s finished (%d nodes)", group.namespace, len(done_nodes))
         conn.send({"event": DONE, "done_nodes": done_nodes, "time": time.time()})
@@ -231,12 +236,32 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _take_threads(conn) -> None:
-    """Between nodes: take the CPU threads the parent hands over (`{"threads": n}`, sent
-    when another slot's cores fell idle); a node's threads stay fixed while it runs."""
-    while conn.poll():
-        msg = conn.recv()
-        if isinstance(msg, dict) and THREADS in msg:
-            _set_threads(int(msg[THREADS]))
-            logging.getLogger(__name__).info("Now %d CPU thread(s): cores of a finished slot "
-                                             "are idle", msg[THREADS])
+class ThreadShare:
+    """CPU threads the parent hands over when another slot's cores fall idle.
+
+    The parent writes the count into `box` (a shared int) and sends THREADS_SIGNAL. The
+    handler runs in this process's main thread, which runs the nodes, between two Python
+    bytecodes, so never inside a torch op: the new count applies to the running node's next
+    op, not only from the next node on (a causal node can run for many minutes). Before
+    each node the box is read again, in case no signal could be sent. Nothing is logged
+    in the handler (it may interrupt a log call); the change is logged at the next node.
+    """
+
+    def __init__(self, box, threads: int):
+        self.box, self.threads, self.noted = box, threads, threads
+        if box is not None and THREADS_SIGNAL is not None:
+            signal.signal(THREADS_SIGNAL, self.apply)
+            signal.siginterrupt(THREADS_SIGNAL, False)  # restart interrupted system calls
+
+    def apply(self, *_signal_args) -> None:
+        n = self.box.value if self.box is not None else 0
+        if n > 0 and n != self.threads:
+            _set_threads(n)
+            self.threads = n
+
+    def between_nodes(self) -> None:
+        self.apply()
+        if self.threads != self.noted:
+            self.noted = self.threads
+            logging.getLogger(__name__).info(
+                "Now %d CPU thread(s): cores of a finished slot are idle", self.threads)
