@@ -1,5 +1,5 @@
-"""DeviceSlotRunner on small real pipelines: real worker processes (forked, as CPU slots
-start them, and spawned, as GPU slots do), real files, no mocks.
+"""DeviceSlotRunner on small real pipelines: real worker processes (forked from the fork
+server, as CPU slots start them, and spawned, as GPU slots do), real files, no mocks.
 
 The pipeline mirrors the project's shape: a shared node before (`make_base`), one
 namespaced copy of a small "model" pipeline per namespace, shared nodes after (`combine`
@@ -132,7 +132,7 @@ def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(
                               live_interval_s=0, share_cores=False, start_method=start_method)
     cpu, gpu = Slot("cpu:0", "cpu", "", 1), Slot("cuda:0", "cuda", "0", 1)
     assert [runner.start_method(s) for s in (cpu, gpu)] == (
-        ["fork", "spawn"] if start_method == "auto" else ["spawn", "spawn"])
+        ["forkserver", "spawn"] if start_method == "auto" else ["spawn", "spawn"])
     with caplog.at_level(logging.INFO):
         runner.run(build_pipeline(["m1", "m2"], with_info=True), catalog, run_id="run1")
 
@@ -158,7 +158,7 @@ def test_namespaces_run_in_parallel_on_their_slots_between_shared_nodes(
         assert info["torch_threads"] == int(info["omp_num_threads"]) == max(1, cpu_cores() // 2)
 
     # One log per namespace, holding what the worker logged.
-    assert f"worker starting ({'fork' if start_method == 'auto' else 'spawn'}) on slot" in caplog.text
+    assert f"worker starting ({'forkserver' if start_method == 'auto' else 'spawn'}) on slot" in caplog.text
     m1_log = (tmp_path / "logs" / "run1" / "m1.log").read_text()
     assert "scaling 3 by 2" in m1_log and "Completed node: m1.finish" in m1_log
     assert "scaling 3 by 10" in (tmp_path / "logs" / "run1" / "m2.log").read_text()

@@ -43,6 +43,15 @@ def _run(tmp_path, share_cores: bool) -> dict:
 
 
 def test_threads_of_a_finished_slot_go_to_the_running_namespace(tmp_path):
+    # This process runs a two-thread torch op first, as shared nodes may: a worker forked
+    # from here would then hang at its first two-thread op (GNU OpenMP's pool does not
+    # survive fork); the fork server's children do not.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    assert float((torch.ones(512, 512) * 2).sum()) == 2 * 512 * 512
+    torch.set_num_threads(before)
     shared = _run(tmp_path, share_cores=True)
     assert shared["fast.first"] == shared["fast.second"] == {"start": 1, "end": 1}
     # slow's first node started on its one thread while fast ran, and got fast's core

@@ -99,9 +99,9 @@ def scale_by_model(base: dict, model: dict, seconds: float) -> dict:
 
 
 def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0, mark: str = "") -> dict:
-    """torch's CPU threads as this node starts and as it ends. With `mark`, creates that
-    file once started; with `wait_for`, waits (up to a minute) for that file to exist and
-    then `then_s` more seconds."""
+    """torch's CPU threads as this node starts and as it ends (then runs an op on them).
+    With `mark`, creates that file once started; with `wait_for`, waits (up to a minute)
+    for that file to exist and then `then_s` more seconds."""
     import torch
 
     start = torch.get_num_threads()
@@ -111,4 +111,6 @@ def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0, mark: str 
     while wait_for and not os.path.exists(wait_for) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(then_s)
-    return {"start": start, "end": torch.get_num_threads()}
+    end = torch.get_num_threads()
+    (torch.ones(512, 512) * 2).sum()  # an op big enough to run on all `end` threads
+    return {"start": start, "end": end}

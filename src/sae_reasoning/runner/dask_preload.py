@@ -18,8 +18,7 @@ import logging
 import os
 
 from sae_reasoning.runner.dask_runner import warm_up
-
-PACKAGE_ENV_VAR = "SAE_REASONING_KEDRO_PACKAGE"
+from sae_reasoning.runner.preload import PACKAGE_ENV_VAR
 
 
 def dask_setup(worker) -> None:

@@ -45,6 +45,7 @@ from sae_reasoning.runner.core import (
 )
 from sae_reasoning.runner.heap import no_trim_threshold, restore_dynamic_thresholds
 from sae_reasoning.runner.memory import check_fits_somewhere, fits, gb, worker_memory
+from sae_reasoning.runner.preload import import_project
 from sae_reasoning.runner.slots import cpu_cores, visible_gpus
 from sae_reasoning.runner.worker import (
     LOG_FORMAT,
@@ -353,13 +354,10 @@ def warm_up(package_name: str | None) -> float:
     """
     start = time.perf_counter()
     restore_dynamic_thresholds()
+    import_project(package_name)
+    _hook_manager(package_name)
     import torch
 
-    if package_name:
-        from kedro.framework import project
-
-        _hook_manager(package_name)
-        dict(project.pipelines)  # the registry imports every pipeline's nodes
     if torch.cuda.is_available():
         torch.cuda.init()
     return time.perf_counter() - start

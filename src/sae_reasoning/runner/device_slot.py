@@ -39,6 +39,7 @@ from sae_reasoning.runner.memory import (
     parse_memory_gb,
     with_memory,
 )
+from sae_reasoning.runner.preload import PACKAGE_ENV_VAR
 from sae_reasoning.runner.slots import Slot, resolve_slots
 from sae_reasoning.runner.worker import (
     DONE,
@@ -91,11 +92,12 @@ class DeviceSlotRunner(NamespaceGroupRunner):
             it waits for still run, so its start-up (imports, CUDA) overlaps them.
         share_cores: once no group is left to start, hand the CPU threads of free CPU
             slots to the CPU workers still running, from their running node's next op on.
-        start_method: how worker processes start. "auto" (default): forked from this
-            process for CPU slots (it has imported torch and the project already, which a
-            spawned worker spends seconds redoing), spawned for GPU slots and wherever
-            this process has initialised CUDA (a forked CUDA context is unusable). Or
-            "spawn", "fork" or "forkserver" for every slot.
+        start_method: how worker processes start. "auto" (default): CPU slots fork theirs
+            from a fork server started with the runner, which imports torch and the
+            project once, in the background, and never runs a torch op (a worker forked
+            from a process whose OpenMP thread pool has run would hang at its first
+            multi-threaded op); GPU slots spawn a fresh process. "spawn" or "forkserver":
+            that for every slot. Plain "fork" is not offered, for that reason and CUDA's.
         log_dir, package_name, memory, live, live_interval_s, is_async: see
             `NamespaceGroupRunner`.
     """
@@ -125,11 +127,17 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         self._threads_per_slot = int(threads_per_slot) if threads_per_slot else None
         self._prestart = as_bool(prestart)
         self._share_cores = as_bool(share_cores)
-        methods = ("auto", *multiprocessing.get_all_start_methods())
+        methods = ["auto", *(m for m in ("forkserver", "spawn")
+                             if m in multiprocessing.get_all_start_methods())]
         if start_method not in methods:
-            raise ValueError(f"DeviceSlotRunner: start_method={start_method!r}; this platform "
-                             f"offers {', '.join(methods)}.")
+            raise ValueError(
+                f"DeviceSlotRunner: start_method={start_method!r}; expected one of "
+                f"{', '.join(methods)} (plain fork is unsafe after torch has run an op).")
         self._start_method = start_method
+        if self._start_method != "spawn":
+            # Imports in the background while this process loads the project and runs
+            # the shared nodes: the first worker's start need not wait for them.
+            start_fork_server(package_name or configured_package())
         self._exit_grace_s = 120.0
         self.slots: list[Slot] = []
 
@@ -217,9 +225,8 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         """How `slot`'s worker process starts (see the class docstring)."""
         if self._start_method != "auto":
             return self._start_method
-        if slot.kind != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
-            return "spawn"
-        return "spawn" if cuda_initialised() else "fork"
+        forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+        return "forkserver" if slot.kind == "cpu" and forkserver else "spawn"
 
     def _launch(self, unit: Unit, slot: Slot, state: RunState) -> _Worker:
         method = self.start_method(slot)
@@ -227,20 +234,20 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         log_path = self.run_log_dir / f"{safe_name(unit.name)}.log"
         conn, child_conn = ctx.Pipe(duplex=True)
         package = self._package_name or configured_package()
-        # A forked child would hold copies of this process's ends of the other workers'
-        # pipes (keeping them open when this process closes them): it closes them first.
-        inherited = [w.conn for w in state.backend["workers"].values()] if method == "fork" else []
+        if method == "forkserver":
+            start_fork_server(package)
         threads_box = ctx.RawValue("i", 0)
         process = ctx.Process(
             target=run_group,
-            args=(child_conn, slot, str(log_path), package, state.payloads[unit.name], inherited,
-                  threads_box),
+            args=(child_conn, slot, str(log_path), package, state.payloads[unit.name],
+                  dict(os.environ), threads_box),
             name=f"{unit.name}@{slot.name}",
         )
-        # The child inherits the environment and stdout/stderr at start: its
+        # A spawned child inherits the environment and stdout/stderr at start: its
         # CUDA_VISIBLE_DEVICES and thread counts are in force before it imports anything
-        # (torch included; a forked child sets torch's threads itself), and whatever it
-        # prints from its first instant goes to its log.
+        # (torch included), and whatever it prints from its first instant goes to its log.
+        # A fork server's child takes this process's environment from `run_group`'s
+        # arguments, and sets torch's threads itself.
         with _environ(slot.env()), _stdio_to(log_path):
             process.start()
         child_conn.close()
@@ -357,10 +364,21 @@ class DeviceSlotRunner(NamespaceGroupRunner):
 # -------------------------------------------------------------------- helpers
 
 
-def cuda_initialised() -> bool:
-    """Whether this process holds a CUDA context (a forked child could not use it)."""
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_initialized())
+def start_fork_server(package: str | None) -> None:
+    """Start (once per process) multiprocessing's fork server, preloading
+    `sae_reasoning.runner.fork_server_preload`: torch, cloudpickle and the Kedro project `package`'s
+    pipelines (so every node's module) are imported there once, and each CPU worker is a
+    fork of it, ready in a fraction of a second. It runs no torch op, so its children
+    can use any number of OpenMP threads. A server already running is reused as it is
+    (the first preload wins; what it lacks, a worker imports itself)."""
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["sae_reasoning.runner.fork_server_preload"])
+    with _environ({PACKAGE_ENV_VAR: package or ""}):  # read by the preload in the server
+        forkserver.ensure_running()
 
 
 def _stop(handles) -> None:

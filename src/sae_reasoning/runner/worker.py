@@ -4,10 +4,9 @@ It starts with its slot's environment already in place, sends its output to the
 namespace's log file, rebuilds the project's hook manager the way `KedroSession` does,
 loads the group (which imports the nodes' modules: torch, transformers...), says `ready`
 and waits for `go`. A spawned worker imports everything anew (seconds, mostly torch); a
-forked one (CPU slots, see `DeviceSlotRunner.start_method`) has it all from the parent
-and is ready in a fraction of a second. the parent may start a worker while the
-The parent may start a worker while the shared nodes upstream of its group are still
-running, so that start-up overlaps them.
+fork server's child (CPU slots, see `DeviceSlotRunner.start_method`) has it all already
+and is ready in a fraction of a second. The parent may start a worker while the shared
+nodes upstream of its group are still running, so that start-up overlaps them.
 Then it runs the group's nodes (`execute_group`, shared with the Dask backend) and
 reports each node's start and end, then `done` or `failed`.
 
@@ -74,14 +73,15 @@ def run_group(
     log_path: str,
     package_name: str | None,
     payload: bytes,
-    inherited: list | None = None,
+    environ: dict[str, str] | None = None,
     threads_box=None,
 ) -> None:
-    """Entry point of the worker process (`conn`: a duplex pipe to the parent;
-    `inherited`: the parent's ends of other workers' pipes, which a forked child holds
-    copies of and closes; `threads_box`: see ThreadShare)."""
-    for other in inherited or ():
-        other.close()
+    """Entry point of the worker process (`conn`: a duplex pipe to the parent; `environ`:
+    the parent's environment, which a fork server's child did not inherit; `threads_box`:
+    see ThreadShare)."""
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     os.environ.update(slot.env())
     log_stream = _redirect_output(log_path)
     logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def _bootstrap(package_name: str | None, log_stream=None):
     """
     from kedro.framework import project
 
-    if package_name and project.PACKAGE_NAME != package_name:  # a forked child has it
+    if package_name and project.PACKAGE_NAME != package_name:  # a fork server's child has it
         configure_project(package_name)
         validate_settings()
     # The project's logging configuration replaces the root handlers: point them back
