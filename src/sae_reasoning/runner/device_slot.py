@@ -40,7 +40,7 @@ from sae_reasoning.runner.memory import (
     with_memory,
 )
 from sae_reasoning.runner.preload import PACKAGE_ENV_VAR
-from sae_reasoning.runner.slots import Slot, resolve_slots
+from sae_reasoning.runner.slots import Slot, resolve_slots, visible_gpus
 from sae_reasoning.runner.worker import (
     DONE,
     FAILED,
@@ -134,7 +134,8 @@ class DeviceSlotRunner(NamespaceGroupRunner):
                 f"DeviceSlotRunner: start_method={start_method!r}; expected one of "
                 f"{', '.join(methods)} (plain fork is unsafe after torch has run an op).")
         self._start_method = start_method
-        if self._start_method != "spawn":
+        if self._start_method == "forkserver" or (
+                self._start_method == "auto" and _may_use_cpu_slots(slots)):
             # Imports in the background while this process loads the project and runs
             # the shared nodes: the first worker's start need not wait for them.
             start_fork_server(package_name or configured_package())
@@ -362,6 +363,12 @@ class DeviceSlotRunner(NamespaceGroupRunner):
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _may_use_cpu_slots(spec) -> bool:
+    """Whether `slots` can give CPU slots: named ones, or "auto"/N on a machine without GPUs."""
+    text = ";".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec)
+    return "cpu" in text.lower() or not visible_gpus()
 
 
 def start_fork_server(package: str | None) -> None:
