@@ -81,6 +81,7 @@ def training_norm_cut(activations, hook_point: str, max_norm_ratio: float | None
     return max_norm_ratio * medians[len(medians) // 2]
 
 
+@torch.no_grad()  # evaluation: no autograd graph through the model (memory, time)
 def spliced_eval(lm, sae, hook_point: str, texts: list[str], *, max_tokens: int = 256,
                  batch_size: int = 4, exclude_first_position: bool = True,
                  max_norm: float | None = None) -> dict[str, Any]:
