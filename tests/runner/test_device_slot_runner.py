@@ -304,3 +304,23 @@ def test_a_shared_node_between_two_nodes_of_a_namespace_is_refused(tmp_path):
         )
     with pytest.raises(ValueError, match="cycle"):
         DeviceSlotRunner(log_dir=tmp_path / "logs").run(pipe, build_catalog(tmp_path, {}))
+
+
+def test_a_log_dir_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    runner = DeviceSlotRunner(slots="cpu", log_dir=tmp_path / "a_file" / "logs")
+    with pytest.raises(ValueError, match=r"log_dir .*a_file/logs/run5 cannot be created: "
+                                         r".*a_file is not a writable folder"):
+        runner.run(build_pipeline(["m1"]), build_catalog(tmp_path, {"m1": 2}), run_id="run5")
+    assert not (tmp_path / "data").exists()  # not even the shared node ran
+
+
+def test_a_run_log_that_cannot_be_written_does_not_stop_the_run(tmp_path, caplog):
+    from sae_reasoning.runner.core import run_log
+
+    log = logging.getLogger("tests.run_log")
+    (tmp_path / "a_file").write_text("not a folder")
+    with caplog.at_level(logging.INFO), run_log(tmp_path / "a_file" / "run.log", log):
+        log.warning("first")
+        log.warning("second")
+    assert "Could not write the run log" in caplog.text and "second" in caplog.text

@@ -222,6 +222,7 @@ class NamespaceGroupRunner(AbstractRunner):
         self._warn_lost_outputs(pipeline, groups, catalog)
         payloads = {u.name: self._payload(u, catalog, run_id) for u in groups}
         self.run_log_dir = self._log_dir / safe_name(run_id)
+        check_can_create(self.run_log_dir, f"{self._name}: log_dir")
         self.timeline_path = self.run_log_dir / "timeline.json"
         self.results = [UnitResult(u.name, u.kind, [n.name for n in u.nodes]) for u in units.values()]
         needs = self._estimate_needs(groups, catalog)
@@ -478,20 +479,35 @@ class NamespaceGroupRunner(AbstractRunner):
 # -------------------------------------------------------------------- helpers
 
 
+def check_can_create(folder: Path, what: str) -> None:
+    """Fail now, naming `folder`, if it could not be created (its nearest existing parent
+    is a file or not writable); creates nothing: a refused run leaves nothing behind."""
+    parent = Path(os.path.abspath(folder))
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent == Path(os.path.abspath(folder)) and parent.is_dir() and os.access(parent, os.W_OK):
+        return
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} cannot be created: {parent} is not a writable folder. "
+                         "Pass log_dir=<a writable folder> in --runner-params.")
+
+
 class _RunLogHandler(logging.FileHandler):
     """Opens (and makes the folder of) its file at the first record, not before: a run
-    refused before any work leaves nothing behind. Unwritable: reported once, run goes on."""
+    refused before any work leaves nothing behind. Unwritable after all (the disk went
+    away): reported once, and the run goes on."""
 
-    def _open(self):
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        if self.stream is None:  # could not open: stop trying, say so once
-            self.setLevel(logging.CRITICAL + 1)
-            logging.getLogger(__name__).warning("Could not write the run log %s", self.baseFilename)
-            return
-        super().handleError(record)
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:
+            try:
+                Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+                self.stream = self._open()
+            except OSError as exc:  # stop trying (this handler then drops every record)
+                self.setLevel(logging.CRITICAL + 1)
+                logging.getLogger(__name__).warning("Could not write the run log %s: %s",
+                                                    self.baseFilename, exc)
+                return
+        super().emit(record)
 
 
 @contextlib.contextmanager
