@@ -7,7 +7,7 @@ finished. A failing group does not stop the others; whatever depends on it is sk
 and the run ends with a summary table, `logs/<run_id>/timeline.json` and an error naming
 the failed namespaces.
 
-A backend (`DeviceSlotRunner`: spawned processes on device slots; `DaskRunner`: a Dask
+A backend (`DeviceSlotRunner`: worker processes on device slots; `DaskRunner`: a Dask
 cluster) says where groups run: `_open`, `_start_groups`, `_poll`, `_cancel`, `_close`.
 """
 

@@ -143,7 +143,7 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         self.slots: list[Slot] = []
 
     def _get_executor(self, max_workers: int) -> None:
-        # Workers are one spawned process per namespace group (see `_launch`), not a pool:
+        # Workers are one process per namespace group (see `_launch`), not a pool:
         # a process that exits gives its GPU memory back before the slot is reused.
         return None
 
@@ -373,9 +373,10 @@ def _may_use_cpu_slots(spec) -> bool:
 
 def start_fork_server(package: str | None) -> None:
     """Start (once per process) multiprocessing's fork server, preloading
-    `sae_reasoning.runner.fork_server_preload`: torch, cloudpickle and the Kedro project `package`'s
-    pipelines (so every node's module) are imported there once, and each CPU worker is a
-    fork of it, ready in a fraction of a second. It runs no torch op, so its children
+    `sae_reasoning.runner.fork_server_preload`: torch, pandas, cloudpickle, Kedro's hook
+    plugins and the Kedro project `package`'s pipelines (so every node's module) are
+    imported there once, and each CPU worker is a fork of it, ready in a fraction of a
+    second. It runs no torch op, so its children
     can use any number of OpenMP threads. A server already running is reused as it is
     (the first preload wins; what it lacks, a worker imports itself)."""
     from multiprocessing import forkserver

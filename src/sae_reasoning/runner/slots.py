@@ -56,8 +56,8 @@ def cpu_cores() -> int:
 def visible_gpus() -> list[str]:
     """Identifiers of the GPUs this process may use, as a child's CUDA_VISIBLE_DEVICES.
 
-    Uses torch when it is already imported (`device_count` does not create a CUDA context,
-    and workers are spawned, not forked), otherwise `nvidia-smi`, so that detecting GPUs
+    Uses torch when it is already imported (`device_count` does not create a CUDA context;
+    GPU workers are spawned in any case), otherwise `nvidia-smi`, so that detecting GPUs
     never imports torch in the parent.
     """
     torch = sys.modules.get("torch")
