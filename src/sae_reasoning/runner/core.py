@@ -485,8 +485,6 @@ def check_can_create(folder: Path, what: str) -> None:
     parent = Path(os.path.abspath(folder))
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if parent == Path(os.path.abspath(folder)) and parent.is_dir() and os.access(parent, os.W_OK):
-        return
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {folder} cannot be created: {parent} is not a writable folder. "
                          "Pass log_dir=<a writable folder> in --runner-params.")
@@ -523,7 +521,6 @@ def run_log(path: Path, log: logging.Logger) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
-
 
 
 def plan(pipeline: Pipeline, runner: str = "The runner") -> dict[str, Unit]:
