@@ -6,7 +6,8 @@ For N tokens x_n in R^d with reconstructions x_hat_n and latents f_n in R^{d_sae
   fvu                = sum_n ||x_n - x_hat_n||^2 / sum_n ||x_n - mean(x)||^2
                        (variance about the mean of x, not about zero)
   explained_variance = 1 - fvu
-  l0                 = (1/N) sum_n #{i : f_n,i > 0}
+  l0                 = (1/N) sum_n #{i : f_n,i > 0}: inference L0 (BatchTopK family: with
+                       the shared threshold), reported next to `k` for the TopK family
   dead_fraction      = fraction of latents that never fire on the N tokens (a small eval
                        set overstates it: a latent firing once per 10k tokens looks dead
                        on 5k; the training log's dead_fraction uses a token window instead)
@@ -96,4 +97,18 @@ def evaluate_sae(sae, batches: Iterable[torch.Tensor], *, dense_threshold: float
         x = x.to(device)
         f = sae.encode(x)
         acc.update(x, sae.decode(f), f)
-    return acc.compute()
+    return with_k(acc.compute(), sae)
+
+
+def with_k(metrics: dict, sae) -> dict:
+    """`k` right after l0 for TopK-family SAEs (a BatchTopK one saved as jumprelu keeps it
+    in cfg.metadata): its L0 on held-out tokens should match k."""
+    k = sae.cfg.k if sae.cfg.k is not None else sae.cfg.metadata.get("k")
+    if k is None:
+        return metrics
+    out = {}
+    for name, value in metrics.items():
+        out[name] = value
+        if name == "l0":
+            out["k"] = int(k)
+    return out

@@ -16,8 +16,9 @@ Architectures, registered by their SAELens name (`architecture` parameter in bra
   standard  (relu)       f = relu(pre), + l1 * sum_i f_i ||W_dec[i]||         Bricken et al. 2023
   topk      (topk)       f = relu(TopK_k(pre)) per token, + AuxK loss         Gao et al. 2024
   batchtopk (batchtopk)  top k * batch entries of relu(pre) over the batch;   Bussmann et al. 2024
-                         inference: f = pre * H(pre - theta), theta = EMA of
-                         the smallest selected activation; saved as jumprelu
+                         inference: f = pre * H(pre - theta), one theta set
+                         after training so that L0 = k (calibration.py);
+                         saved as jumprelu
   jumprelu  (jumprelu)   f = pre * H(pre - theta_i), + l0 * sum_i H(..)       Rajamanoharan 2024
                          (straight-through estimator, rectangle kernel of
                          width `bandwidth` for d/dtheta)
@@ -585,16 +586,18 @@ class JumpReLUSAE(_TrainingMixin, SAE):
 
 class BatchTopKSAE(TopKSAE):
     """BatchTopK (Bussmann et al. 2024): the k * batch largest activations of the batch.
-    Inference uses a threshold (EMA of the smallest selected activation): f = pre * H(pre - t),
-    which is a JumpReLU SAE with a shared threshold, and is saved as one (as SAELens does)."""
+    Inference uses a threshold (EMA of the smallest selected activation, then calibrated to
+    L0 = k): f = pre * H(pre - t), a JumpReLU SAE with a shared threshold, saved as one."""
 
     architecture = "batchtopk"
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
+        dev = torch.device(cfg.device)
         # float64, as SAELens: an EMA with rate 0.01 loses precision in float32
-        self.register_buffer("topk_threshold", torch.zeros((), dtype=torch.float64,
-                                                           device=torch.device(cfg.device)))
+        self.register_buffer("topk_threshold", torch.zeros((), dtype=torch.float64, device=dev))
+        # EMA updates so far: the bias correction needs it, and a resumed run must continue it
+        self.register_buffer("topk_threshold_steps", torch.zeros((), dtype=torch.long, device=dev))
 
     def encode_with_hidden_pre(self, x):
         hidden_pre = self._sae_in(x) @ self.W_enc + self.b_enc
@@ -607,10 +610,14 @@ class BatchTopKSAE(TopKSAE):
         return Codes.from_flat(flat, n, self.d_sae)
 
     def after_step(self, vals, hp):
+        """EMA bias-corrected as Adam's moments (a plain one from 0 at rate 0.01 is half way
+        after 66 steps): dividing by 1 - (1 - lr)^t equals a rate of lr / (1 - (1 - lr)^t)."""
         positive = vals[vals > 0]
-        if positive.numel():
-            lr = hp.topk_threshold_lr
-            self.topk_threshold.mul_(1 - lr).add_(lr * positive.min().double())
+        if positive.numel() and hp.topk_threshold_lr > 0:
+            self.topk_threshold_steps += 1
+            t = int(self.topk_threshold_steps)
+            rate = hp.topk_threshold_lr / (1 - (1 - hp.topk_threshold_lr) ** t)
+            self.topk_threshold.add_(rate * (positive.min().double() - self.topk_threshold))
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -620,6 +627,7 @@ class BatchTopKSAE(TopKSAE):
     def saelens_export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state, cfg = super().saelens_export()
         t = state.pop("topk_threshold")
+        state.pop("topk_threshold_steps")
         state["threshold"] = torch.full_like(state["b_enc"], float(t))
         cfg.pop("k", None)
         cfg["metadata"].update(trained_architecture=self.cfg.architecture, k=self.cfg.k)

@@ -195,6 +195,8 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu",
 
     sae = build_sae(cfg)
     expected = set(sae.state_dict())
+    if "topk_threshold_steps" in expected:   # a training counter: folders need not carry it
+        state.setdefault("topk_threshold_steps", sae.topk_threshold_steps)
     if set(state) != expected:
         raise ValueError(
             f"SAE folder {folder}: {SAE_WEIGHTS_FILENAME} holds {sorted(state)}, "

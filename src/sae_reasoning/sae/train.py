@@ -13,7 +13,9 @@ Recipe (Bricken et al. 2023 / Anthropic's April 2024 update, in SAELens's conven
   the step, rows renormalised after it); b_dec starts at the geometric median (or mean)
   of a sample; LR: linear warm-up, constant, linear decay to 0 over the last fraction;
   L1 coefficient: linear warm-up. A latent is dead when it has not fired in the last
-  `dead_window_tokens` training tokens.
+  `dead_window_tokens` training tokens. BatchTopK family: the inference threshold is
+  calibrated at the end on `calibration_tokens` training tokens so that inference L0 = k
+  (calibration.py).
 
 Data: the training split is every example whose example_index % eval_every != 0 (the rest
 is held out for `metrics.evaluate_sae`), with massive-activation rows removed. Epoch e
@@ -38,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_reasoning.activations.store import ActivationSet, MassiveActivationFilter
+from sae_reasoning.sae.calibration import calibrate_topk_threshold
 from sae_reasoning.sae.model import (
     SAE,
     SAEConfig,
@@ -59,6 +62,7 @@ ARCHITECTURE_FIELDS = {
     "aux_k": ("topk", "batchtopk", "matryoshka_batchtopk"),
     "aux_k_coefficient": ("topk", "batchtopk", "matryoshka_batchtopk"),
     "topk_threshold_lr": ("batchtopk", "matryoshka_batchtopk"),
+    "calibration_tokens": ("batchtopk", "matryoshka_batchtopk"),
     "matryoshka_widths": ("matryoshka_batchtopk",),
 }
 
@@ -66,8 +70,11 @@ logger = logging.getLogger(__name__)
 
 # Bump when a change to the trainer alters what a given config produces: finished SAEs
 # with another version are retrained instead of reused.
-TRAINER_VERSION = 2   # 2: architectures, sparse training step
-CHECKPOINT_FORMAT = 2
+TRAINER_VERSION = 3   # 2: architectures, sparse training step; 3: batchtopk threshold
+                      # bias-corrected and calibrated to inference L0 = k
+CHECKPOINT_FORMAT = 3   # 3: batchtopk state holds topk_threshold_steps
+# Architectures whose shared inference threshold is calibrated after training.
+CALIBRATED_ARCHITECTURES = ("batchtopk", "matryoshka_batchtopk")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -111,6 +118,7 @@ class TrainingConfig:
     aux_k: int | None = None            # AuxK: top dead latents used; None: d_in // 2
     aux_k_coefficient: float = 1 / 32   # AuxK weight (Gao et al. 2024)
     topk_threshold_lr: float = 0.01     # batchtopk: EMA rate of the inference threshold
+    calibration_tokens: int = 32_768    # batchtopk: training tokens that set it to L0 = k
     matryoshka_widths: list[int] | None = None   # None: d_sae/16, /8, /4, /2, d_sae
     lr: float = 4e-3
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -152,7 +160,7 @@ class TrainingConfig:
         canonical_architecture(self.architecture)
         ints = ("expansion_factor", "batch_size", "min_steps", "init_sample_tokens",
                 "dead_window_tokens", "shuffle_buffer_tokens", "seed", "checkpoint_every",
-                "log_every", "eval_batch_size", "k")
+                "log_every", "eval_batch_size", "k", "calibration_tokens")
         for name in ints:
             setattr(self, name, int(getattr(self, name)))
         floats = ("l1_coefficient", "lr", "epochs", "lr_warm_up_fraction", "lr_decay_fraction",
@@ -175,8 +183,10 @@ class TrainingConfig:
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise ValueError("b_dec_init must be geometric_median, mean or zeros, "
                              f"got {self.b_dec_init!r}")
-        if self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("batch_size, checkpoint_every and log_every must be >= 1")
+        if min(self.batch_size, self.checkpoint_every, self.log_every,
+               self.calibration_tokens) < 1:
+            raise ValueError("batch_size, checkpoint_every, log_every and calibration_tokens "
+                             "must be >= 1")
         HeldOutSplit(self.eval_every)
 
     @classmethod
@@ -451,6 +461,23 @@ def _checkpoint_state(s: _State, fingerprint: str) -> dict:
             "history": s.history, "rng": {"generator": s.generator.get_state()}}
 
 
+def _calibrate(sae: SAE, activations: ActivationSet, hook_point: str, config: TrainingConfig,
+               device: torch.device) -> dict[str, Any]:
+    """Inference threshold of a finished BatchTopK-family SAE (raw units) set to L0 = k on
+    `calibration_tokens` training tokens: a fixed draw with its own seed, so straight and
+    resumed runs calibrate on the same tokens."""
+    batches = activations.iter_batches(
+        hook_point, config.batch_size, shuffle=True, seed=config.seed + 2_000_003,
+        buffer_tokens=config.shuffle_buffer_tokens, exclude=config.exclude,
+        select_examples=config.split.train)
+    sae.to(device)
+    result = calibrate_topk_threshold(sae, batches, config.calibration_tokens)
+    sae.to("cpu")
+    sae.cfg.metadata.update(inference_l0_train=result["inference_l0_train"],
+                            calibration_tokens=result["calibration_tokens"])
+    return result
+
+
 def train_step(sae: SAE, opt: torch.optim.Optimizer, x: torch.Tensor, lr: float,
                 hp: TrainHParams, dead: torch.Tensor, step: int, hook_point: str, last_ckpt):
     """One Adam step on a (normalised) batch; returns the model's StepOutput."""
@@ -610,6 +637,9 @@ def train_sae(
     out.load_state_dict({k: v.detach().cpu() for k, v in sae.state_dict().items()})
     if config.normalize_activations == "expected_average_only_in":
         out.fold_activation_norm_scaling_factor(state.scale)
+    calibration = {"k": out.cfg.k} if out.cfg.k is not None else {}
+    if arch in CALIBRATED_ARCHITECTURES:
+        calibration = _calibrate(out, activations, hook_point, config, device)
     last = {k: v[-1] for k, v in state.history.items() if v}
     summary = {
         "hook_point": hook_point, "fingerprint": fingerprint, "finished": finished,
@@ -620,7 +650,7 @@ def train_sae(
         "tokens_per_s": state.tokens_seen / state.elapsed_s if state.elapsed_s > 0 else None,
         "device": str(device), "norm_scaling_factor": state.scale,
         "history_units": "normalised inputs (x * norm_scaling_factor)",
-        "final": last, "config": config.to_dict(),
+        "final": last, **calibration, "config": config.to_dict(),
     }
     out.training_log = state.history
     out.training_summary = summary

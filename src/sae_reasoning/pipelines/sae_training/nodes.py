@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
 TRAINING_FIELDS = ("steps", "tokens_seen", "n_train_tokens", "epochs_seen", "train_time_s",
-                   "tokens_per_s", "device", "norm_scaling_factor", "fingerprint")
+                   "tokens_per_s", "device", "norm_scaling_factor", "fingerprint",
+                   # TopK family: k and the inference threshold calibrated so that L0 = k
+                   "k", "inference_l0_train", "topk_threshold", "topk_threshold_ema", "calibration_tokens")
 
 
 def hook_points_for(model: dict[str, Any], sae_training: dict[str, Any]) -> list[str]:
