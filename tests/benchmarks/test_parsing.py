@@ -3,10 +3,13 @@ import pandas as pd
 import pytest
 
 from sae_reasoning.benchmarks.parsing import (
+    NORMALIZED_COLUMNS,
     answers_match,
     clean_generation,
     coerce_choices,
+    extract_answer,
     extract_boxed,
+    gsm8k_solution,
     normalize_math_answer,
     normalize_raw,
     parse_gsm8k_answer,
@@ -210,3 +213,56 @@ def test_answers_match(generation, answer, answer_type, expected):
 
 def test_clean_generation_cuts_at_newline():
     assert clean_generation(" 12\nQuestion:") == "12"
+
+
+def test_normalized_rows_carry_template_and_solution():
+    raw = pd.DataFrame({
+        "question": ["q1", "q2", "q3"],
+        "answer": ["Step one.\n\nStep two: 3 + 4 = 7\n#### 7", "#### 2", "x\n#### 3"],
+        "template": ["t1", None, 12],
+    })
+    rows = normalize_raw(raw, "gsm8k")
+    assert list(rows.columns) == NORMALIZED_COLUMNS
+    assert rows["template"].tolist()[0] == "t1" and pd.isna(rows["template"].tolist()[1])
+    assert rows["template"].tolist()[2] == "12"                     # ids are text
+    assert rows["solution"].tolist()[0] == "Step one.\nStep two: 3 + 4 = 7"  # no blank lines
+    assert pd.isna(rows["solution"].tolist()[1])                    # "#### 2": no worked part
+    # no template column: null; MATH and logic have no separable solution
+    assert normalize_raw(raw.drop(columns="template"), "gsm8k")["template"].isna().all()
+    math = normalize_raw(pd.DataFrame({"problem": ["p"], "solution": ["so $\\boxed{4}$"],
+                                       "level": ["Level 1"], "type": ["Algebra"]}), "math")
+    assert math["solution"].isna().all() and math["template"].isna().all()
+
+
+def test_gsm8k_solution():
+    assert gsm8k_solution("a = 1\nb = 2\n#### 3") == "a = 1\nb = 2"
+    assert gsm8k_solution("#### 3") is None
+    assert gsm8k_solution("no marker") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "answer_type", "expected"),
+    [
+        (" 3 + 4 = 7 apples.\n#### 7\n", "numeric", "7"),
+        (" first 2, then 5.\n#### 1,000 apples\n#### 9", "numeric", "1,000 apples"),  # first marker
+        (" 12 - 3 = 9 so she has 9 left.", "numeric", "9"),       # no marker: the last number
+        (" he pays $1,234.50 in total", "numeric", "1,234.50"),
+        (" x = -3", "numeric", "-3"),
+        (" half of it is 3/4", "numeric", "3/4"),
+        (" no number at all ####", "numeric", None),
+        (" nothing", "numeric", None),
+        (" they are cousins.\n#### Yes", "choice", "Yes"),
+        (" so the answer is\nNo", "choice", "No"),                # no marker: the last line
+        ("", "text", None),
+    ],
+)
+def test_extract_answer(text, answer_type, expected):
+    assert extract_answer(text, answer_type) == expected
+
+
+def test_extracted_answers_match_the_gold_answer():
+    assert answers_match(extract_answer(" 2 * 500 = 1000\n#### 1,000 apples"), "1000", "numeric")
+    assert answers_match(extract_answer(" so 0.50 dollars"), "0.5", "numeric")
+    assert not answers_match(extract_answer(" 2 * 500 = 1000\n#### 999"), "1000", "numeric")
+    assert answers_match(extract_answer(" so\n#### yes.", "choice"), "Yes", "choice")
+    assert extract_answer(" so it is\nANSWER 4", "numeric", marker="ANSWER") == "4"

@@ -5,9 +5,11 @@ from sae_reasoning.benchmarks.parsing import normalize_raw
 from sae_reasoning.benchmarks.prompts import (
     EXAMPLE_COLUMNS,
     PROMPT_COLUMNS,
+    SHOT_COLUMNS,
     assign_split,
     build_examples,
     build_prompts,
+    clusters,
     format_prompt,
     select_rows,
 )
@@ -17,6 +19,7 @@ def _gsm(n):
     return normalize_raw(pd.DataFrame({
         "question": [f"What is {i} plus {i}?" for i in range(n)],
         "answer": [f"{i}+{i}={2 * i}\n#### {2 * i}" for i in range(n)],
+        "template": [f"plus-{i % 4}" for i in range(n)],
     }), "gsm8k")
 
 
@@ -175,3 +178,92 @@ def test_prompts_refuse_overlapping_shots():
     examples, shots = build_examples({"gsm8k": _gsm(30)}, _config())
     with pytest.raises(ValueError, match="few-shot rows also appear as examples"):
         build_prompts(examples, pd.concat([shots, shots.assign(id=examples["id"].iloc[:3].values)]))
+
+
+def test_template_is_carried_to_examples_shots_and_prompts():
+    examples, shots = build_examples({"gsm8k": _gsm(30), "logic": _logic(30)}, _config())
+    assert list(shots.columns) == SHOT_COLUMNS
+    prompts = build_prompts(examples, shots)
+    gsm = examples[examples["benchmark"] == "gsm8k"]
+    # "What is i plus i?" was made from template plus-(i % 4)
+    assert all(t == f"plus-{int(q.split()[2]) % 4}" for q, t in zip(gsm["question"], gsm["template"]))
+    assert prompts["template"].tolist()[: len(gsm)] == gsm["template"].tolist()
+    assert prompts.loc[prompts["benchmark"] == "logic", "template"].isna().all()
+    # clusters: the template, else the row's own id
+    cluster = clusters(prompts)
+    gsm_rows = prompts["benchmark"] == "gsm8k"
+    assert cluster[gsm_rows].nunique() == 4
+    assert (cluster[gsm_rows] == "gsm8k/" + prompts.loc[gsm_rows, "template"]).all()
+    logic = prompts["benchmark"] == "logic"
+    assert (cluster[logic] == prompts.loc[logic, "id"]).all()
+    assert clusters(prompts.drop(columns="template")).tolist() == prompts["id"].tolist()
+
+
+def test_answer_only_is_the_default_and_generation_prompt_is_the_prompt():
+    examples, shots = build_examples({"gsm8k": _gsm(30), "logic": _logic(30)}, _config())
+    prompts = build_prompts(examples, shots)
+    assert (prompts["prompt_format"] == "answer_only").all()
+    assert (prompts["generation_prompt"] == prompts["prompt"]).all()
+    assert not prompts["prompt"].str.contains("####").any()
+
+
+def _worked(n_shots=2, **fmt):
+    config = _config(n_shots=n_shots)
+    config["benchmarks"]["gsm8k"]["worked_solutions"] = True
+    examples, shots = build_examples({"gsm8k": _gsm(30), "logic": _logic(30)}, config)
+    return examples, shots, build_prompts(examples, shots, fmt or None, config["benchmarks"])
+
+
+def test_worked_solution_prompts_end_with_the_gold_solution_before_the_target():
+    examples, shots, prompts = _worked()
+    gsm = prompts[prompts["benchmark"] == "gsm8k"]
+    assert (gsm["prompt_format"] == "worked_solution").all()
+    assert (prompts.loc[prompts["benchmark"] == "logic", "prompt_format"] == "answer_only").all()
+    block = "".join(f"Question: {q}\nAnswer: {sol}\n#### {a}\n\n"
+                    for q, a, sol in zip(shots.loc[shots["benchmark"] == "gsm8k", "question"],
+                                         shots.loc[shots["benchmark"] == "gsm8k", "answer"],
+                                         shots.loc[shots["benchmark"] == "gsm8k", "solution"]))
+    ex = examples.set_index("id")
+    for row in gsm.itertuples():
+        question, solution = ex.loc[row.id, "question"], ex.loc[row.id, "solution"]
+        assert row.generation_prompt == block + f"Question: {question}\nAnswer:"
+        assert row.prompt == row.generation_prompt + f" {solution}\n####"
+        assert row.prompt.startswith(row.generation_prompt)
+        assert row.target == f" {row.answer}"                  # the final answer, after the solution
+        i = int(question.split()[2])
+        assert solution == f"{i}+{i}={2 * i}"                   # the example's own gold solution
+
+
+def test_worked_solutions_marker_is_a_parameter():
+    _, _, prompts = _worked(answer_marker="The answer is")
+    gsm = prompts[prompts["benchmark"] == "gsm8k"]
+    assert gsm["prompt"].str.endswith("\nThe answer is").all()
+    assert gsm["prompt"].str.contains(r"\nThe answer is \d+\n\nQuestion:").all()
+
+
+def test_global_worked_solutions_skip_benchmarks_without_solutions(caplog):
+    examples, shots = build_examples({"gsm8k": _gsm(30), "logic": _logic(30)}, _config())
+    with caplog.at_level("WARNING"):
+        prompts = build_prompts(examples, shots, {"worked_solutions": True})
+    assert "logic provide no worked solutions" in caplog.text
+    formats = prompts.groupby("benchmark")["prompt_format"].unique().map(list).to_dict()
+    assert formats == {"gsm8k": ["worked_solution"], "logic": ["answer_only"]}
+    # per benchmark false wins over the global true
+    config = _config()
+    config["benchmarks"]["gsm8k"]["worked_solutions"] = False
+    prompts = build_prompts(examples, shots, {"worked_solutions": True}, config["benchmarks"])
+    assert (prompts["prompt_format"] == "answer_only").all()
+
+
+def test_worked_solutions_where_rows_have_none_is_an_error():
+    config = _config()
+    config["benchmarks"]["logic"]["worked_solutions"] = True
+    examples, shots = build_examples({"gsm8k": _gsm(30), "logic": _logic(30)}, config)
+    with pytest.raises(ValueError, match=r"benchmarks\.logic\.worked_solutions is true but .* logic rows"):
+        build_prompts(examples, shots, None, config["benchmarks"])
+    # some GSM8K rows without a worked part ("#### 4"): also an error, even when set globally
+    gsm = _gsm(30)
+    gsm.loc[::2, "solution"] = None
+    examples, shots = build_examples({"gsm8k": gsm}, _config())
+    with pytest.raises(ValueError, match=r"prompt_format\.worked_solutions is true but \d+ of 13 gsm8k"):
+        build_prompts(examples, shots, {"worked_solutions": True})

@@ -6,6 +6,7 @@ from sae_reasoning.benchmarks.parsing import NATIVE_COLUMNS, normalize_raw
 from sae_reasoning.benchmarks.sources import (
     LOGIC_CHOICES,
     as_dataframe,
+    entry_template,
     generate_native,
     load_hf_dataframe,
     split_sizes,
@@ -21,16 +22,66 @@ MATH_MIX = {
 
 def test_gsm8k_stand_in_has_native_columns_and_worked_solutions():
     raw = generate_native("gsm8k", "gsm_symbolic", size=12, seed=0)
-    assert list(raw.columns) == ["question", "answer"]
+    assert list(raw.columns) == ["question", "answer", "template", "source"]
+    assert (raw["source"] == "reasoning-gym gsm_symbolic").all()
     assert len(raw) == 12
     assert raw["answer"].str.contains(r"\n#### -?[\d.]+$").all()
     assert not raw["question"].str.contains("Give the result as your final answer").any()
     assert len(normalize_raw(raw, "gsm8k")) == 12
 
 
+def test_gsm_symbolic_rows_carry_their_template():
+    """gsm_symbolic instantiates ~85 GSM8K templates: rows of one template share an id, and
+    the id is the generator that made them (the same variables, the same question frame)."""
+    import reasoning_gym
+
+    data = reasoning_gym.create_dataset("gsm_symbolic", size=60, seed=3)
+    entries = list(data)
+    templates = [entry_template("gsm_symbolic", data, e) for e in entries]
+    assert all(t is not None and t.startswith("gsm_symbolic:") for t in templates)
+    assert len(set(templates)) < len(templates)        # some templates repeat in 60 rows
+    by_template: dict[str, set] = {}
+    for t, e in zip(templates, entries):
+        by_template.setdefault(t, set()).add(tuple(sorted(e["metadata"]["variables"])))
+    assert all(len(v) == 1 for v in by_template.values())   # one template: one variable set
+    assert len({next(iter(v)) for v in by_template.values()}) > 0.8 * len(by_template)
+    # other tasks have no templates
+    gcd = reasoning_gym.create_dataset("gcd", size=3, seed=0)
+    assert entry_template("gcd", gcd, gcd[0]) is None
+
+    raw = generate_native("gsm8k", "gsm_symbolic", size=40, seed=2)
+    assert raw["template"].str.fullmatch(r"gsm_symbolic:\d{2}").all()
+    assert raw["template"].nunique() < 40
+    normalized = normalize_raw(raw, "gsm8k")
+    assert normalized["template"].tolist() == raw["template"].tolist()
+    assert normalized["solution"].notna().all()
+    assert not normalized["solution"].str.contains("####").any()
+    # a template repeated in the table: its questions share their wording apart from numbers/names
+    repeated = raw[raw.duplicated("template", keep=False)].sort_values("template")
+    first, second = repeated.iloc[0], repeated.iloc[1]
+    assert first["template"] == second["template"]
+    a, b = (_words(q) for q in (first["question"], second["question"]))
+    assert len(a & b) > 0.5 * min(len(a), len(b))
+
+
+def _words(question: str) -> set[str]:
+    return {w for w in question.lower().split() if w.isalpha()}
+
+
+def test_tasks_without_templates_have_no_template_column():
+    assert "template" not in generate_native("math", MATH_MIX, size=10, seed=1).columns
+    assert "template" not in generate_native("logic", "syllogism", size=4, seed=1).columns
+    # a mixed GSM8K stand-in: rows of the template-free task get null
+    mixed = generate_native("gsm8k", {"gsm_symbolic": {}, "basic_arithmetic": {}}, size=10, seed=1)
+    arithmetic = mixed["answer"].str.startswith("####")     # no worked solution
+    assert arithmetic.any() and (~arithmetic).any()
+    assert mixed.loc[arithmetic, "template"].isna().all()
+    assert mixed.loc[~arithmetic, "template"].notna().all()
+
+
 def test_math_stand_in_fills_level_and_type():
     raw = generate_native("math", MATH_MIX, size=30, seed=1)
-    assert list(raw.columns) == list(NATIVE_COLUMNS["math"])
+    assert list(raw.columns) == [*NATIVE_COLUMNS["math"], "source"]
     assert raw["solution"].str.contains(r"\\boxed\{", regex=True).all()
     assert set(raw["level"]) <= {f"Level {i}" for i in range(1, 6)}
     assert set(raw["type"]) == {"Prealgebra", "Algebra", "Number Theory", "Counting & Probability"}
@@ -54,7 +105,7 @@ def test_math_levels_grow_with_difficulty():
 
 def test_logic_stand_in_has_closed_choices():
     raw = generate_native("logic", {"syllogism": {"invalid_ratio": 0.5}}, size=40, seed=0)
-    assert list(raw.columns) == ["question", "answer", "choices"]
+    assert list(raw.columns) == ["question", "answer", "choices", "source"]
     assert all(list(c) == LOGIC_CHOICES["syllogism"] for c in raw["choices"])
     assert set(raw["answer"]) == {"Yes", "No"}
     normalized = normalize_raw(raw, "logic")

@@ -60,5 +60,14 @@ def test_from_catalog_config():
                       "tasks": {"syllogism": {}}},
     })
     frame = catalog.load("logic_raw")
-    assert list(frame.columns) == ["question", "answer", "choices"]
+    assert list(frame.columns) == ["question", "answer", "choices", "source"]
     assert len(frame) == 6
+
+
+def test_gsm8k_rows_carry_templates_through_normalisation():
+    frame = ReasoningGymDataset(benchmark="gsm8k", tasks="gsm_symbolic", size=30, seed=1).load()
+    assert list(frame.columns) == ["question", "answer", "template", "source"]
+    rows = normalize_raw(frame, "gsm8k")
+    assert rows["template"].tolist() == frame["template"].tolist()
+    assert rows["template"].nunique() < len(rows)          # templates repeat
+    assert rows["solution"].notna().all()

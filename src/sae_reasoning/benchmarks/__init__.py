@@ -8,11 +8,13 @@ Usable without Kedro, e.g. in a notebook::
 """
 
 from sae_reasoning.benchmarks.parsing import (
+    ANSWER_MARKER,
     ANSWER_TYPES,
     BENCHMARKS,
     NATIVE_COLUMNS,
     answers_match,
     clean_generation,
+    extract_answer,
     extract_boxed,
     normalize_raw,
     parse_gsm8k_answer,
@@ -24,11 +26,13 @@ from sae_reasoning.benchmarks.prompts import (
     SHOT_COLUMNS,
     build_examples,
     build_prompts,
+    clusters,
     format_prompt,
 )
 from sae_reasoning.benchmarks.sources import as_dataframe, generate_native, load_hf_dataframe
 
 __all__ = [
+    "ANSWER_MARKER",
     "ANSWER_TYPES",
     "BENCHMARKS",
     "EXAMPLE_COLUMNS",
@@ -40,6 +44,8 @@ __all__ = [
     "build_examples",
     "build_prompts",
     "clean_generation",
+    "clusters",
+    "extract_answer",
     "extract_boxed",
     "format_prompt",
     "generate_native",

@@ -2,9 +2,13 @@
 
 Each benchmark arrives in its native columns (see ``NATIVE_COLUMNS``). ``normalize_raw``
 turns such a table into rows of ``question``, ``answer`` (the final answer, normalised,
-as a string), ``answer_type`` ("numeric" | "text" | "choice") and ``choices``. Every row
-is checked before anything is returned; malformed rows raise one ``ValueError`` that
-names the catalog entry, the (0-based, positional) row number and the problem.
+as a string), ``answer_type`` ("numeric" | "text" | "choice") and ``choices``, plus
+``template`` (the optional raw column of that name: problems instantiated from the same
+template share it, e.g. reasoning-gym's gsm_symbolic; null when the source has none) and
+``solution`` (the gold worked solution without its final answer, where the benchmark
+provides one: GSM8K's text before ``####``; null otherwise). Every row is checked before
+anything is returned; malformed rows raise one ``ValueError`` that names the catalog
+entry, the (0-based, positional) row number and the problem.
 
 The same normalisation is used for scoring (``answers_match``), so a model's output and
 the gold answer are compared on equal terms: numbers numerically, text case-insensitively.
@@ -29,6 +33,18 @@ NATIVE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 ANSWER_TYPES = ("numeric", "text", "choice")
+
+# Extra raw columns a benchmark table may carry on top of its native ones.
+OPTIONAL_COLUMNS = ("template", "source")   # source: where rows come from, e.g. "reasoning-gym gsm_symbolic"
+
+# Columns of a normalised table (``normalize_raw``).
+NORMALIZED_COLUMNS = [
+    "source_index", "question", "answer", "answer_type", "choices", "template", "solution", "source",
+]
+
+# The final-answer marker of worked solutions (GSM8K's ``#### 42``), in prompts and in
+# the model's own generated solutions.
+ANSWER_MARKER = "####"
 
 # How many malformed rows one error message lists.
 MAX_REPORTED_ERRORS = 5
@@ -110,6 +126,16 @@ def parse_gsm8k_answer(solution: Any) -> str:
     if value is None:
         raise RowError(f"the '####' final line is not a number: {raw[:40]!r}")
     return format_number(value)
+
+
+def gsm8k_solution(solution: Any) -> str | None:
+    """The worked part of a GSM8K solution: the text before its ``####`` final line, with
+    blank lines removed (a blank line separates few-shot blocks); None when it is empty."""
+    if not isinstance(solution, str) or ANSWER_MARKER not in solution:
+        return None
+    work = solution.rsplit(ANSWER_MARKER, 1)[0]
+    lines = [line.rstrip() for line in work.strip().splitlines() if line.strip()]
+    return "\n".join(lines) or None
 
 
 # --------------------------------------------------------------------------- MATH
@@ -276,7 +302,17 @@ def _question_text(value: Any, column: str) -> str:
     return str(value).strip()
 
 
+def _template(value: Any) -> str | None:
+    """A template cell as text (``12`` -> ``"12"``); None when absent."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
 def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
+    extra = {"template": _template(row.get("template")), "source": _template(row.get("source"))}
     if benchmark == "gsm8k":
         question = _question_text(row["question"], "question")
         if _is_missing(row["answer"]):
@@ -286,13 +322,19 @@ def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
             "answer": parse_gsm8k_answer(row["answer"]),
             "answer_type": "numeric",
             "choices": [],
+            **extra,
+            "solution": gsm8k_solution(row["answer"]),
         }
+    # MATH solutions state the final answer inside the text (\boxed{}), so no worked part
+    # can be shown without it; logic rows have no solutions.
+    extra["solution"] = None
     if benchmark == "math":
         question = _question_text(row["problem"], "problem")
         if _is_missing(row["solution"]):
             raise RowError("solution is empty")
         answer, answer_type = normalize_math_answer(extract_boxed(row["solution"]))
-        return {"question": question, "answer": answer, "answer_type": answer_type, "choices": []}
+        return {"question": question, "answer": answer, "answer_type": answer_type, "choices": [],
+                **extra}
     if benchmark == "logic":
         question = _question_text(row["question"], "question")
         if _is_missing(row["answer"]):
@@ -301,6 +343,7 @@ def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
         answer, answer_type = normalize_logic_answer(row["answer"], choices)
         return {
             "question": question, "answer": answer, "answer_type": answer_type, "choices": choices,
+            **extra,
         }
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
 
@@ -323,13 +366,16 @@ def check_native_columns(raw: pd.DataFrame, benchmark: str, name: str | None = N
 def normalize_raw(raw: pd.DataFrame, benchmark: str, name: str | None = None) -> pd.DataFrame:
     """Normalise a raw benchmark table (native columns) into one row per problem.
 
-    Returns columns ``source_index`` (0-based position in ``raw``), ``question``, ``answer``,
-    ``answer_type``, ``choices``. All rows are checked first; if any is malformed a
-    ``ValueError`` lists the first few, each as ``"<name> row <i>: <problem>"``.
+    Returns ``NORMALIZED_COLUMNS``: ``source_index`` (0-based position in ``raw``),
+    ``question``, ``answer``, ``answer_type``, ``choices``, ``template`` (from an optional
+    raw ``template`` column, else null) and ``solution`` (GSM8K's worked solution, else
+    null). All rows are checked first; if any is malformed a ``ValueError`` lists the
+    first few, each as ``"<name> row <i>: <problem>"``.
     """
     name = name or f"{benchmark}_raw"
     check_native_columns(raw, benchmark, name)
-    columns = list(NATIVE_COLUMNS[benchmark]) + (["choices"] if "choices" in raw.columns else [])
+    columns = list(NATIVE_COLUMNS[benchmark]) + [
+        c for c in ("choices", *OPTIONAL_COLUMNS) if c in raw.columns and c not in NATIVE_COLUMNS[benchmark]]
     records = raw[columns].to_dict("records")
     rows, errors = [], []
     for i, record in enumerate(records):
@@ -345,9 +391,7 @@ def normalize_raw(raw: pd.DataFrame, benchmark: str, name: str | None = None) ->
             f"{name}: {len(errors)} of {len(records)} rows are malformed "
             f"(benchmark {benchmark!r}):\n  {shown}{tail}"
         )
-    return pd.DataFrame(
-        rows, columns=["source_index", "question", "answer", "answer_type", "choices"]
-    )
+    return pd.DataFrame(rows, columns=NORMALIZED_COLUMNS)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -378,3 +422,29 @@ def answers_match(prediction: Any, answer: str, answer_type: str) -> bool:
     if answer_type == "text":
         return normalize_latex(pred).lower() == normalize_latex(answer).lower()
     raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {ANSWER_TYPES}")
+
+
+# A number in running text: "1,234.5", "-3", "$12", "3/4" (a sign only where it is not a
+# minus between two operands: "12-3" gives 12 and 3).
+_NUMBER_IN_TEXT_RE = re.compile(
+    r"(?<![\w.])[+-]?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
+
+
+def extract_answer(text: Any, answer_type: str = "numeric", marker: str = ANSWER_MARKER) -> str | None:
+    """The final answer a generated worked solution states, or None if it states none.
+
+    The first line after the first ``marker`` (``... #### 42`` -> ``"42"``): in the
+    few-shot format the marker ends a solution, so the first one is the model's answer.
+    Without a marker: the last number in the text (numeric answers), else the last
+    non-empty line. The result is compared with the gold answer by ``answers_match``.
+    """
+    text = "" if text is None else str(text)
+    if marker and marker in text:
+        line = text.split(marker, 1)[1].strip().split("\n", 1)[0].strip()
+        if line:
+            return line
+    if answer_type == "numeric":
+        numbers = _NUMBER_IN_TEXT_RE.findall(text)
+        return numbers[-1].replace("$", "") if numbers else None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else None

@@ -18,10 +18,34 @@ Prompts are plain-text completions, usable by base and instruct models alike::
 ``choice_targets`` (one continuation per choice; the prediction is the choice whose
 continuation has the highest summed log-probability); open answers are scored by greedy
 decoding cut at the first newline and compared with ``parsing.answers_match``.
+
+Worked solutions (``prompt_format.worked_solutions``, or per benchmark
+``benchmarks.<name>.worked_solutions``; only where the rows carry a gold ``solution``,
+today GSM8K's text before ``####``): the shots show the solution and then the final
+answer after the answer marker, GSM8K's own format::
+
+    Question: <shot question>
+    Answer: <shot solution, one or more lines>
+    #### <shot answer>
+
+    Question: <question>
+    Answer: <GOLD solution>
+    ####
+
+``prompt`` ends with the gold solution and the marker, so ``target`` (`` 42``) is still
+the final answer, teacher-forced after the gold solution; ``generation_prompt`` ends at
+``Answer:`` (the model writes its own solution from there, and its accuracy is that of
+the answer it states after the marker: see ``sae_reasoning.generation``). ``prompt_format``
+says which format a row has: ``"worked_solution"`` or ``"answer_only"`` (then
+``generation_prompt`` equals ``prompt``).
+
+``template``: rows instantiated from the same template share it (clusters for statistics:
+``clusters``); null where the source has no templates (each row its own cluster).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
 from collections.abc import Mapping
@@ -29,15 +53,24 @@ from typing import Any
 
 import pandas as pd
 
-from sae_reasoning.benchmarks.parsing import BENCHMARKS
+from sae_reasoning.benchmarks.parsing import ANSWER_MARKER, BENCHMARKS
 
-EXAMPLE_COLUMNS = ["id", "benchmark", "question", "answer", "answer_type", "choices", "split"]
-SHOT_COLUMNS = ["id", "benchmark", "shot", "question", "answer", "answer_type", "choices"]
+log = logging.getLogger(__name__)
+
+EXAMPLE_COLUMNS = [
+    "id", "benchmark", "question", "answer", "answer_type", "choices", "split",
+    "template", "solution", "source",
+]
+SHOT_COLUMNS = [
+    "id", "benchmark", "shot", "question", "answer", "answer_type", "choices",
+    "template", "solution", "source",
+]
 PROMPT_COLUMNS = [
     "id", "benchmark", "prompt", "target", "answer", "answer_type", "choices",
-    "choice_targets", "chance", "split",
+    "choice_targets", "chance", "split", "template", "prompt_format", "generation_prompt", "source",
 ]
 SPLITS = ("select", "heldout")
+PROMPT_FORMATS = ("answer_only", "worked_solution")
 
 DEFAULT_FORMAT = {
     "question_prefix": "Question: ",
@@ -45,6 +78,8 @@ DEFAULT_FORMAT = {
     "shot_separator": "\n\n",
     "show_choices": False,  # add a "Choices: a, b" line to choice questions
     "choices_prefix": "Choices: ",
+    "worked_solutions": False,  # default of benchmarks.<name>.worked_solutions
+    "answer_marker": ANSWER_MARKER,  # precedes the final answer after a worked solution
 }
 
 
@@ -158,6 +193,7 @@ def build_examples(
     for benchmark, frame in normalized.items():
         if benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
+        frame = frame.assign(**{c: None for c in ("template", "solution", "source") if c not in frame.columns})
         opts = dict(settings.get(benchmark) or {})
         if opts.get("n_examples", None) == 0:
             continue
@@ -198,39 +234,109 @@ def format_question(question: str, choices: list[str], fmt: Mapping[str, Any]) -
     return f"{text}\n{fmt['answer_prefix']}"
 
 
+def worked_answer(solution: str, answer: str, fmt: Mapping[str, Any]) -> str:
+    """A shot's answer in the worked-solution format: ``<solution>\\n#### 42``."""
+    return f"{solution}\n{fmt['answer_marker']} {answer}"
+
+
 def format_prompt(
     question: str, choices: list[str], shots: list[tuple[str, list[str], str]],
     fmt: Mapping[str, Any] | None = None,
 ) -> str:
-    """Few-shot prompt: each ``(question, choices, answer)`` shot answered, then the question."""
+    """Few-shot prompt: each ``(question, choices, answer)`` shot answered, then the question.
+
+    A shot's answer is written as given: ``worked_answer`` for worked-solution shots.
+    """
     fmt = {**DEFAULT_FORMAT, **(fmt or {})}
     blocks = [f"{format_question(q, c, fmt)} {a}" for q, c, a in shots]
     blocks.append(format_question(question, choices, fmt))
     return fmt["shot_separator"].join(blocks)
 
 
+def _has_solution(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def worked_solution_benchmarks(
+    examples: pd.DataFrame, shots: pd.DataFrame, fmt: Mapping[str, Any] | None = None,
+    benchmarks: Mapping[str, Any] | None = None,
+) -> set[str]:
+    """The benchmarks whose prompts show worked solutions.
+
+    ``benchmarks.<name>.worked_solutions`` decides for one benchmark; where it is unset,
+    ``fmt["worked_solutions"]`` (default false) does. A benchmark is shown with worked
+    solutions only if every example and shot of it has a gold ``solution``:
+
+    - set per benchmark: true for a benchmark whose rows lack solutions is an error naming
+      it (the study asked for something the data cannot give);
+    - set globally: benchmarks without any solution (MATH, logic) keep answer-only
+      prompts, with a warning naming them; a benchmark with solutions on some rows only
+      is an error (its prompts cannot share one format).
+    """
+    fmt = {**DEFAULT_FORMAT, **(fmt or {})}
+    settings = benchmarks or {}
+    chosen: set[str] = set()
+    skipped: list[str] = []
+    for benchmark in dict.fromkeys(examples["benchmark"]):
+        own = (settings.get(benchmark) or {}).get("worked_solutions")
+        if not bool(fmt.get("worked_solutions") if own is None else own):
+            continue
+        rows = pd.concat([examples.loc[examples["benchmark"] == benchmark, ["id", "solution"]],
+                          shots.loc[shots["benchmark"] == benchmark, ["id", "solution"]]])
+        has = rows["solution"].map(_has_solution)
+        if has.all():
+            chosen.add(str(benchmark))
+        elif own is None and not has.any():
+            skipped.append(str(benchmark))
+        else:
+            where = ("benchmarks." + str(benchmark) + ".worked_solutions" if own is not None
+                     else "prompt_format.worked_solutions")
+            raise ValueError(
+                f"{where} is true but {int((~has).sum())} of {len(rows)} {benchmark} rows "
+                f"(examples and shots, e.g. {rows.loc[~has, 'id'].iloc[0]}) have no worked "
+                f"solution; worked solutions need the source's gold solution on every row "
+                f"(GSM8K's text before '####'). Set benchmarks.{benchmark}.worked_solutions: false")
+    if skipped:
+        log.warning("prompt_format.worked_solutions: %s provide no worked solutions; their prompts "
+                    "stay answer-only", ", ".join(skipped))
+    return chosen
+
+
 def build_prompts(
-    examples: pd.DataFrame, shots: pd.DataFrame, fmt: Mapping[str, Any] | None = None
+    examples: pd.DataFrame, shots: pd.DataFrame, fmt: Mapping[str, Any] | None = None,
+    benchmarks: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """The prompts table (``PROMPT_COLUMNS``): one few-shot prompt per example."""
+    """The prompts table (``PROMPT_COLUMNS``): one few-shot prompt per example.
+
+    ``benchmarks``: the per-benchmark settings (``data_loading.benchmarks``), for their
+    ``worked_solutions`` (see ``worked_solution_benchmarks``).
+    """
     fmt = {**DEFAULT_FORMAT, **(fmt or {})}
     overlap = set(examples["id"]) & set(shots["id"])
     if overlap:
         raise ValueError(f"few-shot rows also appear as examples: {sorted(overlap)[:5]}")
+    examples = examples.assign(**{c: None for c in ("template", "solution", "source")
+                                  if c not in examples.columns})
+    shots = shots.assign(**{c: None for c in ("template", "solution", "source") if c not in shots.columns})
+    worked = worked_solution_benchmarks(examples, shots, fmt, benchmarks)
     shot_lists: dict[str, list[tuple[str, list[str], str]]] = {}
     for benchmark, group in shots.sort_values("shot").groupby("benchmark", sort=False):
         shot_lists[str(benchmark)] = [
-            (q, _as_list(c), a)
-            for q, c, a in zip(group["question"], group["choices"], group["answer"], strict=True)
+            (q, _as_list(c), worked_answer(sol, a, fmt) if benchmark in worked else a)
+            for q, c, a, sol in zip(group["question"], group["choices"], group["answer"],
+                                    group["solution"], strict=True)
         ]
     records = []
     for row in examples.to_dict("records"):
         choices = _as_list(row["choices"]) if row["answer_type"] == "choice" else []
+        generation_prompt = format_prompt(row["question"], choices,
+                                          shot_lists.get(row["benchmark"], []), fmt)
+        is_worked = row["benchmark"] in worked
         records.append({
             "id": row["id"],
             "benchmark": row["benchmark"],
-            "prompt": format_prompt(row["question"], choices,
-                                    shot_lists.get(row["benchmark"], []), fmt),
+            "prompt": (f"{generation_prompt} {row['solution']}\n{fmt['answer_marker']}"
+                       if is_worked else generation_prompt),
             "target": f" {row['answer']}",
             "answer": row["answer"],
             "answer_type": row["answer_type"],
@@ -238,5 +344,26 @@ def build_prompts(
             "choice_targets": [f" {c}" for c in choices],
             "chance": 1.0 / len(choices) if choices else 0.0,
             "split": row["split"],
+            "template": _template_or_none(row["template"]),
+            "prompt_format": "worked_solution" if is_worked else "answer_only",
+            "generation_prompt": generation_prompt,
+            "source": _template_or_none(row["source"]),
         })
     return pd.DataFrame(records, columns=PROMPT_COLUMNS)
+
+
+def _template_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def clusters(table: pd.DataFrame) -> pd.Series:
+    """Each row's cluster for statistics (an opaque key): ``<benchmark>/<template>``, or its
+    own ``id`` without a template (rows of one template are not independent problems;
+    other rows are). Any table with ``id``, ``benchmark`` and ``template``: examples,
+    prompts, baseline scores."""
+    own = table["id"].astype(str)
+    if "template" not in table.columns:
+        return own.astype(object)
+    template = table["template"].map(_template_or_none)
+    keyed = table["benchmark"].astype(str) + "/" + template.fillna("").astype(str)
+    return keyed.where(template.notna(), own).astype(object)

@@ -5,6 +5,9 @@
   GSM8K (``question``, ``answer`` ending in ``#### <number>``), MATH (``problem``,
   ``solution`` with ``\\boxed{...}``, ``level``, ``type``) and logic (``question``,
   ``answer``, ``choices``).
+  Rows of tasks that instantiate templates (``gsm_symbolic``: GSM8K problems with new
+  numbers and names) also carry a ``template`` column (``"gsm_symbolic:20"``): rows of
+  one template are not independent problems. Procedurally generated tasks have none.
 - ``load_hf_dataframe``: the Hugging Face ``datasets`` library (a hub id such as
   ``openai/gsm8k`` where a hub or local cache is reachable, or local json/parquet/csv
   files through its packaged builders), returned as a pandas DataFrame.
@@ -168,6 +171,25 @@ def to_logic_row(entry: Mapping[str, Any], choices: list[str] | None) -> dict[st
     }
 
 
+def entry_template(task: str, data: Any, entry: Mapping[str, Any]) -> str | None:
+    """The template a reasoning-gym entry was instantiated from, as ``"<task>:<index>"``;
+    None for tasks without templates.
+
+    gsm_symbolic draws each entry from one of its GSM8K-derived generators; its entries'
+    metadata does not name the generator, but the dataset's ``task_indices`` does (per
+    ``metadata["source_index"]``). A ``template`` key in the metadata is used if present.
+    """
+    meta = entry.get("metadata") or {}
+    for key in ("template", "template_id", "template_index"):
+        if meta.get(key) is not None:
+            return f"{task}:{meta[key]}"
+    indices = getattr(data, "task_indices", None)
+    index = meta.get("source_index")
+    if task == "gsm_symbolic" and indices is not None and index is not None:
+        return f"{task}:{int(indices[int(index)]):02d}"
+    return None
+
+
 def task_seed(seed: int, key: str) -> int:
     """A task's own seed: its rows stay the same when other tasks join or leave the mix."""
     return zlib.crc32(f"{seed}:{key}".encode()) % (2**31)
@@ -211,7 +233,9 @@ def generate_native(benchmark: str, tasks: Any, size: int, seed: int) -> pd.Data
     - ``math_type``: MATH only, the ``type`` of a task missing from ``MATH_TASKS``.
 
     Each task draws from its own seed (derived from ``seed`` and its key), and the rows
-    of all tasks are shuffled together with ``seed``.
+    of all tasks are shuffled together with ``seed``. When some task instantiates
+    templates (``entry_template``), the frame has an extra ``template`` column (null for
+    the rows of the other tasks).
     """
     import reasoning_gym  # heavy import, kept local
 
@@ -240,17 +264,22 @@ def generate_native(benchmark: str, tasks: Any, size: int, seed: int) -> pd.Data
         task_rows = []
         for entry in entries:
             if benchmark == "gsm8k":
-                task_rows.append(to_gsm8k_row(entry))
+                row = to_gsm8k_row(entry)
             elif benchmark == "math":
-                task_rows.append(to_math_row(entry, task, cfg.get("math_type")))
+                row = to_math_row(entry, task, cfg.get("math_type"))
             else:
-                choices = cfg.get("choices", LOGIC_CHOICES.get(task))
-                task_rows.append(to_logic_row(entry, choices))
+                row = to_logic_row(entry, cfg.get("choices", LOGIC_CHOICES.get(task)))
+            row["template"] = entry_template(task, data, entry)
+            row["source"] = f"reasoning-gym {task}"
+            task_rows.append(row)
         if benchmark == "math":
             _fill_levels_by_rank(task_rows)
         rows.extend(task_rows)
     random.Random(seed).shuffle(rows)
     columns = list(NATIVE_COLUMNS[benchmark]) + (["choices"] if benchmark == "logic" else [])
+    if any(r["template"] is not None for r in rows):
+        columns.append("template")   # optional column: only where some task has templates
+    columns.append("source")         # optional column: what generated each row (named in the report)
     frame = pd.DataFrame(rows, columns=columns)
     if benchmark == "math":
         frame["level"] = [f"Level {int(lv)}" for lv in frame["level"]]

@@ -3,7 +3,9 @@
 A read-only Kedro dataset that stands in for a benchmark: it generates ``size`` problems
 from one or more reasoning-gym tasks, deterministically from ``seed``, and loads them as
 a pandas DataFrame in the native columns of ``benchmark`` (see
-``sae_reasoning.benchmarks.sources.generate_native``).
+``sae_reasoning.benchmarks.sources.generate_native``), plus an optional ``template``
+column where a task instantiates templates (``gsm_symbolic``: ``"gsm_symbolic:20"``;
+rows of one template are not independent problems).
 
 Example (``conf/base/catalog_data_loading.yml``)::
 

@@ -52,7 +52,10 @@ def _check_outputs(out, counts):
     assert not set(shots["id"]) & set(examples["id"])
     assert set(examples["split"]) == {"select", "heldout"}
     assert prompts["target"].str.startswith(" ").all()
-    assert prompts["prompt"].str.endswith("Answer:").all()
+    assert prompts["generation_prompt"].str.endswith("Answer:").all()
+    answer_only = prompts["prompt_format"] == "answer_only"
+    assert (prompts.loc[answer_only, "prompt"] == prompts.loc[answer_only, "generation_prompt"]).all()
+    assert all(p.startswith(g) for p, g in zip(prompts["prompt"], prompts["generation_prompt"]))
     for row in prompts.itertuples():
         if row.answer_type == "choice":
             assert row.target in list(row.choice_targets)
@@ -82,6 +85,38 @@ def test_default_configuration_end_to_end(tmp_path):
     logic = out["examples"][out["examples"]["benchmark"] == "logic"]
     assert (logic["answer"] == "Yes").mean() == 0.5
     assert (tmp_path / "out" / "prompts.parquet").exists()
+    # templates: every gsm8k row has one (gsm_symbolic), the others none; answer-only prompts
+    prompts = out["prompts"]
+    gsm = prompts["benchmark"] == "gsm8k"
+    assert prompts.loc[gsm, "template"].str.startswith("gsm_symbolic:").all()
+    assert prompts.loc[gsm, "template"].nunique() < gsm.sum()
+    assert prompts.loc[~gsm, "template"].isna().all()
+    assert (prompts["prompt_format"] == "answer_only").all()
+
+
+def test_worked_solutions_for_gsm8k_through_the_pipeline(tmp_path):
+    catalog, _ = _conf()
+    raw = {name: catalog[name] for name in ("gsm8k_raw", "math_raw", "logic_raw")}
+    params = _small_params()
+    params["benchmarks"]["gsm8k"]["worked_solutions"] = True
+    out = _run(raw, params, tmp_path)
+    _check_outputs(out, {"gsm8k": 6, "math": 6, "logic": 6})
+    prompts, examples = out["prompts"], out["examples"].set_index("id")
+    formats = prompts.groupby("benchmark")["prompt_format"].unique().map(list).to_dict()
+    assert formats == {"gsm8k": ["worked_solution"], "math": ["answer_only"], "logic": ["answer_only"]}
+    for row in prompts[prompts["benchmark"] == "gsm8k"].itertuples():
+        gold = examples.loc[row.id, "solution"]
+        assert row.prompt == f"{row.generation_prompt} {gold}\n####" and row.target == f" {row.answer}"
+        assert row.generation_prompt.count("\n#### ") == 2      # the two shots' answers
+
+
+def test_worked_solutions_on_a_benchmark_without_them_fail_the_run(tmp_path):
+    catalog, _ = _conf()
+    raw = {name: catalog[name] for name in ("gsm8k_raw", "math_raw", "logic_raw")}
+    params = _small_params()
+    params["benchmarks"]["math"]["worked_solutions"] = True
+    with pytest.raises(ValueError, match=r"benchmarks\.math\.worked_solutions is true"):
+        _run(raw, params, tmp_path)
 
 
 def test_same_configuration_same_tables(tmp_path):

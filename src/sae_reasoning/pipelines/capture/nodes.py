@@ -7,8 +7,9 @@ import logging
 import pandas as pd
 
 from sae_reasoning.activations.capture import CaptureJob
-from sae_reasoning.models.loading import ModelHandle
 from sae_reasoning.baseline import BaselineJob
+from sae_reasoning.generation import GenerationSettings
+from sae_reasoning.models.loading import ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,12 @@ def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict
 
 
 def score_baseline(model: ModelHandle, prompts: pd.DataFrame, capture: dict) -> BaselineJob:
-    """A lazy job: the scores dataset runs it unless its file was made by the same job."""
+    """A lazy job: the scores dataset runs it unless its file was made by the same job.
+
+    `capture.solution_generation` (max_new_tokens, stop, batch_size) sets how the model
+    writes its own solutions on worked-solution prompts, whose accuracy comes from them.
+    """
     generate = int(capture.get("max_new_tokens", 12)) if capture.get("generate", True) else 0
     return BaselineJob(model=model, prompts=prompts, batch_size=int(capture.get("batch_size", 16)),
-                       generate_tokens=generate)
+                       generate_tokens=generate,
+                       solution=GenerationSettings.from_params(capture.get("solution_generation")))

@@ -39,5 +39,7 @@ def select_examples(
 def make_prompts(
     examples: pd.DataFrame, few_shot_examples: pd.DataFrame, params: dict[str, Any]
 ) -> pd.DataFrame:
-    """One few-shot prompt per example, with its gold target and choice continuations."""
-    return build_prompts(examples, few_shot_examples, params.get("prompt_format"))
+    """One few-shot prompt per example, with its gold target and choice continuations
+    (worked-solution prompts where ``worked_solutions`` asks for them)."""
+    return build_prompts(examples, few_shot_examples, params.get("prompt_format"),
+                         params.get("benchmarks"))
