@@ -31,8 +31,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from sae_reasoning.causal.analysis import attribution, subset  # noqa: E402
-from sae_reasoning.causal.splice import FeatureAblation, spliced  # noqa: E402
+from sae_reasoning.causal.attribution import attribution  # noqa: E402
+from sae_reasoning.causal.selection import subset  # noqa: E402
+from sae_reasoning.causal.splice import FeatureAblation, condition, spliced  # noqa: E402
 from sae_reasoning.models import ModelHandle, ModelSpec  # noqa: E402
 from sae_reasoning.sae import SAEConfig, build_sae, load_sae  # noqa: E402
 from sae_reasoning.scoring import encode_prompts, pad_right, score_conditions  # noqa: E402
@@ -73,9 +74,9 @@ class Stopwatch:
 
     def wrap(self, condition):
         @contextmanager
-        def timed_condition(batch):
+        def timed_condition(batch, segment):
             start = time.perf_counter()
-            with condition(batch):
+            with condition(batch, segment):
                 yield
             self.total += time.perf_counter() - start
         return timed_condition
@@ -126,8 +127,7 @@ def main() -> None:
     # The ablated passes are timed on their own (contexts and the clean pass are shared):
     # differences of two whole runs drown in noise on a loaded machine.
     watch = Stopwatch()
-    conds = {f"f{i}": watch.wrap(lambda _b, a=FeatureAblation(sae, [i], "zero"): spliced(lm.model, LAYER, a))
-             for i in top}
+    conds = {f"f{i}": watch.wrap(condition(lm.model, LAYER, FeatureAblation(sae, [i], "zero"))) for i in top}
     scores = score_conditions(lm, bench, conds, batch_size=args.batch_size, progress=None, start_layer=LAYER)
     per_feature, watch.total = watch.total / len(top), 0.0
     t_all_exact = t_clean + per_feature * d_sae
@@ -163,7 +163,7 @@ def all_positions(lm, sae, bench, args, full_rerun_s: float, clean_s: float) -> 
     t_attr, est = timed(lambda: attribution(lm, sae, LAYER, bench, args.batch_size, **where))
     print(f"positions=all: attribution, all {d_sae} features: {t_attr:.2f} s", flush=True)
     top = torch.argsort(est)[: args.all_positions_top].tolist()
-    conds = {f"f{i}": (lambda _b, a=FeatureAblation(sae, [i], "zero"): spliced(lm.model, LAYER, a)) for i in top}
+    conds = {f"f{i}": condition(lm.model, LAYER, FeatureAblation(sae, [i], "zero")) for i in top}
     t_run, scores = timed(lambda: score_conditions(lm, bench, conds, batch_size=args.batch_size, progress=None,
                                                    start_layer=LAYER, **where))
     per_feature = max(t_run - clean_s, 0.0) / len(top)

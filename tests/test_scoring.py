@@ -123,14 +123,13 @@ def test_partial_forward_from_a_recorded_residual_equals_the_full_forward(tiny_l
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scoring_from_the_sae_layer_equals_scoring_the_whole_model(tiny_lms, family):
     """Ablations that start at the SAE's layer (cached contexts + recorded residual) give the full numbers."""
-    from sae_reasoning.causal.splice import FeatureAblation, spliced
+    from sae_reasoning.causal.splice import FeatureAblation, condition
     from tests.causal.test_splice import LAYER, random_sae
 
     lm = tiny_lms[family]
     sae = random_sae()
     encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=4, n_choice=4))
-    conds = {f"f{k}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(FeatureAblation(sae, list(range(k)), "zero"))
-             for k in (3, 64)}
+    conds = {f"f{k}": condition(lm.model, LAYER, FeatureAblation(sae, list(range(k)), "zero")) for k in (3, 64)}
     full = score_conditions(lm, encoded, conds, batch_size=3, progress=None)
     part = score_conditions(lm, encoded, conds, batch_size=3, progress=None, start_layer=LAYER)
     for name in ("clean", *conds):
@@ -149,23 +148,54 @@ def _bare_prompts(n=3):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ablation_at_all_positions_equals_one_uncached_forward(tiny_lms, family):
     """positions='all': the rebuilt contexts give exactly the numbers of the whole sequence run
-    in one plain forward with the intervention at every position but position 0."""
+    in one plain forward with the intervention at every position but position 0; mean and
+    resample ablation with their per-benchmark, per-position-type select references."""
     import pandas as pd
 
-    from sae_reasoning.causal.splice import DirectionControl, FeatureAblation, spliced
+    from sae_reasoning.causal.references import AblationReferences
+    from sae_reasoning.causal.splice import DirectionControl, FeatureAblation, condition
     from sae_reasoning.models.hooks import patch_residual
     from tests.causal.test_splice import LAYER, random_sae
 
     lm = tiny_lms[family]
     sae = random_sae()
-    prompts = pd.concat([tiny_prompts(n_open=4, n_choice=3), _bare_prompts()], ignore_index=True)
+    # Two select examples per benchmark at least: resample draws from another one (select rows too).
+    prompts = pd.concat([tiny_prompts(n_open=4, n_choice=4), _bare_prompts(4)], ignore_index=True)
     encoded = encode_prompts(lm.tokenizer, prompts)
     assert [len(b.prefix) > 0 for b in encoded] == [True, True, False]
-    fns = {"mean": FeatureAblation(sae, list(range(0, 256, 3)), "mean", mean=torch.rand(sae.cfg.d_sae)),
+    refs = AblationReferences.build(lm, sae, LAYER, encoded, batch_size=2, positions="all")
+    feats = list(range(0, 256, 3))
+    fns = {"mean": FeatureAblation(sae, feats, "mean", references=refs),
+           "resample": FeatureAblation(sae, feats, "resample", references=refs, seed=4),
            "direction": DirectionControl(sae, list(range(50)), seed=1)}
-    conds = {k: (lambda a: lambda _b: spliced(lm.model, LAYER, a))(fn) for k, fn in fns.items()}
+    conds = {k: condition(lm.model, LAYER, fn) for k, fn in fns.items()}
     got = score_conditions(lm, encoded, conds, batch_size=2, progress=None, start_layer=LAYER, positions="all")
     answer = score_conditions(lm, encoded, conds, batch_size=2, progress=None, start_layer=LAYER)
+
+    def uncached_hook(name, bench, ex):
+        """The intervention on the one sequence prefix + question + gold answer, position by position."""
+        fn = fns[name]
+        if name == "direction":
+            return fn
+        n_p, n_q, n_a = len(bench.prefix), len(ex.question), len(ex.answers[ex.gold])
+        kinds = [("prefix", p) for p in range(n_p)] + [("question", n_q - 2 - q) for q in range(n_q - 1)]
+        kinds += [("last_prompt", 0)] + [("answer", j) for j in range(n_a)]
+        if name == "mean":
+            target = torch.stack([refs.mean(bench.name, k)[feats] for k, _ in kinds])
+            return lambda h: fn.splice(h, lambda f_sel: target[None].to(f_sel))
+        ref = refs.of(bench.name)
+        picks = ref.picks(ex.id, fn.seed)
+
+        def resample(h):
+            donor = h.clone()
+            for p, (k, off) in enumerate(kinds):
+                if k != "prefix":        # the few-shot block is every example's own: the clean value
+                    slot = int(picks[k][min(off, len(picks[k]) - 1)])
+                    if slot >= 0:
+                        donor[0, p] = ref.resid[slot]
+            f_donor = sae.encode(donor)[..., fn.features]
+            return fn.splice(h, lambda f_sel: f_donor)
+        return resample
 
     def but_first(fn):
         def apply(h):
@@ -174,11 +204,12 @@ def test_ablation_at_all_positions_equals_one_uncached_forward(tiny_lms, family)
             return out
         return apply
 
-    for name, fn in fns.items():
+    for name in fns:
         by_row = got[name].set_index("row")
         moved = 0.0
         for bench in encoded:
             for ex in bench.examples:
+                fn = uncached_hook(name, bench, ex)
                 ids = torch.tensor([bench.prefix + ex.question + ex.answers[ex.gold]])
                 n = len(ex.answers[ex.gold])
                 with torch.no_grad():
@@ -206,3 +237,25 @@ def test_all_positions_needs_the_layer(tiny_lms):
         score_conditions(lm, encoded, {}, progress=None, positions="all")
     with pytest.raises(ValueError, match="positions 'every'"):
         score_conditions(lm, encoded, {}, progress=None, start_layer=1, positions="every")
+
+
+def test_logit_difference_of_choice_questions_is_gold_minus_best_other_choice(tiny_lms):
+    """For each choice question: summed log-prob of the gold choice minus the best other one,
+    checked against uncached full forwards of the same tokens; NaN for open answers."""
+    lm = tiny_lms["llama"]
+    encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=2, n_choice=4))
+    clean = score_conditions(lm, encoded, progress=None)["clean"].set_index("row")
+    assert clean.loc[clean.benchmark == "arith", "logit_diff"].isna().all()
+    logic = next(b for b in encoded if b.name == "logic")
+    for ex in logic.examples:
+        lp = []
+        for answer in ex.answers:
+            ids = torch.tensor([logic.prefix + ex.question + answer])
+            with torch.no_grad():
+                logp = torch.log_softmax(lm.model(ids).logits.float(), -1)[0]
+            start = len(logic.prefix) + len(ex.question) - 1
+            lp.append(sum(float(logp[start + j, a]) for j, a in enumerate(answer)))
+        best_other = max(v for j, v in enumerate(lp) if j != ex.gold)
+        r = clean.loc[ex.row]
+        assert r["logit_diff"] == pytest.approx(lp[ex.gold] - best_other, abs=1e-3)
+        assert (r["logit_diff"] > 0) == bool(r["correct"])

@@ -6,6 +6,9 @@ Per example:
                  ends the line (checked on the teacher-forced pass: every gold token is the
                  argmax, and so is a line break after it); choice questions: the gold
                  choice has the highest summed log-probability among the choices
+  logit_diff     choice questions: summed log-prob of the gold choice minus that of the
+                 best other choice (the logit difference for one-token choices); NaN for
+                 open answers
   kl             KL(clean || condition) of the next-token distribution at the answer
                  positions, averaged over them (0 for the clean condition)
 
@@ -43,8 +46,13 @@ from sae_reasoning.models.partial_forward import forward_above, start_at
 
 log = logging.getLogger(__name__)
 
-Condition = Callable[["AnswerBatch"], ContextManager]
+# A condition installs its intervention for one pass: condition(batch, segment), with
+# segment the pass being run, "prefix" (the benchmark's few-shot block, batch 1), "question"
+# (the batch's question segment) or "answer" (the answer rows), so that an intervention can
+# depend on where it acts (mean/resample ablation references: causal/references.py).
+Condition = Callable[["AnswerBatch", str], ContextManager]
 POSITIONS = ("answer", "all")
+SEGMENTS = ("prefix", "question", "answer")
 
 
 @dataclass
@@ -284,20 +292,25 @@ def rerun_segment(model, layer: int, segment: Segment, context: Context | None,
         return forward_above(model, layer, segment.resid, segment.ids, segment.mask, context, segment.context)
 
 
-def rebuild_context(model, layer: int, batch: AnswerBatch, intervention: Callable[[], ContextManager],
+def rebuild_context(model, layer: int, batch: AnswerBatch, condition: Condition,
                     prefixes: dict, key, *, exclude_first: bool = True) -> Context | None:
-    """The batch's context (shared block, then questions) with the intervention at every position.
+    """The batch's context (shared block, then questions) with the condition at every position:
+    condition(batch, "prefix") over the shared block, condition(batch, "question") over the questions.
 
     The shared block is the same for all the batches of a benchmark: its context is built at
     the first and kept in `prefixes[key]`; the caller drops it after the benchmark's last batch.
+    (So a condition must act on the block the same way whichever of the benchmark's batches
+    it is bound to.)
     """
     ctx = None
     if batch.prefix is not None:
         if key not in prefixes:
-            prefixes[key] = rerun_segment(model, layer, batch.prefix, None, intervention, exclude_first=exclude_first)
+            prefixes[key] = rerun_segment(model, layer, batch.prefix, None, lambda: condition(batch, "prefix"),
+                                          exclude_first=exclude_first)
         ctx = prefixes[key].expand(len(batch.examples))
     if batch.question is not None:
-        ctx = rerun_segment(model, layer, batch.question, ctx, intervention, exclude_first=exclude_first)
+        ctx = rerun_segment(model, layer, batch.question, ctx, lambda: condition(batch, "question"),
+                            exclude_first=exclude_first)
     return ctx
 
 
@@ -326,9 +339,15 @@ def score_batch(batch: AnswerBatch, logits: torch.Tensor, stop_ids: torch.Tensor
         n = len(ex.answers)
         sl = slice(r, r + n)
         gold_row = r + ex.gold
+        logit_diff = float("nan")
         if ex.is_choice:
             predicted = int(summed[sl].argmax())
             correct = predicted == ex.gold
+            # Gold choice against the best other choice (summed log-probs; for one-token
+            # choices this is the logit difference, the softmax normaliser cancels).
+            others = torch.cat([summed[r:gold_row], summed[gold_row + 1:r + n]])
+            if len(others):
+                logit_diff = float(summed[gold_row] - others.max())
         else:
             end = int(batch.answer_len[gold_row])
             stop = logp[gold_row, end].argmax()
@@ -342,7 +361,7 @@ def score_batch(batch: AnswerBatch, logits: torch.Tensor, stop_ids: torch.Tensor
             kl = float((p.exp() * (p - q)).sum(-1).mean())
         rows.append({
             "row": ex.row, "id": ex.id, "benchmark": ex.benchmark, "split": ex.split,
-            "gold_logprob": float(summed[gold_row]),
+            "gold_logprob": float(summed[gold_row]), "logit_diff": logit_diff,
             "n_answer_tokens": len(ex.answers[ex.gold]),
             "correct": bool(correct), "predicted_choice": predicted, "chance": ex.chance, "kl": kl,
         })
@@ -367,8 +386,10 @@ def score_conditions(
     generate_tokens > 0 also records the model's own greedy answer (column `generated`
     of the clean table), decoded from the same cached contexts.
 
-    A condition is a function of the batch returning a context manager that installs the
-    intervention (e.g. an SAE splice with features ablated) for one answer pass.
+    A condition (`Condition`) is a function of (batch, segment) returning a context manager
+    that installs the intervention (e.g. an SAE splice with features ablated,
+    causal.splice.condition) for one pass: segment "answer" for the answer pass, and with
+    positions="all" also "prefix" and "question" while those contexts are rebuilt.
 
     start_layer: every condition intervenes at that block's output or above, so the clean
     pass records the residual there and the other passes run only the blocks above it
@@ -393,7 +414,7 @@ def score_conditions(
         raise ValueError("positions='all' needs start_layer, the layer the conditions act at: the "
                          "contexts are rebuilt from the clean residual there")
     every = positions == "all"
-    conditions = {"clean": lambda _b: contextlib.nullcontext(), **(conditions or {})}
+    conditions = {"clean": lambda _b, _s: contextlib.nullcontext(), **(conditions or {})}
     check_lengths(lm, benchmarks)
     stop_ids = stop_token_ids(lm.tokenizer)
     results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
@@ -414,11 +435,11 @@ def score_conditions(
                 start = start_at(lm.model, start_layer, resid)
                 if every:
                     with torch.no_grad():
-                        context = rebuild_context(lm.model, start_layer, batch, lambda: cond(batch), prefixes,
+                        context = rebuild_context(lm.model, start_layer, batch, cond, prefixes,
                                                   name, exclude_first=exclude_first)
                     if first is not None and bool(first.any()):
                         exempt = keep_clean(lm.model, start_layer, resid, first)
-            with start as recorded, cond(batch), exempt, torch.no_grad():
+            with start as recorded, cond(batch, "answer"), exempt, torch.no_grad():
                 logits = batch.run(lm.model, context=context)
             del context
             if batch.last_of_benchmark:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from sae_reasoning.causal.analysis import attribution
-from sae_reasoning.causal.splice import FeatureAblation, spliced
+from sae_reasoning.causal.attribution import attribution
+from sae_reasoning.causal.splice import FeatureAblation, condition, spliced
 from sae_reasoning.sae import SAEConfig, build_sae
 from sae_reasoning.scoring import encode_prompts, score_conditions
 from tests.prompts_fixture import tiny_prompts
@@ -42,16 +42,14 @@ def test_ablation_modes_replace_only_the_chosen_features():
     x = torch.randn(2, 5, D_MODEL)
     f = sae.encode(x)
     feat = int(f.reshape(-1, f.shape[-1]).mean(0).argmax())
-    for mode, expected in (("zero", torch.zeros(2, 5)), ("mean", torch.full((2, 5), 0.25))):
-        abl = FeatureAblation(sae, [feat], mode, mean=torch.full((sae.cfg.d_sae,), 0.25))
-        out = abl(x)
-        torch.testing.assert_close(out, x + (expected - f[..., feat])[..., None] * sae.W_dec[feat])
-    bank = torch.rand(10, sae.cfg.d_sae)
-    a = FeatureAblation(sae, [feat], "resample", bank=bank, seed=3)(x)
-    b = FeatureAblation(sae, [feat], "resample", bank=bank, seed=3)(x)
-    torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="mean ablation needs"):
-        FeatureAblation(sae, [feat], "mean")
+    out = FeatureAblation(sae, [feat], "zero")(x)
+    torch.testing.assert_close(out, x - f[..., feat][..., None] * sae.W_dec[feat])
+    # Mean and resample values come from select-split references (tests/causal/test_references.py).
+    for mode in ("mean", "resample"):
+        with pytest.raises(ValueError, match=f"{mode} ablation needs references"):
+            FeatureAblation(sae, [feat], mode)
+        with pytest.raises(TypeError, match="must be an AblationReferences"):
+            FeatureAblation(sae, [feat], mode, references={"mean": torch.zeros(sae.cfg.d_sae)})
     with pytest.raises(ValueError, match="ablation mode 'half'"):
         FeatureAblation(sae, [feat], "half")
 
@@ -69,7 +67,7 @@ def test_attribution_predicts_small_exact_effects(tiny_lms):
         def replacement(self, f_sel):
             return f_sel * (1 - eps)
 
-    conditions = {f"s{i}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(Scale(sae, [i], "zero")) for i in top}
+    conditions = {f"s{i}": condition(lm.model, LAYER, Scale(sae, [i], "zero")) for i in top}
     scores = score_conditions(lm, encoded, conditions, batch_size=4, progress=None)
     for i in top:
         exact = (scores[f"s{i}"].gold_logprob - scores["clean"].gold_logprob).mean() / eps
@@ -78,7 +76,7 @@ def test_attribution_predicts_small_exact_effects(tiny_lms):
 
 def test_mean_ablation_estimate_predicts_small_moves_toward_the_mean(tiny_lms):
     """mean * sum(grad) - sum(grad * f) is the first-order effect of moving f toward the mean."""
-    from sae_reasoning.causal.analysis import attribution_terms, estimate
+    from sae_reasoning.causal.attribution import attribution_terms, estimate
 
     lm = tiny_lms["llama"]
     sae = random_sae(seed=2)
@@ -92,7 +90,7 @@ def test_mean_ablation_estimate_predicts_small_moves_toward_the_mean(tiny_lms):
         def replacement(self, f_sel):
             return f_sel + eps * (mean[self.features] - f_sel)
 
-    conditions = {f"m{i}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(TowardMean(sae, [i], "zero")) for i in top}
+    conditions = {f"m{i}": condition(lm.model, LAYER, TowardMean(sae, [i], "zero")) for i in top}
     scores = score_conditions(lm, encoded, conditions, batch_size=4, progress=None)
     for i in top:
         exact = (scores[f"m{i}"].gold_logprob - scores["clean"].gold_logprob).mean() / eps
@@ -104,7 +102,7 @@ def test_attribution_at_all_positions_predicts_small_exact_effects(tiny_lms, mod
     """positions='all': the estimate sums over few-shot block, question and answer positions
     (the block's gradient gathered over batches), and matches small exact all-position
     moves; the answer-position estimate does not."""
-    from sae_reasoning.causal.analysis import attribution_terms, estimate
+    from sae_reasoning.causal.attribution import attribution_terms, estimate
 
     lm = tiny_lms["llama"]
     sae = random_sae(seed=1)
@@ -120,7 +118,7 @@ def test_attribution_at_all_positions_predicts_small_exact_effects(tiny_lms, mod
         def replacement(self, f_sel):
             return f_sel + eps * (target[self.features] - f_sel)
 
-    conditions = {f"m{i}": (lambda a: lambda _b: spliced(lm.model, LAYER, a))(Toward(sae, [i], "zero")) for i in top}
+    conditions = {f"m{i}": condition(lm.model, LAYER, Toward(sae, [i], "zero")) for i in top}
     scores = score_conditions(lm, encoded, conditions, batch_size=3, progress=None, start_layer=LAYER, positions="all")
     off = 0.0
     for i in top:

@@ -32,7 +32,8 @@ import networkx as nx
 import numpy as np
 import torch
 
-from sae_reasoning.causal.splice import FeatureAblation, spliced
+from sae_reasoning.causal.references import AblationReferences
+from sae_reasoning.causal.splice import FeatureAblation, condition
 from sae_reasoning.scoring import EncodedBenchmark, score_conditions
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,13 @@ def _sizes_doubling(estimate: int | None, n: int) -> list[int]:
     return sorted(sizes)
 
 
-def _recovered(lm, layer, sae, benchmarks, order, sizes, stats, mode, batch_size, progress, scoring=None):
-    conds = {}
-    for k in sizes:
-        abl = FeatureAblation(sae, order[:k], mode, mean=stats.get("mean"), bank=stats.get("bank"))
-        conds[f"top{k}"] = (lambda a: lambda _b: spliced(lm.model, layer, a))(abl)
+def _recovered(lm, layer, sae, benchmarks, order, sizes, references, mode, batch_size, progress, scoring=None,
+               seed: int = 0):
+    """Per size k: mean Δ gold log-prob of ablating the top k of `order` (mean/resample from
+    `references`, an AblationReferences of the select split)."""
+    conds = {f"top{k}": condition(lm.model, layer, FeatureAblation(sae, order[:k], mode, references=references,
+                                                                   seed=seed))
+             for k in sizes}
     scores = score_conditions(lm, benchmarks, conds, batch_size=batch_size, progress=progress, start_layer=layer,
                               **(scoring or {}))
     clean = scores["clean"]["gold_logprob"].mean()
@@ -80,9 +83,13 @@ def _recovered(lm, layer, sae, benchmarks, order, sizes, stats, mode, batch_size
 
 
 def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order: list[int],
-                 estimate: torch.Tensor, stats: dict, *, fraction: float = 0.8, refine: int = 4,
-                 mode: str = "zero", batch_size: int = 16, scoring: dict | None = None) -> CircuitSearch:
+                 estimate: torch.Tensor, references: AblationReferences | None = None, *,
+                 fraction: float = 0.8, refine: int = 4, mode: str = "zero", batch_size: int = 16,
+                 scoring: dict | None = None) -> CircuitSearch:
     """Smallest prefix of `order` whose exact ablation recovers `fraction` of the whole SAE's effect.
+
+    `references`: what mean/resample ablation substitute (AblationReferences of the select
+    split, built for the same `positions`); not needed for zero ablation.
 
     `scoring`: score_conditions' keyword arguments for where ablations act (positions=, exclude_first=).
 
@@ -92,7 +99,7 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
     n = len(order)
     if n == 0:
         return CircuitSearch([], fraction, None, 0.0, {}, None, False)
-    deltas = _recovered(lm, layer, sae, benchmarks, order, _sizes_doubling(None, n), stats, mode,
+    deltas = _recovered(lm, layer, sae, benchmarks, order, _sizes_doubling(None, n), references, mode,
                         batch_size, "circuit search", scoring)
     delta_all = deltas[n]
     # The estimate's own guess: the first k whose summed (linear) estimate reaches the
@@ -113,7 +120,7 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
         if rounds == 0 and est_size is not None and lo < est_size < hi:
             between.add(est_size)
         between = sorted(between - {lo, hi})
-        more = _recovered(lm, layer, sae, benchmarks, order, between, stats, mode, batch_size,
+        more = _recovered(lm, layer, sae, benchmarks, order, between, references, mode, batch_size,
                           f"circuit sizes {lo + 1}..{hi - 1}", scoring)
         share.update({k: d / delta_all for k, d in more.items()})
         hi = min(k for k in share if share[k] >= fraction)
@@ -143,3 +150,34 @@ def circuit_graph(model: str, circuits: dict[str, dict]) -> nx.DiGraph:
             g.add_node(nid, kind="feature", hook_point=hook, **node)
             g.add_edge(nid, ANSWER, weight=float(node["attribution"]))
     return g
+
+
+def circuit_quality(d_only, d_ablated, d_empty, clusters, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Faithfulness and completeness on per-example Δ gold log-prob (condition - clean), with
+    bootstrap 95% CIs over examples (template clusters resampled whole).
+
+    d_only: features outside the circuit ablated (m(C)); d_ablated: the circuit ablated
+    (m(M \\ C)); d_empty: the empty circuit (m(0)). m(M) = 0 in these units. Both ratios
+    share the denominator m(M) - m(0) = -mean(d_empty); where its CI contains 0 the
+    ratios are meaningless and withheld, with the reason.
+    """
+    from sae_reasoning.causal.stats import cluster_sums
+
+    d = np.stack([np.asarray(x, float) for x in (d_only, d_ablated, d_empty)])      # [3, n]
+    sums, sizes = cluster_sums(d, clusters)                                          # [3, G], [G]
+    idx = np.random.default_rng(seed).integers(0, len(sizes), size=(n_boot, len(sizes)))
+    means = (sums[:, idx].sum(-1) / sizes[idx].sum(-1)).T                            # [n_boot, 3]
+    denom, denom_b = -d[2].mean(), -means[:, 2]
+    lo, hi = np.quantile(denom_b, [0.025, 0.975])
+    out = {"denominator": float(denom), "denominator_ci": [float(lo), float(hi)]}
+    if lo <= 0 <= hi:
+        reason = (f"withheld: the denominator m(M) - m(0) = {denom:+.3f} has a 95% CI [{lo:+.3f}, {hi:+.3f}] "
+                  "that contains 0")
+        return {**out, "faithfulness": None, "faithfulness_ci": None, "completeness": None,
+                "completeness_ci": None, "withheld": reason}
+    for name, i in (("faithfulness", 0), ("completeness", 1)):
+        point = (d[i].mean() - d[2].mean()) / denom
+        boot = (means[:, i] - means[:, 2]) / denom_b
+        out[name] = float(point)
+        out[f"{name}_ci"] = [float(x) for x in np.quantile(boot, [0.025, 0.975])]
+    return {**out, "withheld": None}

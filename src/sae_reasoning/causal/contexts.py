@@ -59,7 +59,7 @@ def top_activating_contexts(sae, activations: ActivationSet, hook: str, features
             tok = int(meta.token_id.iat[row])
             text = (tokenizer.decode(before) + OPEN + tokenizer.decode([tok]) + CLOSE + tokenizer.decode(nxt))
             entries.append({"activation": float(val), "benchmark": stores[si].manifest.get("benchmark"),
-                            "example_index": ex, "position": pos, "token": tokenizer.decode([tok]),
+                            "example_index": ex, "position": pos, "token": tokenizer.decode([tok]), "token_id": tok,
                             "text": text})
         out[int(feat)] = entries
     return out

@@ -32,6 +32,13 @@ def captured(tiny_model_dirs, tmp_path_factory):
     return handle, prompts, ActivationSet.open(root)
 
 
+def _baseline(handle, prompts):
+    from sae_reasoning.scoring import encode_prompts, score_conditions
+
+    lm = handle.load()
+    return score_conditions(lm, encode_prompts(lm.tokenizer, prompts), progress=None)["clean"]
+
+
 def test_top_activating_contexts_highlight_the_strongest_tokens(captured):
     handle, _, acts = captured
     tok = handle.load("cpu").tokenizer
@@ -53,11 +60,19 @@ def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
     handle, prompts, acts = captured
     params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
     params.update(top_k=3, n_random_controls=2, n_random_sets=2, n_random_directions=1, n_boot=100,
-                  stats_tokens=400, batch_size=8, n_context_features=3, n_contexts=2)
-    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts, params)
+                  stats_tokens=400, batch_size=8, n_context_features=3, n_contexts=2, n_null_features=6,
+                  require_above_chance=False)
+    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts,
+                                                                  _baseline(handle, prompts), params)
     s = summary["hook_points"][HOOK]
-    assert {"controls", "error_term", "circuit", "significant_features_q05"} <= set(s)
-    assert {"delta_logprob_lo", "delta_logprob_hi", "p_accuracy", "q_logprob"} <= set(effects.columns)
+    assert {"controls", "error_term", "circuit", "significance", "token_injection"} <= set(s)
+    assert {"delta_logprob_lo", "delta_logprob_hi", "p_accuracy", "q_logprob", "q_logit_diff",
+            "important"} <= set(effects.columns)
+    assert summary["selection"]["analysed"] == ["arith", "logic"]
+    # Choice questions get the logit difference beside gold log-prob; open answers do not.
+    logic = effects[(effects.benchmark == "logic") & (effects.role == "candidate")]
+    arith = effects[(effects.benchmark == "arith") & (effects.role == "candidate")]
+    assert logic.delta_logit_diff.notna().all() and arith.delta_logit_diff.isna().all()
     assert len(contexts["hook_points"][HOOK]) == 3
     assert isinstance(graph, nx.DiGraph) and "answer" in graph
 
@@ -79,19 +94,21 @@ def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
 
 def test_causal_node_ablates_at_all_positions(captured):
     """positions: all runs every path (singles, sets, directions, error term, circuit) end to end."""
-    from sae_reasoning.reporting.report import _where
+    from sae_reasoning.reporting.causal_section import where as _where
 
     handle, prompts, acts = captured
     params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
     assert params["positions"] == "answer"
     params.update(positions="all", top_k=2, n_random_controls=1, n_random_sets=1, n_random_directions=1, n_boot=50,
-                  stats_tokens=400, batch_size=8, n_context_features=1, n_contexts=1, modes=["zero", "mean"])
-    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts, params)
+                  stats_tokens=400, batch_size=8, n_context_features=1, n_contexts=1, modes=["zero", "mean"],
+                  n_null_features=2, require_above_chance=False)
+    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts,
+                                                                  _baseline(handle, prompts), params)
     s = summary["hook_points"][HOOK]
     assert s["positions"] == "all" and s["first_position_exempt"] is True
     assert "except position 0" in _where(s)
     # The splice with nothing ablated leaves every rebuilt context as it was.
     assert s["splice_identity_max_abs_logprob_change"] < 1e-4
-    assert {"direction:0", "zero:random_set0", "error:zero", "zero:all", "mean:all"} <= set(effects.condition)
+    assert {"direction:0", "zero:random_set0", "error:zero", "zero:all", "mean:all", "mean:all+error"} <= set(effects.condition)
     assert effects.delta_logprob.notna().all()
     assert s["circuit"]["checked_sizes"] or not s["circuit"]["found"]

@@ -25,18 +25,25 @@ def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_pat
     acts = ActivationSet.open(tmp_path)
     params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
     params.update(top_k=3, n_random_controls=2, n_random_sets=2, n_random_directions=1, n_boot=100,
-                  stats_tokens=400, batch_size=8, n_context_features=2, n_contexts=2)
-    effects, ranking, summary, _graph, contexts = analyse_features(
-        handle, {hook_point(2): random_sae()}, prompts, acts, params)
+                  stats_tokens=400, batch_size=8, n_context_features=2, n_contexts=2, n_null_features=4,
+                  require_above_chance=False)
     lm = handle.load()
     baseline = score_conditions(lm, encode_prompts(lm.tokenizer, prompts), progress=None)["clean"]
+    effects, ranking, summary, _graph, contexts = analyse_features(
+        handle, {hook_point(2): random_sae()}, prompts, acts, baseline, params)
     inputs = {"tiny__baseline": baseline, "tiny__sae_metrics": {}, "tiny__activations": acts,
               "tiny__effects": effects, "tiny__ranking": ranking, "tiny__summary": summary,
               "tiny__contexts": contexts}
-    md, _training, causal, _ranking, ctx, *figs = build_report(**inputs)
+    md, _training, causal, _ranking, ctx, *figs = build_report(prompts, **inputs)
     for needle in ("[95% CI]", "McNemar", "Benjamini-Hochberg", "norm-matched random direction",
-                   "random live features, draw 2", "SAE error term", "circuit", "⟦"):
+                   "random live features, draw 2", "SAE error term", "circuit", "⟦",
+                   # what each claim rests on
+                   "Wilson 95% CI", "exact one-sided binomial test", "rate of the best constant answer",
+                   "Δ(top-K) − Δ(control)", "called important (false positives)", "Null of random live features",
+                   "Token-driven or reasoning?", "Marks et al.'s default", "error term kept everywhere",
+                   "of alive features", "analysed arith, logic", "Δ logit diff"):
         assert needle in md, needle
+    assert "above chance | gold" in md and "| arith |" in md
     assert ctx == {"tiny": contexts["hook_points"]}
     assert len(figs) == 3  # baseline, effects, and a placeholder: no planted-dictionary check given
     # The pipeline reads each model's contexts and writes the combined JSON.

@@ -15,12 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def analyse_features(model: ModelHandle, saes: dict, prompts: pd.DataFrame, activations: ActivationSet,
-                     causal: dict):
+                     baseline_scores: pd.DataFrame, causal: dict):
     log.info("causal %s: running attribution and ablations (results are not cached across runs; "
              "`kedro run --only-missing-outputs` skips this node when its outputs exist)", model.name)
     lm = model.load()
-    effects, ranking, summary, circuits, contexts = run_causal_analysis(
-        lm, saes, prompts, activations, CausalConfig.from_params(causal))
+    effects, ranking, summary, circuits, contexts, selection = run_causal_analysis(
+        lm, saes, prompts, activations, CausalConfig.from_params(causal), baseline=baseline_scores)
     return (effects.assign(model=model.name), {"model": model.name, "hook_points": ranking},
-            {"model": model.name, "hook_points": summary}, circuit_graph(model.name, circuits),
+            {"model": model.name, "selection": selection, "hook_points": summary}, circuit_graph(model.name, circuits),
             {"model": model.name, "hook_points": contexts})

@@ -5,18 +5,19 @@ from __future__ import annotations
 from sae_reasoning.reporting import plots, report
 from sae_reasoning.sae.plots import plot_planted_recovery
 
-KINDS = ("baseline", "sae_metrics", "activations", "effects", "ranking", "summary", "contexts")
 
-
-def build_report(**inputs):
-    """inputs are named `<model>__<kind>`; outputs: markdown, four JSON files, three figures."""
+def build_report(prompts, **inputs):
+    """prompts: the prompts table; other inputs are named `<model>__<kind>`; outputs: markdown,
+    four JSON files, three figures."""
     models: dict[str, dict] = {}
     for key, value in inputs.items():
         model, kind = key.rsplit("__", 1)
         models.setdefault(model, {})[kind] = value
-    r = report.build(models)
+    r = report.build(models, prompts)
     planted = report.planted_dictionary(r["training_summary"])
     planted_plot = plot_planted_recovery(planted) if planted else plots.empty("no planted-dictionary check in this run")
+    effects_plot = (plots.feature_effects(r["effects"]) if len(r["effects"])
+                    else plots.empty("no benchmark was analysed (none above chance)"))
     return (r["markdown"], r["training_summary"], r["causal_test_results"], r["feature_importance_ranking"],
-            r["top_activating_contexts"], plots.accuracy_vs_chance(r["baseline"]), plots.feature_effects(r["effects"]),
+            r["top_activating_contexts"], plots.accuracy_vs_chance(r["baseline_vs_chance"]), effects_plot,
             planted_plot)
