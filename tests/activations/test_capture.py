@@ -1,12 +1,15 @@
 import json
 import shutil
+import threading
 
 import pytest
 import torch
 
 from sae_reasoning.activations import ActivationSet
 from sae_reasoning.activations.batching import plan_batches
-from sae_reasoning.activations.capture import CaptureJob
+from sae_reasoning.activations.capture import INLINE_PREFIX, CaptureJob
+from sae_reasoning.activations.store import ActivationStore, ShardWriter
+from sae_reasoning.activations.tokens import pack_prompts
 from sae_reasoning.models import ModelHandle, ModelSpec, capture_residuals
 from sae_reasoning.models.hooks import transformer_blocks
 from sae_reasoning.scoring import encode_prompts
@@ -81,30 +84,53 @@ def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identical_files(tmp_path, handle, caplog):
+def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identical_files(tmp_path, handle, caplog,
+                                                                                      monkeypatch):
     prompts = tiny_prompts(n_open=40, n_choice=0)
     job = dict(layers=[1, 2], batch_tokens=64, shard_tokens=32)
     reference = tmp_path / "reference"
     CaptureJob(handle, prompts, **job).run(reference)
 
-    # Interrupt a real run (as Ctrl-C would) on its 8th forward pass.
+    # The batches capture makes (as _capture_benchmark plans them), and its forward passes:
+    # one for a cached shared block, then one per batch.
     lm = handle.load()
-    calls = {"n": 0}
+    bench = pack_prompts(lm.tokenizer, prompts, ["arith"])[0]
+    plan = plan_batches(bench.lengths.tolist(), 64, context=len(bench.prefix))
+    prefix_passes = 0 if len(bench.prefix) <= INLINE_PREFIX else 1
+    handed = 6  # batches given to the shard writer before the interrupt
+    n_shards = sum(b.tokens for b in plan[:handed]) // 32  # the shards those rows complete
+    assert n_shards >= 2 and len(plan) > handed + 2
+
+    # Ctrl-C in the forward pass of the next batch, with the writer thread as far behind as
+    # it can be: held inside its first batch until the capture, interrupted, waits for it.
+    # Every shard the handed-over batches complete must still be written and recorded.
+    calls, gate = {"n": 0}, threading.Event()
 
     def interrupt(*_):
         calls["n"] += 1
-        if calls["n"] == 8:
+        if calls["n"] == prefix_passes + handed + 1:
             raise KeyboardInterrupt
 
+    add, join = ShardWriter.add, threading.Thread.join
+    monkeypatch.setattr(ShardWriter, "add", lambda self, *a, **kw: (gate.wait(60), add(self, *a, **kw))[1])
+    monkeypatch.setattr(threading.Thread, "join", lambda self, *a, **kw: (
+        gate.set() if self.name == "shard-writer" else None, join(self, *a, **kw))[1])
     hook = transformer_blocks(lm.model)[0].register_forward_hook(interrupt)
     out = tmp_path / "resumed"
     try:
-        with pytest.raises(KeyboardInterrupt):
-            CaptureJob(handle, prompts, **job).run(out)
+        with pytest.raises(KeyboardInterrupt):  # the queue holds every batch handed over
+            CaptureJob(handle, prompts, **job, max_pending_batches=handed).run(out)
     finally:
         hook.remove()
-    partial = json.loads((out / ".arith.tmp" / "blocks.1.hook_resid_post" / "manifest.json").read_text())
-    assert not partial["complete"] and len(partial["shards"]) >= 2
+        monkeypatch.undo()
+    assert calls["n"] == prefix_passes + handed + 1
+    for hp in ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post"):
+        folder = out / ".arith.tmp" / hp
+        partial = json.loads((folder / "manifest.json").read_text())
+        assert not partial["complete"] and partial["n_tokens"] == 32 * n_shards
+        assert [e["file"] for e in partial["shards"]] == [f"shard_{i:05d}.safetensors" for i in range(n_shards)]
+        assert sorted(p.name for p in folder.glob("*.safetensors")) == [e["file"] for e in partial["shards"]]
+        ActivationStore(folder, require_complete=False).verify()
     assert not (out / "arith").exists()
 
     counter = {"n": 0}
@@ -114,13 +140,11 @@ def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identica
             CaptureJob(handle, prompts, **job).run(out)
     finally:
         hook.remove()
-    assert "resuming after" in caplog.text
+    assert f"resuming after {n_shards} complete shard(s)" in caplog.text
     assert _files(out) == _files(reference)
-    # Only the batches after the last complete shard ran again (plus the shared block).
-    bench = encode_prompts(lm.tokenizer, prompts)[0]
-    n_passes = 1 + len(plan_batches([len(e.question) + len(e.answers[0]) for e in bench.examples], 64,
-                                    context=len(bench.prefix)))
-    assert counter["n"] < n_passes
+    # Exactly the batches after the last complete shard ran again (plus the shared block).
+    ends = [sum(b.tokens for b in plan[:i + 1]) for i in range(len(plan))]
+    assert counter["n"] == prefix_passes + sum(end > 32 * n_shards for end in ends)
 
 
 def test_a_full_disk_is_a_clear_error_that_keeps_the_complete_shards(tmp_path):

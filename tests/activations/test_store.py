@@ -1,9 +1,16 @@
 import json
+import re
 
 import pytest
 import torch
 
-from sae_reasoning.activations import ActivationSet, ActivationStore, MassiveActivationFilter, ShardWriter
+from sae_reasoning.activations import (
+    ActivationSet,
+    ActivationStore,
+    MassiveActivationFilter,
+    ShardWriter,
+)
+from sae_reasoning.activations import store as store_mod
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -52,8 +59,88 @@ def test_corrupted_shard_fails_checksum(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="shard_00001.safetensors: checksum"):
-        ActivationStore(tmp_path / "b" / HOOK).verify()
+    with pytest.raises(ValueError, match=rf"activation shard {re.escape(str(path))} is corrupted"):
+        ActivationStore(tmp_path / "b" / HOOK, verify=False).verify()
+
+
+def _flip_data_area(path, n=400):
+    """Flip n bytes in the tensor data (after the 8-byte length and the JSON header)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    assert len(data) - start > n + 100
+    for i in range(start + 100, start + 100 + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_shards_data_area_stop_training_reads_naming_shard_and_digests(tmp_path):
+    write_store(tmp_path)
+    folder = tmp_path / "b" / HOOK
+    path = folder / "shard_00002.safetensors"
+    entry = json.loads((folder / "manifest.json").read_text())["shards"][2]
+    _flip_data_area(path)
+    algo = "xxh3_128" if store_mod.xxhash is not None else "sha256"
+    found = store_mod.digest_file(path, algo)
+    assert found != entry[algo]
+    with pytest.raises(store_mod.CorruptShardError) as err:
+        list(ActivationSet.open(tmp_path).iter_batches(HOOK, 32, shuffle=False))
+    msg = str(err.value)
+    assert f"activation shard {path} is corrupted" in msg
+    assert f"manifest.json records {algo} {entry[algo]}, the file has {found}" in msg
+    assert f"delete {tmp_path / 'b'} and run `kedro run --pipeline=capture` again" in msg
+    # The metadata paths check too.
+    with pytest.raises(store_mod.CorruptShardError, match="shard_00002.safetensors is corrupted"):
+        ActivationStore(folder).metadata()
+
+
+def test_an_old_manifest_with_only_sha256_is_still_checked(tmp_path):
+    rows = write_store(tmp_path)
+    folder = tmp_path / "b" / HOOK
+    m = json.loads((folder / "manifest.json").read_text())
+    for e in m["shards"]:
+        e.pop("xxh3_128", None)
+    (folder / "manifest.json").write_text(json.dumps(m))
+    got = torch.cat(list(ActivationSet.open(tmp_path).iter_batches(HOOK, 50, shuffle=False, exclude=None)))
+    torch.testing.assert_close(got, rows)
+    _flip_data_area(folder / "shard_00000.safetensors")
+    store_mod.forget_verified()
+    with pytest.raises(store_mod.CorruptShardError,
+                       match=rf"manifest.json records sha256 {m['shards'][0]['sha256']}, the file has [0-9a-f]{{64}}"):
+        ActivationStore(folder).shard(0)
+
+
+def test_a_corrupted_header_is_an_error_naming_its_file(tmp_path):
+    write_store(tmp_path)
+    folder = tmp_path / "b" / HOOK
+    path = folder / "shard_00001.safetensors"
+    data = bytearray(path.read_bytes())
+    data[12] = 0xFF  # inside the JSON header: invalid UTF-8
+    path.write_bytes(bytes(data))
+    with pytest.raises(store_mod.CorruptShardError, match=rf"activation shard {re.escape(str(path))} is corrupted"):
+        ActivationStore(folder).shard(1)
+    # Unverified reads still name the file when the header cannot be parsed.
+    with pytest.raises(store_mod.CorruptShardError,
+                       match=rf"activation shard {re.escape(str(path))}: cannot read its safetensors header "
+                             r"\(.*invalid UTF-8.*\); delete "):
+        ActivationStore(folder, verify=False).shard(1)
+
+
+def test_an_intact_store_reads_as_before_and_each_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
+    rows = write_store(tmp_path)
+    store_mod.forget_verified()
+    hashed = []
+    real = store_mod.digest_file
+    monkeypatch.setattr(store_mod, "digest_file", lambda path, algo: hashed.append(path.name) or real(path, algo))
+    acts = ActivationSet.open(tmp_path)
+    for _ in range(3):  # epochs
+        got = torch.cat(list(acts.iter_batches(HOOK, 50, shuffle=False, exclude=None)))
+        torch.testing.assert_close(got, rows)
+    ActivationSet.open(tmp_path).stores["b"][HOOK].metadata()  # a second open in the same process
+    assert sorted(hashed) == [f"shard_{i:05d}.safetensors" for i in range(4)]
+    m = acts.stores["b"][HOOK].manifest
+    assert all(len(e["sha256"]) == 64 for e in m["shards"])
+    if store_mod.xxhash is not None:
+        assert all(len(e["xxh3_128"]) == 32 for e in m["shards"])
 
 
 def test_incomplete_folder_is_refused(tmp_path):

@@ -4,6 +4,11 @@ The queue is bounded: when the disk falls behind, the producer waits instead of 
 activations up in memory. An error on the writer thread (a full disk, say) is raised in
 the producer at its next call, and the batches queued after it are dropped unwritten;
 shards written before it stay complete on disk.
+
+When the producer stops (Ctrl-C, an error in the forward pass), `abort` still writes
+every batch it had handed over: each shard those rows complete is on disk and in the
+manifest before the exception goes on, so a re-run resumes after all of them. Only the
+rows of the last, unfinished shard are dropped.
 """
 
 from __future__ import annotations
@@ -53,8 +58,7 @@ class BackgroundWriter:
         return {key: w.close() for key, w in self.writers.items()}
 
     def abort(self) -> None:
-        """Stop after the batch in progress; complete shards stay, the rest is dropped."""
-        if self._error is None:
-            self._error = RuntimeError("capture aborted")
+        """The producer stops: write the batches already handed over (every shard they
+        complete is recorded in the manifest), drop the unfinished last shard."""
         self._queue.put(None)
         self._thread.join()

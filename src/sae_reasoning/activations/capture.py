@@ -8,7 +8,9 @@ memory or passed through the catalog).
   deepest one (models/hooks.py `recording`): no later block and no unembedding runs.
 - Batches are length-sorted under a token budget (batching.py), so padding is small;
   padding rows never reach the files.
-- Shards are written on a background thread (background.py) with a bounded queue.
+- Shards are written on a background thread (background.py) with a bounded queue; on
+  Ctrl-C the batches already queued are still written, so every shard they complete is
+  kept for the resume.
 - Each benchmark is written into `.<benchmark>.tmp/` and renamed when complete, so a
   failed run never damages an earlier complete capture; a folder whose fingerprint
   matches the job is reused. An interrupted benchmark resumes after its last complete
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 from sae_reasoning.activations.background import BackgroundWriter
 from sae_reasoning.activations.batching import plan_batches
 from sae_reasoning.activations.store import (
-    DTYPES, MANIFEST, ShardWriter, release_free_memory, sha256_file, write_json_atomic,
+    DTYPES, MANIFEST, ShardWriter, release_free_memory, shard_mismatch, write_json_atomic,
 )
 from sae_reasoning.models.cached_forward import forward
 from sae_reasoning.models.hooks import check_layers, hook_point, recording
@@ -204,7 +206,7 @@ class CaptureJob:
             good = 0
             for entry in m["shards"]:
                 f = folder / entry["file"]
-                if not f.exists() or entry["n_tokens"] != self.shard_tokens or sha256_file(f) != entry["sha256"]:
+                if not f.exists() or entry["n_tokens"] != self.shard_tokens or shard_mismatch(f, entry):
                     break
                 good += 1
             manifests[layer] = m

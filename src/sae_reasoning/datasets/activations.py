@@ -9,6 +9,9 @@ benchmark, reusing folders whose fingerprint matches); load() opens an `Activati
 remote manifests are fetched (they decide reuse); after it, each benchmark captured is
 uploaded and swapped in (storage.py `publish`); an interrupted capture resumes from the
 staging folder. load() downloads the shards whose sha256 the local copy lacks.
+
+Shards are checked against their manifest digest before their first read in the process
+(store.py); `verify: false` in the catalog entry turns that off.
 """
 
 from __future__ import annotations
@@ -29,17 +32,19 @@ from sae_reasoning.models.hooks import hook_point
 class ActivationStoreDataset(AbstractDataset[CaptureJob, ActivationSet]):
     def __init__(self, *, path: str, credentials: dict[str, Any] | None = None,
                  fs_args: dict[str, Any] | None = None, local_cache: str | None = None,
-                 metadata: dict[str, Any] | None = None):
+                 verify: bool = True, metadata: dict[str, Any] | None = None):
         """
         Args:
             path: folder of this model's activations: a local path or an fsspec URL.
             credentials, fs_args: passed to the fsspec filesystem (as in kedro-datasets).
             local_cache: staging folder for a remote `path` (ignored for local paths).
+            verify: check each shard against its manifest digest before its first read.
             metadata: free-form (shown by kedro-viz).
         """
         self._storage = Storage(path, credentials=credentials, fs_args=fs_args,
                                 local_cache=local_cache, kind="activation store")
         self._protocol = self._storage.protocol
+        self._verify = verify
         self.metadata = metadata
 
     @property
@@ -49,7 +54,7 @@ class ActivationStoreDataset(AbstractDataset[CaptureJob, ActivationSet]):
 
     def load(self) -> ActivationSet:
         if self._storage.is_local:
-            return ActivationSet.open(self._path)
+            return ActivationSet.open(self._path, verify=self._verify)
         s = self._storage
         with s.errors("load activations"):
             s.recover()
@@ -68,7 +73,7 @@ class ActivationStoreDataset(AbstractDataset[CaptureJob, ActivationSet]):
                         f.unlink()
         stores: dict[str, dict[str, ActivationStore]] = {}
         for rel in sorted(manifests):
-            store = ActivationStore((self._path / rel).parent)
+            store = ActivationStore((self._path / rel).parent, verify=self._verify)
             stores.setdefault(rel.split("/", 1)[0], {})[store.hook_point] = store
         return ActivationSet(self._path, stores)
 
