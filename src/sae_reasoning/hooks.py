@@ -1,12 +1,22 @@
-"""Project hooks."""
+"""Project hooks (registered in settings.HOOKS).
+
+Runner workers register these hooks too, but run only node and dataset hooks there; the
+pipeline hooks below (`before_pipeline_run`, `after_pipeline_run`, `on_pipeline_error`)
+run once per `kedro run`, in the main process.
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 
 _RUN_CONFIG: dict[str, Any] = {}
+
+log = logging.getLogger(__name__)
 
 
 class ConfigCaptureHook:
@@ -21,3 +31,137 @@ class ConfigCaptureHook:
 def run_config_loader():
     """The config loader of the current Kedro context, if one was created in this process."""
     return _RUN_CONFIG.get("config_loader")
+
+
+def _dataset(catalog, name: str):
+    try:
+        return catalog.get(name)
+    except Exception:  # noqa: BLE001 - a dataset that cannot be built is the run's to report
+        return None
+
+
+def run_writes(pipeline, catalog) -> bool:
+    """Whether the run saves anything outside memory (then it takes the run lock)."""
+    for name in pipeline.all_outputs():
+        ds = _dataset(catalog, name)
+        if ds is not None and not isinstance(ds, MemoryDataset):
+            return True
+    return False
+
+
+class RunLockHook:
+    """One writing run at a time per project data folder (`sae_reasoning.run_lock`).
+
+    Taken last among `before_pipeline_run` hooks (trylast: a hook that fails before it
+    leaves nothing to release), released after the run or its failure. A second run stops
+    at once with a message naming the holder.
+    """
+
+    def __init__(self, data_folder: str = "data"):
+        self._data_folder = data_folder
+        self._lock = None
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from sae_reasoning.run_lock import RunLock, RunLockError
+
+        if not run_writes(pipeline, catalog):
+            return
+        if self._lock is not None:  # a previous run in this process did not finish cleanly
+            self._lock.release()
+        folder = Path(run_params.get("project_path") or Path.cwd()) / self._data_folder
+        lock = RunLock(folder)
+        try:
+            lock.acquire(run_id=run_params.get("run_id"),
+                         pipelines=run_params.get("pipeline_names"))
+        except RunLockError as exc:
+            import click
+
+            raise click.ClickException(str(exc)) from None
+        self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._release()
+
+
+def _reads_stored(name: str, pipeline, run_params: dict[str, Any]) -> bool:
+    """Whether the run uses dataset `name` as it is on disk: a free input, or (with
+    --only-missing-outputs) an output that exists, so its node is skipped."""
+    if name in pipeline.inputs():
+        return True
+    return bool(run_params.get("only_missing_outputs")) and name in pipeline.all_outputs()
+
+
+class SAECheckHook:
+    """Pre-flight: SAE folders that the run uses as they are (pre-trained, or left over and
+    kept by --only-missing-outputs) must fit the configured model (d_in = d_model, hook
+    points, cfg.json model_name), checked before capture runs; the run stops otherwise.
+    A misfit folder this run retrains is logged (training replaces it); one the run does
+    not touch (e.g. `--pipeline=validate`) gets a warning. Runs first (tryfirst), before
+    the run lock is taken."""
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from sae_reasoning.datasets.sae import SAEDataset
+        from sae_reasoning.preflight import PreflightError, check_sae_folders
+
+        datasets = pipeline.datasets()
+        namespaces = sorted({n[: -len(".model")] for n in datasets if n.endswith(".model")}
+                            | {n[: -len(".sae")] for n in datasets if n.endswith(".sae")})
+        problems = []
+        for namespace in namespaces:
+            name = f"{namespace}.sae"
+            sae_ds, model_ds = _dataset(catalog, name), _dataset(catalog, f"{namespace}.model")
+            if not isinstance(sae_ds, SAEDataset) or model_ds is None:
+                continue
+            stored = sae_ds.stored_configs()
+            if not stored:
+                continue
+            model_params = self._params(catalog, f"params:models.{namespace}")
+            sae_training = self._params(catalog, "params:sae_training")
+            lines = check_sae_folders(namespace, model_ds.load(), model_params, stored,
+                                      self._hook_points(model_params, sae_training))
+            if name not in datasets:
+                for line in lines:
+                    log.warning("%s; a run that uses it as it is (causal, "
+                                "--only-missing-outputs) would stop here", line)
+            elif _reads_stored(name, pipeline, run_params):
+                problems.extend(lines)
+            else:
+                for line in lines:
+                    log.info("%s; this run trains that SAE again and replaces it", line)
+        if problems:
+            raise PreflightError(
+                "SAE check failed before the run (these SAEs would be used as they are):\n  - "
+                + "\n  - ".join(problems)
+                + "\nTrain them for this model (delete the folder, or run sae_training without "
+                  "--only-missing-outputs) or point the `<model>.sae` catalog entry at SAEs of "
+                  "this model.")
+
+    @staticmethod
+    def _params(catalog, name: str) -> dict:
+        ds = _dataset(catalog, name)
+        try:
+            value = ds.load() if ds is not None else {}
+        except Exception:  # noqa: BLE001
+            value = {}
+        return value if isinstance(value, dict) else {}
+
+    @staticmethod
+    def _hook_points(model_params: dict, sae_training: dict) -> list[str]:
+        from sae_reasoning.pipelines.sae_training.nodes import hook_points_for
+
+        try:
+            return hook_points_for(model_params, sae_training)
+        except ValueError:  # no `layers`: the run reports it
+            return []

@@ -98,9 +98,87 @@ def check_model(model: ModelHandle, model_params: dict, capture: dict | None = N
     return {**result, "ok": True}
 
 
-def summarize(results: list[dict]) -> dict:
+def report(results: list[dict]) -> dict:
+    """The validation report (validation.json): ok, and every model's result."""
     failed = [r for r in results if not r["ok"]]
+    return {"ok": not failed, "failed": [r["model"] for r in failed], "models": results}
+
+
+def raise_on_failure(report: dict) -> None:
+    """PreflightError listing the failed models of a `report` (after it has been written)."""
+    failed = [r for r in report["models"] if not r["ok"]]
     if failed:
         lines = "\n".join(f"  - {r['model']}: {r['error']}" for r in failed)
-        raise PreflightError(f"pre-flight check failed for {len(failed)} of {len(results)} model(s):\n{lines}")
-    return {"ok": True, "models": results}
+        raise PreflightError(f"pre-flight check failed for {len(failed)} of {len(report['models'])} "
+                             f"model(s):\n{lines}")
+
+
+def summarize(results: list[dict]) -> dict:
+    """The report when every model passed; PreflightError otherwise."""
+    out = report(results)
+    raise_on_failure(out)
+    return out
+
+
+# -- SAE folders vs the configured model ---------------------------------------------------
+
+def model_aliases(namespace: str, model: ModelHandle) -> set[str]:
+    """Names an SAE's cfg.json `model_name` may give this model: the namespace (what this
+    project writes), the catalog name, the HF id or path (and its last part), the GGUF file."""
+    spec = model.spec
+    names = {namespace, spec.name, spec.pretrained_model_name_or_path}
+    src = spec.pretrained_model_name_or_path.rstrip("/")
+    names.add(src.rsplit("/", 1)[-1])
+    if spec.gguf_file:
+        names.update({spec.gguf_file, spec.gguf_file.rsplit(".", 1)[0]})
+    try:
+        names.add(str(spec.resolved_path()))
+    except ModelLoadError:
+        pass
+    return {n for n in names if n}
+
+
+def sae_mismatches(cfg: dict, hook: str, d_model: int, hook_points: list[str], aliases: set[str],
+                   transfer: bool = False) -> list[str]:
+    """Why the SAE stored for `hook` (cfg: cfg.json normalised by `normalize_cfg_dict`) does
+    not fit the model: width, hook point, model name (the last one unless `transfer`)."""
+    out = []
+    d_in = cfg.get("d_in")
+    if d_in is not None and int(d_in) != int(d_model):
+        out.append(f"d_in {d_in} but the model's d_model is {d_model}")
+    meta = cfg.get("metadata") or {}
+    if hook_points and hook not in hook_points:
+        out.append(f"hook point {hook} is not one of the configured hook points {hook_points}")
+    hook_name = meta.get("hook_name")
+    if hook_name and hook_name != hook:
+        out.append(f"cfg.json hook_name is {hook_name!r}, but the SAE is used at {hook}")
+    model_name = meta.get("model_name")
+    if model_name and not transfer and str(model_name) not in aliases:
+        out.append(f"cfg.json model_name is {model_name!r}, not this model (set "
+                   "`sae_transfer: true` in its `models` block to use an SAE of another model "
+                   "on purpose)")
+    return out
+
+
+def check_sae_folders(namespace: str, model: ModelHandle, model_params: dict,
+                      stored: dict[str, tuple[str, dict]], hook_points: list[str]) -> list[str]:
+    """One line per SAE folder that does not fit the configured model, naming the folder,
+    the model and each mismatch. `stored`: {hook point: (folder, normalised cfg.json)}.
+    Reads the model's config only (no weights)."""
+    if not stored:
+        return []
+    try:
+        config = model.config()
+    except ModelLoadError as exc:
+        raise PreflightError(f"cannot check the SAE folders of {namespace!r}: {exc}") from exc
+    d_model = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+    aliases = model_aliases(namespace, model)
+    transfer = bool(model_params.get("sae_transfer", False))
+    source = model.spec.pretrained_model_name_or_path
+    lines = []
+    for hook, (folder, cfg) in stored.items():
+        problems = sae_mismatches(cfg, hook, d_model, hook_points, aliases, transfer)
+        if problems:
+            lines.append(f"SAE folder {folder} does not fit model {namespace!r} ({source}): "
+                         + "; ".join(problems))
+    return lines

@@ -266,3 +266,12 @@ def test_extracted_answers_match_the_gold_answer():
     assert not answers_match(extract_answer(" 2 * 500 = 1000\n#### 999"), "1000", "numeric")
     assert answers_match(extract_answer(" so\n#### yes.", "choice"), "Yes", "choice")
     assert extract_answer(" so it is\nANSWER 4", "numeric", marker="ANSWER") == "4"
+
+
+@pytest.mark.parametrize("raw", [pd.DataFrame(), pd.DataFrame({"question": [], "answer": []})])
+def test_empty_raw_table_says_so(raw):
+    # an empty file loads as a table without rows (and without columns): issue 14 item 8
+    with pytest.raises(ValueError, match=r"^gsm8k: the raw table is empty \(dataset `my_gsm`\)"):
+        normalize_raw(raw, "gsm8k", name="my_gsm")
+    with pytest.raises(ValueError, match=r"^math: the raw table is empty; the benchmark needs at least one row$"):
+        normalize_raw(pd.DataFrame(), "math")

@@ -372,6 +372,12 @@ def normalize_raw(raw: pd.DataFrame, benchmark: str, name: str | None = None) ->
     null). All rows are checked first; if any is malformed a ``ValueError`` lists the
     first few, each as ``"<name> row <i>: <problem>"``.
     """
+    if len(raw) == 0:
+        # An empty file loads as a table without rows (and often without columns): say so,
+        # rather than report its columns as missing.
+        raise ValueError(f"{benchmark}: the raw table is empty"
+                         + (f" (dataset `{name}`)" if name else "")
+                         + "; the benchmark needs at least one row")
     name = name or f"{benchmark}_raw"
     check_native_columns(raw, benchmark, name)
     columns = list(NATIVE_COLUMNS[benchmark]) + [

@@ -35,7 +35,12 @@ from kedro.io import AbstractDataset, DatasetError
 
 from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.sae.model import SAE
-from sae_reasoning.sae.saelens_format import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, is_sae_folder
+from sae_reasoning.sae.saelens_format import (
+    SAE_CFG_FILENAME,
+    SAE_WEIGHTS_FILENAME,
+    is_sae_folder,
+    normalize_cfg_dict,
+)
 from sae_reasoning.sae.training_job import (
     CHECKPOINT_DIRNAME,
     SUMMARY_FILENAME,
@@ -201,6 +206,35 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         return {"path": path, "device": self._device}
 
     # -- convenience ----------------------------------------------------------------
+    def stored_configs(self) -> dict[str, tuple[str, dict]]:
+        """{hook point: (folder, cfg.json normalised to the SAELens 6 layout)} of the SAEs that
+        load() would return, read without their weights (the pre-flight check compares them
+        with the configured model). Folders without a readable cfg.json are left out."""
+        out = {}
+        for hook in self._hook_points():
+            if self._storage.is_local:
+                folder = self._folder(hook)
+                display = folder.as_posix()
+                try:
+                    raw = json.loads((folder / SAE_CFG_FILENAME).read_text())
+                except (OSError, ValueError):
+                    continue
+            else:
+                display = self._storage.display(hook)
+                with self._storage.errors("read SAE configs"):
+                    text = self._storage.cat(f"{hook}/{SAE_CFG_FILENAME}")
+                try:
+                    raw = json.loads(text) if text is not None else None
+                except ValueError:
+                    raw = None
+                if raw is None:
+                    continue
+            try:
+                out[hook] = (display, normalize_cfg_dict(raw, display))
+            except ValueError:  # an architecture we cannot run: load() says so
+                continue
+        return out
+
     def summaries(self) -> dict[str, dict | None]:
         """training_summary.json of each hook point (without the history)."""
         out = {}

