@@ -9,14 +9,22 @@ import os
 
 import distributed
 import pytest
+from kedro.pipeline import Pipeline, node
+from kedro_datasets.pickle import PickleDataset
 
 from sae_reasoning.runner import DaskRunError, DaskRunner, InsufficientMemoryError
+from tests.runner import toy_nodes as t
 from tests.runner.test_device_slot_runner import (
+    broken_model_catalog,
     build_catalog,
     build_pipeline,
+    check_partial_run,
     check_s3_outputs,
     load,
     s3_catalog,
+    seed_namespace_outputs,
+    shared_only_pipeline,
+    with_report,
 )
 from tests.runner.test_memory import memory_catalog, memory_pipeline
 
@@ -30,7 +38,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(host="127.0.0.1", processes=True, n_workers=2,
-                                  threads_per_worker=1, dashboard_address=":0") as c:
+                                  threads_per_worker=1, dashboard_address="127.0.0.1:0") as c:
         yield c
 
 
@@ -109,12 +117,60 @@ def test_memory_and_gpu_requirements_are_checked_before_any_work(tmp_path, clust
     assert load(tmp_path, "m1.out")["value"] == 6
 
 
-def test_without_an_address_a_local_cluster_is_started_and_closed(tmp_path):
+def test_without_an_address_a_local_cluster_on_loopback_is_started_and_closed(tmp_path):
+    # A shared node after the namespace lists the sockets listening in this process (the
+    # scheduler, its dashboard, the nanny) and its children (the worker) while the
+    # cluster is up: every one the run opened is on 127.0.0.1, none on every interface
+    # (0.0.0.0 or ::). Those listening before (other tests' servers) are not the run's.
+    before = set(t.listening_sockets(None))
     catalog = build_catalog(tmp_path, {"m1": 2})
+    catalog["sockets"] = PickleDataset(filepath=str(tmp_path / "data" / "sockets.pkl"))
+    pipe = build_pipeline(["m1"]) + Pipeline(
+        [node(t.listening_sockets, "m1.out", "sockets", name="list_sockets")])
     runner = DaskRunner(n_workers=1, log_dir=tmp_path / "logs", live="rich")
-    runner.run(build_pipeline(["m1"]), catalog, run_id="dask6", only_missing_outputs=False)
+    runner.run(pipe, catalog, run_id="dask6", only_missing_outputs=False)
     assert load(tmp_path, "combined")["value"] == 7
     assert runner.cluster.status.name == "closed" and len(runner.workers) == 1
+    sockets = set(load(tmp_path, "sockets")) - before
+    assert len({pid for pid, _, _ in sockets}) >= 2  # this process and the worker's
+    assert len(sockets) >= 4  # scheduler, dashboard, nanny, worker
+    assert {ip for _, ip, _ in sockets} == {"127.0.0.1"}, sockets
+    assert runner.cluster.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def test_the_local_clusters_addresses_are_runner_parameters():
+    from kedro.framework.cli.project import _split_params
+
+    kwargs = _split_params(None, None, "host=0.0.0.0,dashboard_address=none")
+    runner = DaskRunner(**kwargs)
+    assert (runner._host, runner._dashboard_address) == ("0.0.0.0", None)
+    assert DaskRunner()._dashboard_address == "127.0.0.1:0"
+
+
+def test_a_failed_namespace_shows_its_root_cause_and_the_report_runs_without_it(
+    tmp_path, cluster, caplog
+):
+    catalog = broken_model_catalog(tmp_path, {"m1": 2, "m2": 10}, broken="m2")
+    runner = DaskRunner(address=cluster.scheduler_address, log_dir=tmp_path / "logs")
+    with caplog.at_level(logging.INFO), pytest.raises(DaskRunError) as err:
+        runner.run(with_report(build_pipeline(["m1", "m2"]), ["m1", "m2"]), catalog, run_id="d10")
+    check_partial_run(tmp_path, runner, caplog, err, "d10", "worker tcp://127.0.0.1:")
+
+
+@pytest.mark.parametrize("only_missing", [False, True])
+def test_a_pipeline_without_namespaces_runs_without_a_cluster(tmp_path, only_missing):
+    # `--pipeline=reporting`, or `--only-missing-outputs` with only the report missing:
+    # nothing to submit, so no cluster is started (no address is given: it would be local).
+    catalog = build_catalog(tmp_path, {"m1": 2, "m2": 10})
+    seed_namespace_outputs(catalog)
+    if only_missing:
+        catalog.save("base", {"value": 5, "pid": 0, "start": 0.0, "end": 0.0})
+    pipe = build_pipeline(["m1", "m2"]) if only_missing else shared_only_pipeline()
+    runner = DaskRunner(log_dir=tmp_path / "logs")
+    runner.run(pipe, catalog, run_id="d11", only_missing_outputs=only_missing)
+    assert load(tmp_path, "combined")["value"] == 120
+    assert all(r.status == "done" for r in runner.results)
+    assert runner.cluster is None and runner.workers == {}
 
 
 def test_only_missing_outputs_submits_only_what_is_missing(tmp_path, cluster):
@@ -133,7 +189,7 @@ def test_workers_declaring_a_gpu_get_one_namespace_at_a_time(tmp_path):
     # scheduler runs them one after the other although a thread is free.
     with distributed.LocalCluster(host="127.0.0.1", processes=True, n_workers=1,
                                   threads_per_worker=2, resources={"GPU": 1},
-                                  dashboard_address=":0") as gpu_cluster:
+                                  dashboard_address="127.0.0.1:0") as gpu_cluster:
         runner = DaskRunner(address=gpu_cluster.scheduler_address, memory_gb=8,
                             log_dir=tmp_path / "logs")
         runner.run(build_pipeline(["m1", "m2"]), build_catalog(tmp_path, {"m1": 2, "m2": 10}),
@@ -160,7 +216,7 @@ def test_a_preloaded_worker_is_ready_before_any_task(tmp_path):
     # and glibc's thresholds undone (the nanny set MALLOC_TRIM_THRESHOLD_).
     with distributed.LocalCluster(
         host="127.0.0.1", processes=True, n_workers=1, threads_per_worker=1,
-        dashboard_address=":0", preload=["sae_reasoning.runner.dask_preload"],
+        dashboard_address="127.0.0.1:0", preload=["sae_reasoning.runner.dask_preload"],
         env={"SAE_REASONING_KEDRO_PACKAGE": "tests.runner.toy_project"},
     ) as c, distributed.Client(c) as client:
         (state,) = client.run(_worker_state).values()

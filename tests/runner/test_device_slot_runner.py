@@ -324,3 +324,107 @@ def test_a_run_log_that_cannot_be_written_does_not_stop_the_run(tmp_path, caplog
         log.warning("first")
         log.warning("second")
     assert "Could not write the run log" in caplog.text and "second" in caplog.text
+
+
+def with_report(pipe: Pipeline, namespaces: list[str], named: bool = False) -> Pipeline:
+    """`pipe` plus a shared node after every namespace that takes their outputs as
+    keyword arguments (`<ns>__out`), through **kwargs unless `named`."""
+    inputs = {"base": "base", **{f"{ns}__out": f"{ns}.out" for ns in namespaces}}
+    func, name = (t.report_named, "report_named") if named else (t.report, "report")
+    return pipe + Pipeline([node(func, inputs, name, name=name)])
+
+
+def broken_model_catalog(tmp_path, factors: dict[str, float], broken: str):
+    """build_catalog's, where namespace `broken` saves its output through a dataset whose
+    save cannot load its model (Kedro wraps that error twice on the way out)."""
+    catalog = build_catalog(tmp_path, factors)
+    catalog[f"{broken}.out"] = t.BrokenModelOutput(broken, str(tmp_path / "no" / "such" / "model"))
+    for name in ("report", "report_named"):
+        catalog[name] = PickleDataset(filepath=str(tmp_path / "data" / f"{name}.pkl"))
+    return catalog
+
+
+def check_partial_run(tmp_path, runner, caplog, err, run_id: str, place: str):
+    """After with_report(build_pipeline(["m1", "m2"])) on broken_model_catalog(..., "m2"):
+    the summary and the error show the root cause; `report` ran on m1 alone."""
+    name = type(runner).__name__
+    cause = (f"ModelUnavailableError: model 'm2' ({tmp_path}/no/such/model) cannot be loaded: "
+             f"[Errno 2] No such file or directory: '{tmp_path}/no/such/model/config.json'. "
+             "It is not a local folder.")
+    context = " (raised as DatasetError: m2.out: Failed while saving data to dataset tests.runner"
+    message = str(err.value)
+    assert f"{name}: 1 namespace(s) failed: m2. Failures: m2 ({cause}{context}" in message
+    assert "Ran on what finished: report (without m2)" in message
+    summary = next(m for r in caplog.records if f"{name} summary" in (m := r.getMessage()))
+    rows = {line.split("  ")[0].strip(): line for line in summary.splitlines()}
+    error_column = rows["m2"][summary.splitlines()[1].index("error"):]  # the header's line
+    assert error_column.startswith(cause + context)
+    assert "ran without failed m2" in rows["report (shared)"] and "done" in rows["report (shared)"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"Namespace m2 FAILED on {place}" in m and cause in m for m in messages)
+    assert any("Shared node report runs on what finished, without the outputs of failed unit: m2"
+               in r.getMessage() for r in caplog.records)
+    m2_log = (tmp_path / "logs" / run_id / "m2.log").read_text()
+    assert f"Namespace failed in node m2.finish: {cause}" in m2_log
+    # The shared node downstream of both ran on m1 alone; the positional one was skipped.
+    assert load(tmp_path, "report")["models"] == ["m1__out"] and load(tmp_path, "report")["value"] == 7
+    status = {r.name: r.status for r in runner.results}
+    assert status == {"make_base": "done", "m1": "done", "m2": "failed", "combine": "skipped",
+                      "summarise_first": "done", "report": "done"}
+    res = {r.name: r for r in runner.results}
+    assert res["report"].left_out == ["m2"] and res["report"].dropped_inputs == ["m2.out"]
+    timeline = json.loads((tmp_path / "logs" / run_id / "timeline.json").read_text())
+    assert next(u for u in timeline["units"] if u["name"] == "report")["left_out"] == ["m2"]
+
+
+def test_a_failed_namespace_shows_its_root_cause_and_the_report_runs_without_it(tmp_path, caplog):
+    catalog = broken_model_catalog(tmp_path, {"m1": 2, "m2": 10}, broken="m2")
+    runner = DeviceSlotRunner(slots="cpu;cpu", log_dir=tmp_path / "logs")
+    with caplog.at_level(logging.INFO), pytest.raises(DeviceSlotRunError) as err:
+        runner.run(with_report(build_pipeline(["m1", "m2"]), ["m1", "m2"]), catalog, run_id="r7")
+    check_partial_run(tmp_path, runner, caplog, err, "r7", "slot cpu:")
+
+
+def test_a_node_that_names_every_namespace_is_still_skipped(tmp_path):
+    # Named parameters (no **kwargs to take what is left out): as before, skipped. With
+    # every namespace failed, a **kwargs node has nothing left to work on: skipped too.
+    pipe = with_report(build_pipeline(["m1", "m2"]), ["m1", "m2"], named=True)
+    runner = DeviceSlotRunner(slots="cpu;cpu", log_dir=tmp_path / "logs")
+    with pytest.raises(DeviceSlotRunError, match="Skipped .upstream failed.: combine, report_named"):
+        runner.run(pipe, broken_model_catalog(tmp_path, {"m1": 2, "m2": 10}, "m2"), run_id="r8")
+    assert not (tmp_path / "data" / "report_named.pkl").exists()
+
+    pipe = with_report(build_pipeline(["m1"]), ["m1"])
+    with pytest.raises(DeviceSlotRunError, match="Skipped .upstream failed.: combine, report, summarise_first"):
+        runner.run(pipe, broken_model_catalog(tmp_path, {"m1": 2}, "m1"), run_id="r9")
+    assert not (tmp_path / "data" / "report.pkl").exists()
+
+
+def shared_only_pipeline() -> Pipeline:
+    """Shared nodes reading namespaced datasets, and no namespaced node (as
+    `--pipeline=reporting`)."""
+    return Pipeline([
+        node(t.make_base, "params:n", "base", name="make_base"),
+        node(t.combine, ["m1.out", "m2.out"], "combined", name="combine"),
+    ])
+
+
+def seed_namespace_outputs(catalog) -> None:
+    for ns, value in (("m1", 100), ("m2", 20)):
+        catalog.save(f"{ns}.out", {"value": value, "pid": 0, "start": 0.0, "end": 0.0})
+
+
+@pytest.mark.parametrize("only_missing", [False, True])
+def test_a_pipeline_without_namespaces_runs_its_shared_nodes(tmp_path, only_missing):
+    catalog = build_catalog(tmp_path, {"m1": 2, "m2": 10})
+    seed_namespace_outputs(catalog)
+    if only_missing:  # every namespace's output exists: only the shared node after is left
+        catalog.save("base", {"value": 5, "pid": 0, "start": 0.0, "end": 0.0})
+    pipe = build_pipeline(["m1", "m2"]) if only_missing else shared_only_pipeline()
+    runner = DeviceSlotRunner(slots="cpu;cpu", log_dir=tmp_path / "logs")
+    runner.run(pipe, catalog, run_id="r10", only_missing_outputs=only_missing)
+    assert load(tmp_path, "combined")["value"] == 120
+    assert load(tmp_path, "combined")["pid"] == os.getpid()
+    assert {r.name for r in runner.results} == (
+        {"combine", "summarise_first"} if only_missing else {"make_base", "combine"})
+    assert all(r.status == "done" for r in runner.results) and runner.slots == []

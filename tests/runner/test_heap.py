@@ -56,7 +56,7 @@ def test_local_cluster_workers_start_without_the_variable(monkeypatch):
     before = dict(os.environ)
     with no_trim_threshold():
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=":0")
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0")
     try:
         with Client(cluster) as client:
             env = next(iter(client.run(lambda: dict(os.environ)).values()))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import AbstractDataset
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +115,60 @@ def torch_threads(_upstream, wait_for: str = "", then_s: float = 0.0, mark: str 
     end = torch.get_num_threads()
     (torch.ones(512, 512) * 2).sum()  # an op big enough to run on all `end` threads
     return {"start": start, "end": end}
+
+
+def report(base: dict, **outs: dict) -> dict:
+    """A shared node downstream of every namespace that takes them through **kwargs (as the
+    project's build_report does): the runner may run it on the namespaces that finished."""
+    start = time.time()
+    return _stamp(start=start, models=sorted(outs), value=sum(o["value"] for o in outs.values()))
+
+
+def report_named(base: dict, m1__out: dict, m2__out: dict) -> dict:
+    """The same with named parameters: it needs every namespace, so it is skipped."""
+    return report(base, m1__out=m1__out, m2__out=m2__out)
+
+
+def listening_sockets(_upstream) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every socket listening in this process and its children
+    (a local Dask cluster's scheduler, dashboard, nannies and workers)."""
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    found = []
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:  # exited meanwhile
+            continue
+        found += [(proc.pid, c.laddr.ip, c.laddr.port) for c in conns
+                  if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+class ModelUnavailableError(RuntimeError):
+    """As the project's ModelLoadError: names the model, quotes the low-level cause."""
+
+
+class BrokenModelOutput(AbstractDataset):
+    """A dataset whose save loads a model from a path that is not there, as a capture
+    dataset does: the error reaches the runner wrapped twice by Kedro (the dataset's save,
+    then the catalog's), with a long repr in front of the cause."""
+
+    def __init__(self, model: str, path: str):
+        self._model, self._path = model, path
+
+    def _describe(self) -> dict:
+        return {"model": self._model, "path": self._path, "note": "x" * 120}
+
+    def load(self):
+        raise NotImplementedError
+
+    def save(self, data) -> None:
+        try:
+            open(os.path.join(self._path, "config.json"))  # noqa: SIM115 - it is not there
+        except OSError as exc:
+            raise ModelUnavailableError(
+                f"model {self._model!r} ({self._path}) cannot be loaded: {exc}. "
+                "It is not a local folder."
+            ) from exc

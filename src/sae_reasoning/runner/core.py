@@ -4,8 +4,10 @@ Scheduling is Kedro's DAG at group granularity (`Pipeline.group_nodes_by("namesp
 a namespace group starts once every shared node and group it depends on has finished; a
 shared (un-namespaced) node runs in this process once everything it depends on has
 finished. A failing group does not stop the others; whatever depends on it is skipped,
+except a shared node that can do without the failed units' outputs (see
+`partial_inputs`: a node whose function takes `**kwargs` for them runs on what finished),
 and the run ends with a summary table, `logs/<run_id>/timeline.json` and an error naming
-the failed namespaces.
+the failed namespaces and the root cause of each failure (see errors.describe).
 
 A backend (`DeviceSlotRunner`: worker processes on device slots; `DaskRunner`: a Dask
 cluster) says where groups run: `_open`, `_start_groups`, `_poll`, `_cancel`, `_close`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import os
 import pickle
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from kedro.io.core import generate_timestamp
 from kedro.runner import AbstractRunner, Task
 
+from sae_reasoning.runner.errors import describe
 from sae_reasoning.runner.live import LiveView, wall_clock, write_timeline
 from sae_reasoning.runner.memory import MemoryNeed, estimate_group_memory, gb
 from sae_reasoning.runner.worker import LOG_FORMAT, GroupPayload
@@ -74,6 +78,10 @@ class UnitResult:
     current_node: str | None = None
     log_file: str | None = None
     memory_need_bytes: int | None = None
+    # A shared node run without the outputs of failed units (see `partial_inputs`):
+    # those units, and the inputs it went without.
+    left_out: list[str] = field(default_factory=list)
+    dropped_inputs: list[str] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float | None:
@@ -126,6 +134,12 @@ class RunState:
 
     def deps_done(self, unit: Unit) -> bool:
         return all(self.results[d].status == DONE_ for d in unit.deps)
+
+    def deps_settled(self, unit: Unit) -> bool:
+        return all(self.results[d].status in (DONE_, FAILED_, SKIPPED) for d in unit.deps)
+
+    def bad_deps(self, unit: Unit) -> list[str]:
+        return sorted(d for d in unit.deps if self.results[d].status in (FAILED_, SKIPPED))
 
     def pending_groups(self) -> list[Unit]:
         return [u for u in self.ordered
@@ -242,11 +256,11 @@ class NamespaceGroupRunner(AbstractRunner):
         live = LiveView(f"{self._name} {run_id}", self._log, self._live_mode, self._live_interval_s)
         with run_log(self.run_log_dir / "run.log", self._log):
             try:
-                if groups:
+                if groups:  # none (e.g. only shared nodes left to run): no backend at all
                     self._open(state, groups)  # may raise: nothing has run yet
                 opened = True
                 with live:
-                    self._loop(state, live)
+                    self._loop(state, live, has_groups=bool(groups))
             finally:
                 self._close(state)  # also when `_open` raised: a client or cluster may be up
                 if opened:
@@ -254,21 +268,24 @@ class NamespaceGroupRunner(AbstractRunner):
             self._log_summary()
         self._raise_on_failure()
 
-    def _loop(self, state: RunState, live: LiveView) -> None:
+    def _loop(self, state: RunState, live: LiveView, has_groups: bool = True) -> None:
         while True:
-            self._poll(state, timeout=0)
+            if has_groups:  # the backend was opened only then
+                self._poll(state, timeout=0)
             self._skip_downstream(state)
-            self._start_groups(state)
+            if has_groups:
+                self._start_groups(state)
             live.update(self.results, state.now())
             shared = next(
                 (u for u in state.ordered
                  if u.kind == "node" and state.results[u.name].status == PENDING
-                 and state.deps_done(u)),
+                 and (state.deps_done(u) or (state.deps_settled(u)
+                                             and partial_inputs(u, state) is not None))),
                 None,
             )
             if shared is not None:
                 self._run_shared(shared, state)
-            elif self._busy(state):
+            elif has_groups and self._busy(state):
                 self._poll(state, timeout=self._poll_s)
             elif any(r.status == PENDING for r in self.results):  # pragma: no cover
                 raise RuntimeError(f"{self._name}: nothing can run but units remain.")
@@ -326,7 +343,7 @@ class NamespaceGroupRunner(AbstractRunner):
         self._log.error(
             "Namespace %s FAILED on %s %s after %.1f s%s: %s (log %s)",
             r.name, self.place_word, r.slot, r.wall_s or 0.0, f" in node {node}" if node else "",
-            first_line(error), r.log_file,
+            first_line(error, 2000), r.log_file,
         )
         self._release_group(unit, state)
 
@@ -336,13 +353,20 @@ class NamespaceGroupRunner(AbstractRunner):
             self._release_datasets(nodes[name], state.catalog, state.load_counts, state.pipeline)
 
     def _skip_downstream(self, state: RunState) -> None:
+        """Skip what depends on a failed (or skipped) unit, but a shared node that can run
+        without its outputs (`partial_inputs`): it waits until its upstream has settled."""
         for unit in state.ordered:  # topological order: one pass propagates
             result = state.results[unit.name]
             if result.status not in (PENDING, STARTING):
                 continue
-            bad = sorted(d for d in unit.deps if state.results[d].status in (FAILED_, SKIPPED))
+            bad = state.bad_deps(unit)
             if not bad:
                 continue
+            if result.status == PENDING and unit.kind == "node":
+                if not state.deps_settled(unit) and can_drop(unit.nodes[0], lost_inputs(unit, state)):
+                    continue  # decide once everything it waits for has finished or failed
+                if state.deps_settled(unit) and partial_inputs(unit, state) is not None:
+                    continue  # `_loop` runs it without them
             was_started = result.status == STARTING
             result.status, result.error = SKIPPED, f"upstream failed: {', '.join(bad)}"
             if was_started:
@@ -354,12 +378,23 @@ class NamespaceGroupRunner(AbstractRunner):
         (node,) = unit.nodes
         result = state.results[unit.name]
         result.status, result.started = RUNNING, state.now()
+        if state.bad_deps(unit):  # `_loop` chose it: it can do without their outputs
+            node, dropped = partial_inputs(unit, state)
+            left_out = sorted({_owner(ds, state) for ds in dropped})
+            result.left_out, result.dropped_inputs = left_out, dropped
+            self._log.warning(
+                "Shared node %s runs on what finished, without the outputs of failed %s: "
+                "%s (its function takes **kwargs for them; left out: %s)",
+                node.name, "unit" if len(left_out) == 1 else "units", ", ".join(left_out),
+                ", ".join(dropped),
+            )
         try:
             Task(node=node, catalog=state.catalog, is_async=self._is_async,
                  hook_manager=state.hook_manager, run_id=state.run_id).execute()
         except Exception as exc:  # noqa: BLE001 - isolate the failure, report at the end
-            self._log.error("Shared node %s failed", node.name, exc_info=True)
-            result.status, result.error, result.failed_node = FAILED_, one_line(exc), node.name
+            error = describe(exc)
+            self._log.error("Shared node %s failed: %s", node.name, error, exc_info=True)
+            result.status, result.error, result.failed_node = FAILED_, error, node.name
         else:
             result.status, result.done_nodes = DONE_, [node.name]
             self._log.info("Completed node: %s", node.name)
@@ -428,7 +463,8 @@ class NamespaceGroupRunner(AbstractRunner):
             self._log.warning("Could not write %s: %s", self.timeline_path, exc)
 
     def _log_summary(self) -> None:
-        rows = [r for r in self.results if r.kind == "namespace" or r.status != DONE_]
+        rows = [r for r in self.results
+                if r.kind == "namespace" or r.status != DONE_ or r.left_out]
         if not rows:
             return
         header = ("namespace", "slot", "status", "wall", "nodes", "memory", "error")
@@ -439,7 +475,9 @@ class NamespaceGroupRunner(AbstractRunner):
                 f"{r.wall_s:.1f}s" if r.wall_s is not None else "-",
                 f"{len(r.done_nodes)}/{len(r.nodes)}",
                 r.memory or "-",
-                first_line(r.error, 100),
+                # The root cause comes first (errors.describe): never cut before it.
+                first_line(r.error, 1000)
+                or (f"ran without failed {', '.join(r.left_out)}" if r.left_out else ""),
             )
             for r in rows
         ]
@@ -456,7 +494,7 @@ class NamespaceGroupRunner(AbstractRunner):
             return
         skipped = [r.name for r in self.results if r.status == SKIPPED]
         parts = [
-            f"{r.name} ({first_line(r.error, 200)}"
+            f"{r.name} ({first_line(r.error, 1000)}"
             + (f", in node {r.failed_node}" if r.failed_node and r.kind == "namespace" else "")
             + ")"
             for r in failed
@@ -469,6 +507,9 @@ class NamespaceGroupRunner(AbstractRunner):
         message += ". Failures: " + "; ".join(parts)
         if skipped:
             message += f". Skipped (upstream failed): {', '.join(skipped)}"
+        partial = [f"{r.name} (without {', '.join(r.left_out)})" for r in self.results if r.left_out]
+        if partial:
+            message += f". Ran on what finished: {', '.join(partial)}"
         message += (
             f". Logs: {self.run_log_dir}. Re-run with --only-missing-outputs to run only "
             "what did not finish."
@@ -542,6 +583,58 @@ def plan(pipeline: Pipeline, runner: str = "The runner") -> dict[str, Unit]:
             "cannot sit between two of its nodes. Put that node inside the namespace."
         ) from exc
     return units
+
+
+def lost_inputs(unit: Unit, state: RunState) -> list[str]:
+    """The inputs of shared node `unit` that failed (or skipped) units were to produce."""
+    bad = set(state.bad_deps(unit))
+    return sorted(ds for ds in unit.nodes[0].inputs if _owner(ds, state) in bad)
+
+
+def _owner(dataset: str, state: RunState) -> str | None:
+    """The unit whose node outputs `dataset` (None: an input of the run)."""
+    return next((u.name for u in state.ordered for n in u.nodes if dataset in n.outputs), None)
+
+
+def can_drop(node, datasets: list[str]) -> bool:
+    """Whether `node` can run without `datasets`: its inputs are a dict (Kedro calls its
+    function with keyword arguments) and the function takes each of those keywords only
+    through `**kwargs`, so that leaving them out still makes a valid call."""
+    inputs = getattr(node, "_inputs", None)
+    if not datasets or not isinstance(inputs, dict):
+        return False
+    try:
+        params = inspect.signature(node.func).parameters
+    except (TypeError, ValueError):  # no signature (a builtin, some callables)
+        return False
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return False
+    named = {name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    lost = set(datasets)
+    return all(key not in named for key, ds in inputs.items() if ds in lost)
+
+
+def partial_inputs(unit: Unit, state: RunState):
+    """For a shared node downstream of failed (or skipped) units: `(the node without their
+    outputs, the inputs dropped)` when it can run on what finished, else None.
+
+    The rule (generic, nothing project-specific): every input it loses is passed as a
+    keyword that its function takes only through `**kwargs` (`can_drop`), and at least one
+    input it takes that way remains: a node left with nothing to work on (every namespace
+    failed) is skipped. Whatever a failed unit produced is dropped, also the outputs of
+    its nodes that finished, so a namespace is left out as a whole.
+    """
+    if unit.kind != "node" or not state.bad_deps(unit):
+        return None
+    (node,) = unit.nodes
+    lost = lost_inputs(unit, state)
+    if not can_drop(node, lost):
+        return None
+    params = inspect.signature(node.func).parameters
+    kept = {k: ds for k, ds in node._inputs.items() if ds not in set(lost)}
+    if not any(k not in params for k in kept):  # nothing left for its **kwargs
+        return None
+    return node._copy(inputs=kept), lost
 
 
 def ancestors(units: dict[str, Unit]) -> dict[str, set[str]]:

@@ -15,7 +15,9 @@ filesystem mounted at the same path everywhere).
 
 Without an address a cluster is started on this machine: dask-cuda's `LocalCUDACluster`
 (one worker per GPU) when there are GPUs, else a `LocalCluster` of one single-threaded
-worker per CPU slot.
+worker per CPU slot. It listens on 127.0.0.1 only (scheduler, nannies, workers and the
+dashboard), unless `host` / `dashboard_address` say otherwise. No cluster is started when
+no namespace is left to run (e.g. `--pipeline=reporting`).
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ from sae_reasoning.runner.core import (
     configured_package,
     crossings,
     ephemeral,
-    one_line,
     safe_name,
 )
+from sae_reasoning.runner.errors import describe
 from sae_reasoning.runner.heap import no_trim_threshold, restore_dynamic_thresholds
 from sae_reasoning.runner.memory import check_fits_somewhere, fits, gb, worker_memory
 from sae_reasoning.runner.preload import import_project
@@ -79,6 +81,12 @@ class DaskRunner(NamespaceGroupRunner):
             untouched on a given cluster.
         memory_gb: each worker's memory for the fit check; default measured on the workers
             (a GPU worker's free GPU memory, else the worker's memory limit).
+        host: the interface a local cluster's scheduler, nannies and workers listen on;
+            default 127.0.0.1 (this machine only).
+        dashboard_address: where a local cluster's dashboard listens; default
+            "127.0.0.1:0" (this machine only, any free port; Dask's own default, ":0" or
+            ":8787", listens on every interface); "none" or "" for no dashboard (the
+            scheduler then serves only Dask's health routes, on `host`).
         log_dir, package_name, memory, live, live_interval_s, is_async: see
             `NamespaceGroupRunner`.
     """
@@ -93,6 +101,8 @@ class DaskRunner(NamespaceGroupRunner):
         gpu: str | bool = "auto",
         threads_per_group: int | str | None = None,
         memory_gb: float | str | None = None,
+        host: str = "127.0.0.1",
+        dashboard_address: str | None = "127.0.0.1:0",
         log_dir: str | os.PathLike = "logs",
         package_name: str | None = None,
         memory: str = "auto",
@@ -110,6 +120,10 @@ class DaskRunner(NamespaceGroupRunner):
             raise ValueError(f"gpu={gpu!r}: expected 'auto', 'true' or 'false'.")
         self._threads = int(threads_per_group) if threads_per_group else None
         self._memory_gb = float(memory_gb) if memory_gb not in (None, "", "auto") else None
+        self._host = str(host or "127.0.0.1")
+        off = dashboard_address is None or str(dashboard_address).strip().lower() in (
+            "", "none", "off", "false", "no")
+        self._dashboard_address = None if off else str(dashboard_address).strip()
         self.workers: dict[str, dict] = {}  # address -> {"host", "memory_bytes", "gpu"}
         self.use_gpu = False
         self.cluster: Any = None
@@ -205,11 +219,11 @@ class DaskRunner(NamespaceGroupRunner):
             n = self._n_workers or len(gpus)
             return LocalCUDACluster(
                 CUDA_VISIBLE_DEVICES=",".join(gpus[:n]), threads_per_worker=1,
-                resources={"GPU": 1}, host="127.0.0.1", dashboard_address=":0",
+                resources={"GPU": 1}, host=self._host, dashboard_address=self._dashboard_address,
             )
         n = self._n_workers or max(1, min(n_groups, cpu_cores()))
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address=":0")
+                            host=self._host, dashboard_address=self._dashboard_address)
 
     def _places(self) -> list[dict]:
         return [{"name": a, **w} for a, w in self.workers.items()]
@@ -286,7 +300,7 @@ class DaskRunner(NamespaceGroupRunner):
                     self._failed(unit, state, out["error"], out["node"], at=at)
             else:  # the task itself failed: a worker died (KilledWorker), or was cancelled
                 exc = future.exception() if future.status == "error" else None
-                error = one_line(exc) if exc is not None else f"task {future.status}"
+                error = describe(exc) if exc is not None else f"task {future.status}"
                 self._failed(unit, state, error, result.current_node)
 
     def _read_events(self, state: RunState) -> None:
@@ -425,7 +439,7 @@ def _log_warm_up(log: logging.Logger, futures: list) -> None:
                  len(done), ", ".join(f"{t:.1f}" for t in done))
     failed = [f for f in futures if f.status == "error"]
     for f in failed:  # a namespace task on that worker meets the same error and reports it
-        log.warning("DaskRunner: warming up a worker failed: %s", one_line(f.exception()))
+        log.warning("DaskRunner: warming up a worker failed: %s", describe(f.exception()))
 
 
 def _log_handlers(log_path: str, buffer: io.StringIO) -> list[logging.Handler]:

@@ -38,6 +38,7 @@ from kedro.framework.project import configure_project, settings, validate_settin
 from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner, Task
 
+from sae_reasoning.runner.errors import describe
 from sae_reasoning.runner.slots import THREAD_ENV_VARS, Slot
 
 # Worker -> parent.
@@ -163,16 +164,18 @@ class GroupFailed(Exception):
 
 
 def failure(exc: BaseException) -> dict:
-    """What a worker reports about a failed group: the error, the node, the traceback."""
+    """What a worker reports about a failed group: the error (its root cause first, see
+    errors.describe), the node, the traceback."""
     node, done = None, []
     if isinstance(exc, GroupFailed):
         node, done, exc = exc.node, exc.done_nodes, exc.__cause__ or exc
+    error = describe(exc)
     logging.getLogger(__name__).error(
-        "Namespace failed%s", f" in node {node}" if node else "",
+        "Namespace failed%s: %s", f" in node {node}" if node else "", error,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
     return {
-        "error": f"{type(exc).__name__}: {exc}",
+        "error": error,
         "node": node,
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "done_nodes": done,
