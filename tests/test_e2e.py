@@ -5,70 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.tiny_project import KEDRO, copy_project, kedro, make_tiny_env
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-KEDRO = str(Path(sys.executable).with_name("kedro"))
-
-
-def _yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def make_tiny_env(project: Path, model_dirs: dict) -> None:
-    base, env = project / "conf" / "base", project / "conf" / "tiny"
-    env.mkdir(parents=True)
-    catalog = {
-        "tiny_llama.model": {"type": "sae_reasoning.datasets.model.ModelDataset", "name": "tiny_llama",
-                             "pretrained_model_name_or_path": str(model_dirs["llama"])},
-        "tiny_gpt2.model": {"type": "sae_reasoning.datasets.model.ModelDataset", "name": "tiny_gpt2",
-                            "pretrained_model_name_or_path": str(model_dirs["gpt2"])},
-    }
-    raw = _yaml(base / "catalog_data_loading.yml")
-    for name, size in (("gsm8k_raw", 40), ("math_raw", 40), ("logic_raw", 40)):
-        catalog[name] = {**raw[name], "size": size}
-    (env / "catalog.yml").write_text(yaml.safe_dump(catalog))
-
-    params = {"models": {"tiny_llama": {"layers": [1]}, "tiny_gpt2": {"layers": [2]}}}
-    data = _yaml(base / "parameters_data_loading.yml")["data_loading"]
-    for b in data["benchmarks"].values():
-        b.update(n_examples=12, n_shots=2, shot_pool=4)
-    params["data_loading"] = data
-    sae = _yaml(base / "parameters_sae_training.yml")["sae_training"]
-    sae.update(expansion_factor=4, batch_size=256, epochs=2, checkpoint_every=5, progress=False,
-               init_sample_tokens=512, eval_every=5)
-    params["sae_training"] = sae
-    causal = _yaml(base / "parameters_causal.yml")["causal"]
-    # Tiny random models answer at chance: analyse every benchmark anyway, to run the whole path
-    # (the gate itself is tested in tests/causal/test_selection.py).
-    causal.update(top_k=4, n_random_controls=3, n_null_features=20, stats_tokens=500, batch_size=8,
-                  require_above_chance=False)
-    params["causal"] = causal
-    (env / "parameters.yml").write_text(yaml.safe_dump(params))
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dirs):
-    root = tmp_path_factory.mktemp("project")
-    shutil.copy(REPO / "pyproject.toml", root)
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    root = copy_project(tmp_path_factory.mktemp("project"))
     make_tiny_env(root, tiny_model_dirs)
     return root
-
-
-def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run([KEDRO, "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=1200)
 
 
 def test_phase4_end_to_end(project):

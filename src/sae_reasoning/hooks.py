@@ -7,6 +7,7 @@ run once per `kedro run`, in the main process.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class RunLockHook:
     def __init__(self, data_folder: str = "data"):
         self._data_folder = data_folder
         self._lock = None
+        self._atexit = False
 
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -79,6 +81,11 @@ class RunLockHook:
 
             raise click.ClickException(str(exc)) from None
         self._lock = lock
+        if not self._atexit:
+            # Kedro calls on_pipeline_error for Exceptions only: after Ctrl-C
+            # (KeyboardInterrupt) the process exits without either hook, so release there.
+            atexit.register(self._release)
+            self._atexit = True
 
     def _release(self) -> None:
         if self._lock is not None:
