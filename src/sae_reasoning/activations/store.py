@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
