@@ -30,7 +30,7 @@ def activation_summary(activations) -> dict:
     return out
 
 
-def build(models: dict[str, dict], prompts: pd.DataFrame) -> dict:
+def build(models: dict[str, dict], prompts: pd.DataFrame, missing: list[str] = ()) -> dict:
     """models: namespace -> {baseline, sae_metrics, activations, effects, ranking, summary, contexts};
     prompts: the prompts table every model was scored on (for the chance baselines)."""
     baseline = pd.concat([m["baseline"].assign(model=ns) for ns, m in models.items()], ignore_index=True)
@@ -48,7 +48,8 @@ def build(models: dict[str, dict], prompts: pd.DataFrame) -> dict:
             "causal_test_results": causal, "feature_importance_ranking": ranking,
             "top_activating_contexts": contexts,
             "markdown": markdown(baseline, training, {ns: c["hook_points"] for ns, c in causal.items()}, ranking,
-                                 contexts, chance=chance, selection=selection, sources=_sources(prompts))}
+                                 contexts, chance=chance, selection=selection, sources=_sources(prompts),
+                                 missing=list(missing))}
 
 
 def _sources(prompts: pd.DataFrame) -> dict[str, str]:
@@ -164,11 +165,15 @@ DEPARTURES = [
 
 
 def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict, contexts: dict | None = None, *,
-             chance: dict | None = None, selection: dict | None = None, sources: dict | None = None) -> str:
+             chance: dict | None = None, selection: dict | None = None, sources: dict | None = None,
+             missing: list[str] | None = None) -> str:
     contexts, chance, selection, sources = contexts or {}, chance or {}, selection or {}, sources or {}
     L = ["# Phase 4 report: SAE features that models use to answer reasoning problems",
          "", f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Models: "
          + ", ".join(f"`{m}`" for m in training) + ".", ""]
+    if missing:
+        L += [f"**Not in this report: {', '.join(f'`{m}`' for m in missing)}** (configured, but its namespace did "
+              "not finish in this run; the run's summary and `logs/<run_id>/<model>.log` say why).", ""]
     L += baseline_section(baseline, chance, sources)
     L += activations_section(training)
     L += ["## 3. Causal effects of SAE features", "", *METHODS, "",

@@ -43,7 +43,10 @@ def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_pat
                    "Token-driven or reasoning?", "Marks et al.'s default", "error term kept everywhere",
                    "of alive features", "analysed arith, logic", "Δ logit diff"):
         assert needle in md, needle
-    assert "above chance | gold" in md and "| arith |" in md
+    assert "above chance | gold" in md and "| arith |" in md and "Not in this report" not in md
+    # A model whose namespace failed (the runner runs the report on what finished) is named.
+    md = build_report(prompts, {"tiny": {}, "broken": {}}, **inputs)[0]
+    assert "**Not in this report: `broken`**" in md and "Models: `tiny`." in md
     assert ctx == {"tiny": contexts["hook_points"]}
     assert len(figs) == 3  # baseline, effects, and a placeholder: no planted-dictionary check given
     # The pipeline reads each model's contexts and writes the combined JSON.

@@ -6,14 +6,17 @@ from sae_reasoning.reporting import plots, report
 from sae_reasoning.sae.plots import plot_planted_recovery
 
 
-def build_report(prompts, **inputs):
-    """prompts: the prompts table; other inputs are named `<model>__<kind>`; outputs: markdown,
-    four JSON files, three figures."""
+def build_report(prompts, configured: dict | None = None, **inputs):
+    """prompts: the prompts table; configured: the `models` parameters (every model of the
+    study); other inputs are named `<model>__<kind>`, and a model whose namespace failed comes
+    without them (the runner runs this node on what finished); outputs: markdown, four JSON
+    files, three figures."""
     models: dict[str, dict] = {}
     for key, value in inputs.items():
         model, kind = key.rsplit("__", 1)
         models.setdefault(model, {})[kind] = value
-    r = report.build(models, prompts)
+    missing = [m for m in (configured or {}) if m not in models]
+    r = report.build(models, prompts, missing=missing)
     planted = report.planted_dictionary(r["training_summary"])
     planted_plot = plot_planted_recovery(planted) if planted else plots.empty("no planted-dictionary check in this run")
     effects_plot = (plots.feature_effects(r["effects"]) if len(r["effects"])

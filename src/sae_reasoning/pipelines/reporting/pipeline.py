@@ -15,7 +15,8 @@ SOURCES = {
 def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
     from sae_reasoning.pipelines.reporting.nodes import build_report
 
-    inputs = {"prompts": "prompts", **{f"{m}__{kind}": f"{m}.{ds}" for m in models for kind, ds in SOURCES.items()}}
+    inputs = {"prompts": "prompts", "configured": "params:models",
+              **{f"{m}__{kind}": f"{m}.{ds}" for m in models for kind, ds in SOURCES.items()}}
     return Pipeline([
         Node(build_report, inputs,
              ["phase4_report", "training_summary", "causal_test_results", "feature_importance_ranking",
