@@ -302,8 +302,8 @@ def _question_text(value: Any, column: str) -> str:
     return str(value).strip()
 
 
-def _template(value: Any) -> str | None:
-    """A template cell as text (``12`` -> ``"12"``); None when absent."""
+def _optional_text(value: Any) -> str | None:
+    """An optional cell (template, source) as text (``12`` -> ``"12"``); None when absent."""
     if _is_missing(value):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -312,7 +312,7 @@ def _template(value: Any) -> str | None:
 
 
 def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
-    extra = {"template": _template(row.get("template")), "source": _template(row.get("source"))}
+    extra = {"template": _optional_text(row.get("template")), "source": _optional_text(row.get("source"))}
     if benchmark == "gsm8k":
         question = _question_text(row["question"], "question")
         if _is_missing(row["answer"]):
