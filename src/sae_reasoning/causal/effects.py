@@ -125,12 +125,6 @@ def _per_feature(calls: pd.DataFrame) -> dict:
     return out
 
 
-def feature_important(eff: pd.DataFrame, feature: int, role: str) -> bool:
-    """Called important in any mode, benchmark or endpoint (the rule controls go through too)."""
-    d = eff[(eff["feature"] == feature) & (eff["role"] == role)]
-    return bool(d["important"].fillna(False).astype(bool).any())
-
-
 def effect_dict(row, keys=None) -> dict:
     """JSON-ready effect of one (condition, benchmark) row."""
     keys = keys or ("n", "delta_logprob", "delta_logprob_lo", "delta_logprob_hi", "delta_accuracy",

@@ -23,7 +23,9 @@ def ranking_of(eff: pd.DataFrame, circuit: list[int]) -> list[dict]:
     out = []
     for r, row in enumerate(zero.itertuples()):
         feat = int(row.feature)
-        mine = here[here["feature"] == feat]
+        # Every row of the feature (modes, benchmarks): the rows the call counts in the summary.
+        mine = eff[(eff["feature"] == feat) & (eff["role"] == "candidate")]
+        called = mine["important"].fillna(False).astype(bool)
         per_bench = eff[(eff["feature"] == feat) & (eff["role"] == "candidate") & (eff["mode"] == "zero")
                         & (eff["benchmark"] != "all")]
         out.append({
@@ -36,8 +38,8 @@ def ranking_of(eff: pd.DataFrame, circuit: list[int]) -> list[dict]:
             "p_accuracy_mcnemar": float(row.p_accuracy), "q_accuracy": _f(row.q_accuracy),
             "q_logit_diff": _f(row.q_logit_diff), "null_threshold_logprob": _f(row.null_threshold_logprob),
             # Important in any mode, benchmark or endpoint (the rule the controls go through).
-            "important": bool(mine["important"].fillna(False).astype(bool).any()),
-            "important_modes": sorted(mine.loc[mine["important"].fillna(False).astype(bool), "mode"].unique()),
+            "important": bool(called.any()),
+            "important_modes": sorted(mine.loc[called, "mode"].unique()),
             "kl": float(row.kl), "attribution_estimate": float(row.attribution), "firing_rate": float(row.firing_rate),
             "in_circuit": feat in circuit,
             "per_benchmark": {b: effect_dict(x) for b, x in per_bench.set_index("benchmark").iterrows()},

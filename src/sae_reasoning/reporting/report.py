@@ -14,7 +14,7 @@ import pandas as pd
 
 from sae_reasoning.chance import CHANCE_RULE, baseline_vs_chance
 from sae_reasoning.reporting.causal_section import METHODS, hook_section, selection_lines
-from sae_reasoning.reporting.fmt import fmt as _fmt
+from sae_reasoning.reporting.fmt import fmt as _fmt, md
 
 
 def activation_summary(activations) -> dict:
@@ -97,14 +97,10 @@ def baseline_section(baseline: pd.DataFrame, chance: dict, sources: dict) -> lis
         fmt_ = d["prompt_format"].iloc[0] if "prompt_format" in d else "answer_only"
         lo, hi = c["ci"]
         L.append(f"| {model} | {benchmark_name(bench, sources)} | {fmt_} ({c['accuracy_method']}) | {c['n']} | "
-                 f"{c['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {c['chance']:.1%} ({md_cell(c['constant_answer'])}) | "
+                 f"{c['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {c['chance']:.1%} ({md(str(c['constant_answer']))[:40]}) | "
                  f"{c['p_value']:.2g} | {'**yes**' if c['above_chance'] else 'no'} | {d.gold_logprob.mean():.2f} | "
                  f"{_fmt(own, pct=True)} |")
     return L + ["", "![baseline accuracy](baseline_accuracy.png)", ""]
-
-
-def md_cell(text) -> str:
-    return str(text).replace("\n", "↵").replace("|", "\\|")[:40]
 
 
 def sae_lines(model: str, hook: str, m: dict) -> list[str]:
