@@ -95,6 +95,13 @@ class Run:
         return next((t for t, line in self.lines if re.search(pattern, line)), None)
 
 
+def _default_sigint() -> None:
+    """A job started in the background of a non-interactive shell (CI may be one) inherits
+    SIGINT ignored, and Python then never raises KeyboardInterrupt: give the run the
+    disposition a terminal's Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_kedro(project: Path, *, trigger: str | None = None, delay: float = 0.0, until: str | None = None,
               sig: int = signal.SIGKILL) -> Run:
     """Run phase4 in its own process group; with `trigger`, send `sig` to the group `delay`
@@ -106,7 +113,8 @@ def run_kedro(project: Path, *, trigger: str | None = None, delay: float = 0.0, 
     run, fired, ended = Run(), threading.Event(), threading.Event()
     start = time.monotonic()
     proc = subprocess.Popen([KEDRO, "run", *RUN_ARGS], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+                            preexec_fn=_default_sigint)
 
     def read() -> None:
         for line in proc.stdout:
