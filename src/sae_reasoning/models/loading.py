@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sae_reasoning.activations.store import sha256_file
+from sae_reasoning.ledger import install_token_counter
 from sae_reasoning.models.hooks import transformer_blocks
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None) -> Lan
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     model.requires_grad_(False)
+    install_token_counter(model)  # the resource ledger's tokens (ledger.py)
     log.info("loaded %s: %d layers, d_model %d, on %s", spec.name,
              len(transformer_blocks(model)), model.config.hidden_size, device)
     return LanguageModel(spec.name, model, tokenizer)

@@ -35,6 +35,7 @@ from kedro.runner import AbstractRunner, Task
 from sae_reasoning.runner.errors import describe
 from sae_reasoning.runner.live import LiveView, wall_clock, write_timeline
 from sae_reasoning.runner.memory import MemoryNeed, estimate_group_memory, gb
+from sae_reasoning.runner.node_metrics import NodeMeter, take, totals
 from sae_reasoning.runner.worker import LOG_FORMAT, GroupPayload
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class UnitResult:
     # those units, and the inputs it went without.
     left_out: list[str] = field(default_factory=list)
     dropped_inputs: list[str] = field(default_factory=list)
+    # node -> what it cost (node_metrics.NodeMeter's figures + what the project published)
+    node_resources: dict[str, dict] = field(default_factory=dict)
 
     @property
     def wall_s(self) -> float | None:
@@ -97,6 +100,7 @@ class UnitResult:
         d = asdict(self)
         d["wall_s"] = self.wall_s
         d["nodes_done"], d["nodes_total"] = len(self.done_nodes), len(self.nodes)
+        d["resources"] = totals(self.node_resources)
         for key in ("launched", "ready", "started", "finished", "wall_s"):
             if d[key] is not None:
                 d[key] = round(d[key], 3)
@@ -313,9 +317,12 @@ class NamespaceGroupRunner(AbstractRunner):
             f" (pid {pid})" if pid else "", result.log_file,
         )
 
-    def _on_node_event(self, result: UnitResult, event: str, node: str) -> None:
+    def _on_node_event(self, result: UnitResult, event: str, node: str,
+                       metrics: dict | None = None) -> None:
         from sae_reasoning.runner.worker import NODE_DONE, NODE_START
 
+        if metrics:  # NODE_DONE and NODE_FAILED carry what the node cost
+            result.node_resources[node] = metrics
         if event == NODE_START:
             result.current_node = node
         elif event == NODE_DONE and node not in result.done_nodes:
@@ -388,9 +395,11 @@ class NamespaceGroupRunner(AbstractRunner):
                 node.name, "unit" if len(left_out) == 1 else "units", ", ".join(left_out),
                 ", ".join(dropped),
             )
+        meter = NodeMeter()
         try:
-            Task(node=node, catalog=state.catalog, is_async=self._is_async,
-                 hook_manager=state.hook_manager, run_id=state.run_id).execute()
+            with meter:
+                Task(node=node, catalog=state.catalog, is_async=self._is_async,
+                     hook_manager=state.hook_manager, run_id=state.run_id).execute()
         except Exception as exc:  # noqa: BLE001 - isolate the failure, report at the end
             error = describe(exc)
             self._log.error("Shared node %s failed: %s", node.name, error, exc_info=True)
@@ -400,6 +409,7 @@ class NamespaceGroupRunner(AbstractRunner):
             self._log.info("Completed node: %s", node.name)
             self._release_datasets(node, state.catalog, state.load_counts, state.pipeline)
         result.finished = state.now()
+        result.node_resources[node.name] = meter.figures(take())
 
     def _payload(self, unit: Unit, catalog: CatalogProtocol, run_id: str) -> bytes:
         names = sorted({ds for n in unit.nodes for ds in (*n.inputs, *n.outputs)})

@@ -52,6 +52,7 @@ from sae_reasoning.runner.slots import cpu_cores, visible_gpus
 from sae_reasoning.runner.worker import (
     LOG_FORMAT,
     NODE_DONE,
+    NODE_FAILED,
     NODE_START,
     _bootstrap,
     _set_threads,
@@ -280,11 +281,12 @@ class DaskRunner(NamespaceGroupRunner):
                 wait(list(futures.values()), timeout=timeout, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 pass
+        # Which groups finished, before reading the events: the worker sent a group's events
+        # (node figures included) before its result, so they are all in by now.
+        finished = [name for name, future in futures.items() if future.done()]
         self._read_events(state)
-        for name, future in list(futures.items()):
-            if not future.done():
-                continue
-            del futures[name]
+        for name in finished:
+            future = futures.pop(name)
             unit, result = state.units[name], state.results[name]
             if future.status == "finished":
                 out = future.result()
@@ -315,8 +317,8 @@ class DaskRunner(NamespaceGroupRunner):
                 result.ready = msg["time"] - state.wall_t0
                 self._started(result, state, msg["worker"], msg.get("pid"),
                               at=msg["time"] - state.wall_t0)
-            elif msg["event"] in (NODE_START, NODE_DONE):
-                self._on_node_event(result, msg["event"], msg["node"])
+            elif msg["event"] in (NODE_START, NODE_DONE, NODE_FAILED):
+                self._on_node_event(result, msg["event"], msg["node"], msg.get("metrics"))
 
     def _keep_log(self, log_file: str | None, text: str) -> None:
         # A worker on another machine wrote the log on its own disk: keep a copy here.

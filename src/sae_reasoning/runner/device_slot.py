@@ -46,6 +46,7 @@ from sae_reasoning.runner.worker import (
     FAILED,
     GO,
     NODE_DONE,
+    NODE_FAILED,
     NODE_START,
     READY,
     STOP,
@@ -309,8 +310,8 @@ class DeviceSlotRunner(NamespaceGroupRunner):
         if event == READY:
             worker.result.ready = state.now()
             self._log.debug("Namespace %s: worker ready", worker.result.name)
-        elif event in (NODE_START, NODE_DONE):
-            self._on_node_event(worker.result, event, msg["node"])
+        elif event in (NODE_START, NODE_DONE, NODE_FAILED):
+            self._on_node_event(worker.result, event, msg["node"], msg.get("metrics"))
         elif event == DONE:
             self._succeeded(worker.unit, state)
             self._finalise(worker)

@@ -107,7 +107,11 @@ def _elapsed(r: UnitResult, now: float) -> str:
 def write_timeline(path: Path, *, runner: str, run_id: str, started_at: float, wall_s: float,
                    places: list[dict], results: list[UnitResult]) -> None:
     """logs/<run_id>/timeline.json: each namespace's (and shared node's) start and end on
-    its slot, in seconds since the run started, plus what it needed and how it ended."""
+    its slot, in seconds since the run started, plus what it needed and how it ended, and
+    what each node cost (`node_resources`: wall, device, peak memory, device-hours, tokens
+    where the project publishes them; summed per unit in `resources` and for the run)."""
+    from sae_reasoning.runner.node_metrics import totals
+
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "runner": runner,
@@ -115,6 +119,7 @@ def write_timeline(path: Path, *, runner: str, run_id: str, started_at: float, w
         "started_at": datetime.fromtimestamp(started_at, timezone.utc).isoformat(),
         "wall_s": round(wall_s, 3),
         "slots": places,
+        "resources": totals({f"{r.name}/{n}": m for r in results for n, m in r.node_resources.items()}),
         "units": [r.as_dict() for r in results],
     }
     path.write_text(json.dumps(doc, indent=2))

@@ -39,12 +39,14 @@ from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner, Task
 
 from sae_reasoning.runner.errors import describe
+from sae_reasoning.runner.node_metrics import NodeMeter, take
 from sae_reasoning.runner.slots import THREAD_ENV_VARS, Slot
 
 # Worker -> parent.
 READY = "ready"
 NODE_START = "node_start"
 NODE_DONE = "node_done"
+NODE_FAILED = "node_failed"  # before FAILED: the failed node's figures (node_metrics)
 DONE = "done"
 FAILED = "failed"
 # Parent -> worker.
@@ -124,7 +126,8 @@ def run_group(
 def execute_group(group: GroupPayload, hook_manager, notify, between_nodes=None) -> list[str]:
     """Run the group's nodes in topological order with Kedro's `Task` (hooks included),
     releasing datasets as SequentialRunner does; `notify(event, **info)` hears each node
-    start and finish; `between_nodes()` runs before each node. Returns the completed
+    start and finish (with its `metrics`: node_metrics.NodeMeter's figures plus what the
+    project published); `between_nodes()` runs before each node. Returns the completed
     nodes; a failing node raises `GroupFailed`."""
     logger = logging.getLogger(__name__)
     pipeline = Pipeline(group.nodes)  # topologically sorted
@@ -136,22 +139,25 @@ def execute_group(group: GroupPayload, hook_manager, notify, between_nodes=None)
             between_nodes()
         logger.info("Running node %d/%d: %s", i, total, node.name)
         notify(NODE_START, node=node.name, time=time.time())
+        meter = NodeMeter()
         try:
-            Task(
-                node=node,
-                catalog=group.catalog,
-                is_async=group.is_async,
-                hook_manager=hook_manager,
-                run_id=group.run_id,
-            ).execute()
+            with meter:
+                Task(
+                    node=node,
+                    catalog=group.catalog,
+                    is_async=group.is_async,
+                    hook_manager=hook_manager,
+                    run_id=group.run_id,
+                ).execute()
         except BaseException as exc:  # KeyboardInterrupt included: reported as a failure
+            notify(NODE_FAILED, node=node.name, time=time.time(), metrics=meter.figures(take()))
             raise GroupFailed(node.name, done_nodes) from exc
         logger.info("Completed node: %s", node.name)
         logger.info("Completed %d out of %d tasks", i, total)
         # Same bookkeeping as SequentialRunner: free what no later node needs.
         AbstractRunner._release_datasets(node, group.catalog, load_counts, pipeline)
         done_nodes.append(node.name)
-        notify(NODE_DONE, node=node.name, time=time.time())
+        notify(NODE_DONE, node=node.name, time=time.time(), metrics=meter.figures(take()))
     return done_nodes
 
 

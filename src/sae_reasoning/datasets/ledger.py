@@ -1,0 +1,41 @@
+"""`ResourceLedgerDataset`: the resource ledger's records as a table (read only).
+
+The records are written by `hooks.ResourceLedgerHook` while nodes run, never by a node,
+so `save` refuses. load() -> pandas DataFrame, one row per node and run (ledger.py has
+the fields), oldest first; an empty table (with those columns) before any run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kedro.io import AbstractDataset, DatasetError
+
+from sae_reasoning.ledger import read_records
+
+COLUMNS = ["run_id", "node", "namespace", "stage", "status", "error", "started_at", "finished_at",
+           "wall_s", "device", "device_name", "devices", "peak_memory_bytes", "peak_rss_bytes",
+           "rss_at_start_bytes", "device_hours", "tokens", "model_tokens", "sae_training_tokens", "host", "pid"]
+
+
+class ResourceLedgerDataset(AbstractDataset[None, pd.DataFrame]):
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> pd.DataFrame:
+        records = read_records(self.path)
+        return pd.DataFrame(records, columns=list(dict.fromkeys(
+            COLUMNS + [k for r in records for k in r])))
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"resource ledger {self.path}: written by ResourceLedgerHook while nodes "
+                           "run (settings.py), not by a node")
+
+    def _exists(self) -> bool:
+        return self.path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
