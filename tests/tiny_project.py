@@ -46,6 +46,8 @@ def make_tiny_env(project: Path, model_dirs: dict, models: dict | None = None,
     raw = _yaml(base / "catalog_data_loading.yml")
     for name, size in (("gsm8k_raw", 40), ("math_raw", 40), ("logic_raw", 40)):
         catalog[name] = {**raw[name], "size": size}
+    corpus = raw["sae_corpus"]   # a small SAE training corpus of the same tasks
+    catalog["sae_corpus"] = {**corpus, "benchmarks": {b: {**cfg, "size": 20} for b, cfg in corpus["benchmarks"].items()}}
     (env / "catalog.yml").write_text(yaml.safe_dump(catalog))
 
     params = {"models": {name: {"layers": layers} for name, (_, layers) in models.items()}}
@@ -57,6 +59,9 @@ def make_tiny_env(project: Path, model_dirs: dict, models: dict | None = None,
     sae.update(expansion_factor=4, batch_size=256, epochs=2, checkpoint_every=5, progress=False,
                init_sample_tokens=512, eval_every=5)
     params["sae_training"] = sae
+    capture = _yaml(base / "parameters_capture.yml")["capture"]
+    capture["corpus"].update(max_tokens=1500, context_tokens=64)
+    params["capture"] = capture
     causal = _yaml(base / "parameters_causal.yml")["causal"]
     # Tiny random models answer at chance: analyse every benchmark anyway, to run the whole path
     # (the gate itself is tested in tests/causal/test_selection.py).

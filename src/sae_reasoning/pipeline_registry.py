@@ -12,7 +12,7 @@ from sae_reasoning.hooks import run_config_loader
 from sae_reasoning.pipelines import capture, causal, data_loading, reporting, sae_training, validate
 
 # Dataset inputs that every model reads stay un-namespaced.
-SHARED_DATASETS = {"prompts", "examples"}
+SHARED_DATASETS = {"prompts", "examples", "sae_corpus"}
 
 # Stages that run once per model, each inside that model's namespace.
 PER_MODEL_STAGES = {

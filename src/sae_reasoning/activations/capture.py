@@ -88,17 +88,34 @@ class CaptureJob:
                 return False
         return True
 
+    # What each folder's rows are (the manifest's "tokens"), and the progress bar's label.
+    TOKENS = "each example's question and gold answer; the shared few-shot block excluded"
+    LABEL = "capture"
+
+    def names(self) -> list[str]:
+        """The folders this job writes under its root, one per benchmark."""
+        return list(dict.fromkeys(self.prompts["benchmark"]))
+
+    def _validate(self) -> None:
+        if len(self.prompts) == 0:
+            raise ValueError(f"capture {self.model.name}: the prompts table is empty; nothing to capture")
+
+    def _pack(self, lm: LanguageModel, todo: list[str]) -> list[PackedBenchmark]:
+        """The token sequences of the folders in `todo`, checked against the context window."""
+        encoded = pack_prompts(lm.tokenizer, self.prompts, todo)
+        check_context(self.model.name, lm.model.config, encoded, self.prompts)
+        return encoded
+
     def run(self, root: str | Path) -> dict:
         """Write every benchmark's shard folders under root; returns a summary."""
         root = Path(root)
-        if len(self.prompts) == 0:
-            raise ValueError(f"capture {self.model.name}: the prompts table is empty; nothing to capture")
+        self._validate()
         if self.dtype not in DTYPES:
             raise ValueError(f"capture {self.model.name}: storage dtype {self.dtype!r}; "
                              f"expected one of {sorted(DTYPES)}")
         _check_writable(root)
         fingerprint = self.fingerprint()
-        benchmarks = list(dict.fromkeys(self.prompts["benchmark"]))
+        benchmarks = self.names()
         todo = [b for b in benchmarks if not self._reusable(root / b, fingerprint)]
         for b in set(benchmarks) - set(todo):
             log.info("capture %s/%s: reusing activations (fingerprint %s matches)", self.model.name, b, fingerprint)
@@ -107,13 +124,12 @@ class CaptureJob:
             return summary
         lm = self.model.load()
         layers = check_layers(lm.model, self.layers, self.model.name)
-        encoded = pack_prompts(lm.tokenizer, self.prompts, todo)
-        check_context(self.model.name, lm.model.config, encoded, self.prompts)
+        encoded = self._pack(lm, todo)
         n_tokens = sum(len(b.ids) for b in encoded)
         release_free_memory()  # tokenising left freed holes in the heap: give them back
         row_bytes = lm.d_model * DTYPES[self.dtype].itemsize + META_BYTES
         _check_free_space(root, n_tokens * len(layers) * row_bytes, self.model.name)
-        bar = tqdm(total=n_tokens, desc=f"capture {self.model.name}", unit="tok", unit_scale=True)
+        bar = tqdm(total=n_tokens, desc=f"{self.LABEL} {self.model.name}", unit="tok", unit_scale=True)
         t0 = time.time()
         for bench in encoded:
             summary["captured"][bench.name] = self._capture_benchmark(lm, layers, bench, root, fingerprint, bar)
@@ -129,7 +145,7 @@ class CaptureJob:
         tmp = root / f".{bench.name}.tmp"
         n_done, resumed = self._resume_point(tmp, layers, fingerprint, bench.name)
         header = {"model": self.model.name, "benchmark": bench.name, "fingerprint": fingerprint,
-                  "tokens": "each example's question and gold answer; the shared few-shot block excluded",
+                  "tokens": self.TOKENS,
                   "batch_tokens": self.batch_tokens, **self.extra}
         writers = {
             layer: ShardWriter(tmp / hook_point(layer), header={**header, "hook_point": hook_point(layer),

@@ -29,7 +29,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 import torch
@@ -438,6 +438,11 @@ class ActivationStore:
             yield s["activations"][keep], s["example_index"][keep]
 
 
+# Which rows of a folder to keep, by example index: one function for all folders, or one
+# per folder name (None: every row).
+Selection = Callable[[torch.Tensor], torch.Tensor] | Mapping[str, Callable | None] | None
+
+
 class ActivationSet:
     """All shard folders of one model: {benchmark: {hook point: ActivationStore}}."""
 
@@ -472,6 +477,17 @@ class ActivationSet:
             raise KeyError(f"no activations for hook point {hook_point!r} on benchmarks {missing} in {self.root}")
         return [self.stores[b][hook_point] for b in chosen]
 
+    def selection(self, select: Selection, benchmarks: list[str] | None = None):
+        """(folder names to read, name -> mask function or None) for `select` as
+        iter_batches takes it."""
+        if isinstance(select, Mapping):
+            unknown = sorted(set(select) - set(self.benchmarks))
+            if unknown:
+                raise KeyError(f"no activation folders {unknown} in {self.root}; found {self.benchmarks}")
+            names = [b for b in (benchmarks or list(select)) if b in select]
+            return names, select.get
+        return list(benchmarks or self.benchmarks), lambda _: select
+
     def d_model(self, hook_point: str) -> int:
         return self.for_hook(hook_point)[0].d_model
 
@@ -494,18 +510,21 @@ class ActivationSet:
         exclude: MassiveActivationFilter | None = MassiveActivationFilter(),
         benchmarks: list[str] | None = None,
         drop_last: bool = False,
-        select_examples: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        select_examples: Selection = None,
     ) -> Iterator[torch.Tensor]:
         """float32 batches [batch_size, d_model] for one hook point, across benchmarks.
 
         Shuffling visits shards in a random order and mixes rows in a buffer of at most
         `buffer_tokens` rows, so memory stays bounded whatever the store's size.
         `select_examples` maps a tensor of example indices to a keep mask (e.g. a
-        train/held-out split by example).
+        train/held-out split by example); or, per folder, {benchmark: mask function, or
+        None for every row} (then only those folders are read, e.g. a split that applies
+        to the benchmarks but not to a corpus).
         """
         gen = torch.Generator().manual_seed(seed)
-        stores = self.for_hook(hook_point, benchmarks)
-        shards = [(s, i) for s in stores for i in range(len(s.manifest["shards"]))]
+        names, select_of = self.selection(select_examples, benchmarks)
+        stores = self.for_hook(hook_point, names)
+        shards = [(s, i, select_of(b)) for b, s in zip(names, stores) for i in range(len(s.manifest["shards"]))]
         if shuffle:
             shards = [shards[j] for j in torch.randperm(len(shards), generator=gen).tolist()]
         pending: list[torch.Tensor] = []
@@ -523,12 +542,12 @@ class ActivationSet:
             rest = buf[n_out:]
             pending, n_pending = ([rest] if len(rest) else []), len(rest)
 
-        for store, i in shards:
+        for store, i, select in shards:
             s = store.shard(i)
             keep = (exclude.keep_mask(s["position"], s["norm"], store.median_norm) if exclude
                     else torch.ones(len(s["norm"]), dtype=torch.bool))
-            if select_examples is not None:
-                keep &= select_examples(s["example_index"])
+            if select is not None:
+                keep &= select(s["example_index"])
             rows = s["activations"][keep]
             pending.append(rows)
             n_pending += len(rows)

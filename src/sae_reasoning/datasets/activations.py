@@ -108,7 +108,7 @@ class ActivationStoreDataset(AbstractDataset[CaptureJob, ActivationSet]):
         captures the rest, without downloading any shard."""
         fingerprint, hooks = job.fingerprint(), [hook_point(layer) for layer in job.layers]
         trusted = set()
-        for bench in dict.fromkeys(job.prompts["benchmark"]):
+        for bench in job.names():
             folder = self._path / bench
             if all(_complete(folder / h, fingerprint) for h in hooks):
                 trusted.add(bench)

@@ -17,8 +17,9 @@ Recipe (Bricken et al. 2023 / Anthropic's April 2024 update, in SAELens's conven
   calibrated at the end on `calibration_tokens` training tokens so that inference L0 = k
   (calibration.py).
 
-Data: the training split is every example whose example_index % eval_every != 0 (the rest
-is held out for `metrics.evaluate_sae`), with massive-activation rows removed. Epoch e
+Data: the folders of `sources` (training_data.py): every corpus row, and every benchmark
+example whose example_index % eval_every != 0 (the rest is held out for
+`metrics.evaluate_sae`), with massive-activation rows removed; shuffled together. Epoch e
 shuffles with seed + e, so the stream is a pure function of (config, epoch, batch index):
 a checkpoint (model, optimizer, step, epoch position, dead-latent counters, history, RNG)
 every `checkpoint_every` steps lets a killed run resume to bit-identical weights on CPU.
@@ -34,12 +35,13 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from sae_reasoning.activations.store import ActivationSet, MassiveActivationFilter
+from sae_reasoning.ledger import add_tokens
 from sae_reasoning.sae.calibration import calibrate_topk_threshold
 from sae_reasoning.sae.model import (
     SAE,
@@ -50,6 +52,7 @@ from sae_reasoning.sae.model import (
     default_matryoshka_widths,
     expected_norm_scaling_factor,
 )
+from sae_reasoning.sae.training_data import check_sources, tokens_by_source, train_selection
 
 # TrainingConfig fields that only some architectures read (others leave them out of the
 # fingerprint, so changing k never retrains a ReLU SAE).
@@ -110,7 +113,7 @@ class TrainingConfig:
     expansion_factor: int = 8
     d_sae: int | None = None           # overrides expansion_factor when set
     d_in: int | None = None            # expected activation width; None: take the store's
-    l1_coefficient: float = 2.0         # relu
+    l1_coefficient: float = 1.75        # relu
     l0_coefficient: float = 1.0         # jumprelu
     jumprelu_bandwidth: float = 0.05    # jumprelu: STE kernel width (normalised units)
     jumprelu_init_threshold: float = 0.01
@@ -124,7 +127,7 @@ class TrainingConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = 4096
     training_tokens: int | None = None  # token budget; None: `epochs` passes over the split
-    epochs: float = 1.5
+    epochs: float = 3.0
     min_steps: int = 50                 # small captures: more passes, at least this many steps
     lr_warm_up_fraction: float = 0.05
     lr_decay_fraction: float = 0.2
@@ -134,6 +137,8 @@ class TrainingConfig:
     init_sample_tokens: int = 16384
     encoder_init_scale: float = 0.1
     eval_every: int | None = 10
+    # corpus and/or benchmarks (training_data.py); folders of other sources are not read
+    sources: list[str] = field(default_factory=lambda: ["corpus", "benchmarks"])
     exclude_first_position: bool = True
     max_norm_ratio: float | None = 10.0
     shuffle_buffer_tokens: int = 262_144
@@ -188,6 +193,7 @@ class TrainingConfig:
             raise ValueError("batch_size, checkpoint_every, log_every and calibration_tokens "
                              "must be >= 1")
         HeldOutSplit(self.eval_every)
+        self.sources = list(check_sources(self.sources))
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainingConfig":
@@ -283,15 +289,17 @@ def lr_factor(step: int, total: int, warm_up: int, decay: int) -> float:
 
 def count_tokens(activations: ActivationSet, hook_point: str,
                  exclude: MassiveActivationFilter | None,
-                 select: Callable[[torch.Tensor], torch.Tensor] | None) -> int:
-    """Rows `iter_batches` would yield with this filter and example selection."""
+                 select) -> int:
+    """Rows `iter_batches` would yield with this filter and example selection (a mask
+    function, or one per folder as ActivationSet.iter_batches takes it)."""
     total = 0
-    for store in activations.for_hook(hook_point):
+    names, select_of = activations.selection(select)
+    for name, store in zip(names, activations.for_hook(hook_point, names)):
         pos, norm = store.column("position"), store.column("norm")
         keep = (exclude.keep_mask(pos, norm, store.median_norm) if exclude
                 else torch.ones(len(norm), dtype=torch.bool))
-        if select is not None:
-            keep &= select(store.column("example_index"))
+        if select_of(name) is not None:
+            keep &= select_of(name)(store.column("example_index"))
         total += int(keep.sum())
     return total
 
@@ -469,7 +477,7 @@ def _calibrate(sae: SAE, activations: ActivationSet, hook_point: str, config: Tr
     batches = activations.iter_batches(
         hook_point, config.batch_size, shuffle=True, seed=config.seed + 2_000_003,
         buffer_tokens=config.shuffle_buffer_tokens, exclude=config.exclude,
-        select_examples=config.split.train)
+        select_examples=train_selection(activations, config.sources, config.split.train))
     sae.to(device)
     result = calibrate_topk_threshold(sae, batches, config.calibration_tokens)
     sae.to("cpu")
@@ -524,7 +532,9 @@ def train_sae(
     fingerprint = fingerprint or fingerprint_of(fingerprint_inputs(activations, hook_point, config))
     device = resolve_device(config.device)
     split = config.split
-    n_train = count_tokens(activations, hook_point, config.exclude, split.train)
+    select = train_selection(activations, config.sources, split.train)  # held-out split: benchmarks only
+    n_by_source = tokens_by_source(activations, hook_point, select, config.exclude)
+    n_train = sum(n_by_source.values())
     if n_train < config.batch_size:
         raise ValueError(f"{hook_point}: {n_train} training tokens, fewer than one batch "
                          f"({config.batch_size}); lower batch_size or capture more")
@@ -537,7 +547,7 @@ def train_sae(
     decay = round(config.lr_decay_fraction * total_steps)
     l1_warm_up = round(config.l1_warm_up_fraction * total_steps)
 
-    store = activations.for_hook(hook_point)[0]
+    store = activations.for_hook(hook_point, list(select))[0]
     arch = config.canonical_architecture
     d_sae = config.sae_width(d_in)
     extra = {}
@@ -549,7 +559,8 @@ def train_sae(
         model_name=store.manifest.get("model"), hook_name=hook_point,
         hook_layer=hook_layer(hook_point), context_size=store.manifest.get("context_size"),
         metadata={"trained_with": "sae_reasoning", "fingerprint": fingerprint,
-                  "benchmarks": activations.benchmarks, "excluded_rows": config.exclude.describe(),
+                  "benchmarks": activations.benchmarks, "sources": config.sources,
+                  "excluded_rows": config.exclude.describe(),
                   "heldout_examples": f"example_index % {config.eval_every} == 0"
                   if config.eval_every else None, **extra})
 
@@ -569,10 +580,10 @@ def train_sae(
             logger.info("resuming %s from checkpoint %s (step %d/%d)", hook_point, ckpt_path,
                         state.step, total_steps)
     if state is None:
-        state = _init_state(activations, hook_point, config, d_in, device, split.train, sae_cfg)
+        state = _init_state(activations, hook_point, config, d_in, device, select, sae_cfg)
 
     sae, opt = state.sae, state.optimizer
-    stream = _batches(activations, hook_point, config, split.train, state.epoch,
+    stream = _batches(activations, hook_point, config, select, state.epoch,
                       state.batch_in_epoch)
     bar = tqdm(total=total_steps, initial=state.step, desc=f"SAE {hook_point}", unit="step",
                disable=not config.progress, dynamic_ncols=True, leave=False)
@@ -605,6 +616,7 @@ def train_sae(
                 state.tokens_since_fired[out.fired] = 0
             state.step, state.epoch, state.batch_in_epoch = step, epoch, index + 1
             state.tokens_seen += len(x)
+            add_tokens(len(x), "sae_training")  # the resource ledger (ledger.py)
             tokens_display += len(x)
 
             if step % config.log_every == 0 or step == total_steps:
@@ -645,7 +657,8 @@ def train_sae(
         "hook_point": hook_point, "fingerprint": fingerprint, "finished": finished,
         "d_in": d_in, "d_sae": out.d_sae, "architecture": out.cfg.architecture,
         "steps": state.step, "total_steps": total_steps, "tokens_seen": state.tokens_seen,
-        "n_train_tokens": n_train, "epochs_seen": state.tokens_seen / n_train,
+        "n_train_tokens": n_train, "n_train_tokens_by_source": n_by_source,
+        "sources": config.sources, "epochs_seen": state.tokens_seen / n_train,
         "train_time_s": state.elapsed_s,
         "tokens_per_s": state.tokens_seen / state.elapsed_s if state.elapsed_s > 0 else None,
         "device": str(device), "norm_scaling_factor": state.scale,

@@ -49,6 +49,19 @@ def acts(tmp_path) -> ActivationSet:
     return ActivationSet.open(tmp_path / "acts")
 
 
+def corpus_set(tmp_path: Path) -> ActivationSet:
+    """A captured SAE training corpus (sae_training.sources trains on it beside the benchmarks)."""
+    root = tmp_path / "corpus_acts"
+    if not root.exists():
+        w = ShardWriter(root / "corpus" / HOOK, header={"model": "toy", "hook_point": HOOK},
+                        d_model=D_MODEL, shard_tokens=500)
+        idx = torch.arange(1000)
+        w.add(torch.randn(1000, D_MODEL, generator=torch.Generator().manual_seed(5)),
+              example_index=idx // 50, position=idx % 50, token_id=torch.zeros(1000))
+        w.close()
+    return ActivationSet.open(root)
+
+
 @pytest.fixture
 def handle(tiny_model_dirs) -> ModelHandle:
     return ModelHandle(ModelSpec("toy", str(tiny_model_dirs["llama"]), converted_cache=None))
@@ -65,6 +78,7 @@ def make_catalog(tmp_path: Path, acts: ActivationSet, params: dict,
             entry["save_args"]["dpi"] = 40   # rendering speed only
     catalog = DataCatalog.from_config(cfg)
     catalog["toy.activations"] = MemoryDataset(acts, copy_mode="assign")
+    catalog["toy.corpus_activations"] = MemoryDataset(corpus_set(tmp_path), copy_mode="assign")
     catalog["toy.model"] = MemoryDataset(handle, copy_mode="assign")
     catalog["prompts"] = MemoryDataset(tiny_prompts(n_open=8, n_choice=4))
     catalog["params:sae_training"] = params
@@ -88,6 +102,8 @@ def test_pipeline_trains_evaluates_plots_then_reuses(tmp_path, acts, handle, cap
     assert m["split"] == "heldout" and m["eval_every"] == PARAMS["eval_every"]
     # held-out: example_index % 10 == 0 -> 10 examples per benchmark, 9 tokens each (position 0 out)
     assert m["n_tokens"] == 2 * 10 * 9
+    # trained on every corpus row (position 0 out) and the benchmarks' other 90 examples each
+    assert m["training"]["n_train_tokens_by_source"] == {"corpus": 1000 - 20, "benchmarks": 2 * 90 * 9}
     assert {"mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction",
             "mean_norm"} <= set(m)
     spliced = m["spliced"]   # held-out prompt rows 0 and 10 of the 12
@@ -109,7 +125,7 @@ def test_pipeline_trains_evaluates_plots_then_reuses(tmp_path, acts, handle, cap
 
 def test_missing_hook_point_is_a_clear_error(acts):
     with pytest.raises(ValueError, match=r"blocks\.7\.hook_resid_post.*captured: \['blocks\.3"):
-        train_sae(acts, PARAMS, {"layers": [7]})
+        train_sae(acts, corpus_set(acts.root.parent), PARAMS, {"layers": [7]})
 
 
 def test_hook_points_from_model_layers():

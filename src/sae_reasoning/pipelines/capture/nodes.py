@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pandas as pd
 
 from sae_reasoning.activations.capture import CaptureJob
+from sae_reasoning.activations.corpus import CorpusCaptureJob, CorpusSource, EvaluationFilter
 from sae_reasoning.baseline import BaselineJob
 from sae_reasoning.generation import GenerationSettings
 from sae_reasoning.models.loading import ModelHandle
@@ -23,6 +25,31 @@ def capture_activations(model: ModelHandle, prompts: pd.DataFrame, capture: dict
         dtype=capture.get("dtype", "float32"), batch_tokens=int(capture.get("batch_tokens", 4096)),
         shard_tokens=int(capture.get("shard_tokens", 16384)),
         max_pending_batches=int(capture.get("max_pending_batches", 2)),
+    )
+
+
+def capture_corpus(model: ModelHandle, sae_corpus: Any, examples: pd.DataFrame, capture: dict,
+                   model_params: dict, data_loading: dict) -> CorpusCaptureJob:
+    """A lazy job capturing the SAE training corpus (activations/corpus.py): rows of
+    `capture.corpus.context_tokens` tokens up to `max_tokens`, evaluation questions left out."""
+    settings = dict(capture.get("corpus") or {})
+    unknown = sorted(set(settings) - {"max_tokens", "context_tokens", "text_column"})
+    if unknown:
+        raise ValueError(f"capture.corpus: unknown key(s) {unknown}; known: max_tokens, context_tokens, "
+                         "text_column")
+    fmt = data_loading.get("prompt_format") or {}
+    source = CorpusSource(sae_corpus, text_column=str(settings.get("text_column", "text")),
+                          question_prefix=fmt.get("question_prefix", "Question: "),
+                          answer_prefix=fmt.get("answer_prefix", "Answer:"),
+                          exclude=EvaluationFilter(examples["question"]))
+    max_tokens = settings.get("max_tokens")
+    return CorpusCaptureJob(
+        model=model, prompts=None, layers=list(model_params["layers"]),
+        dtype=capture.get("dtype", "float32"), batch_tokens=int(capture.get("batch_tokens", 4096)),
+        shard_tokens=int(capture.get("shard_tokens", 16384)),
+        max_pending_batches=int(capture.get("max_pending_batches", 2)),
+        corpus=source, context_tokens=int(settings.get("context_tokens", 512)),
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
     )
 
 
