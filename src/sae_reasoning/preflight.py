@@ -150,7 +150,7 @@ def sae_mismatches(cfg: dict, hook: str, d_model: int, hook_points: list[str], a
     if hook_points and hook not in hook_points:
         out.append(f"hook point {hook} is not one of the configured hook points {hook_points}")
     hook_name = meta.get("hook_name")
-    if hook_name and hook_name != hook:
+    if hook_name and _canonical(hook_name) != _canonical(hook):   # resid_pre L == resid_post L-1
         out.append(f"cfg.json hook_name is {hook_name!r}, but the SAE is used at {hook}")
     model_name = meta.get("model_name")
     if model_name and not transfer and str(model_name) not in aliases:
@@ -160,11 +160,22 @@ def sae_mismatches(cfg: dict, hook: str, d_model: int, hook_points: list[str], a
     return out
 
 
+def _canonical(hook: str) -> str:
+    from sae_reasoning.models.hooks import HookPointError, canonical_hook_point
+
+    try:
+        return canonical_hook_point(hook)
+    except HookPointError:
+        return hook
+
+
 def check_sae_folders(namespace: str, model: ModelHandle, model_params: dict,
                       stored: dict[str, tuple[str, dict]], hook_points: list[str]) -> list[str]:
     """One line per SAE folder that does not fit the configured model, naming the folder,
     the model and each mismatch. `stored`: {hook point: (folder, normalised cfg.json)}.
-    Reads the model's config only (no weights)."""
+    Reads the model's config only (no weights). Hook points named in `sae_source` were
+    chosen for this model on purpose: their cfg.json model_name (e.g. SAELens's
+    'gpt2-small' for HF 'gpt2') is not checked."""
     if not stored:
         return []
     try:
@@ -175,10 +186,54 @@ def check_sae_folders(namespace: str, model: ModelHandle, model_params: dict,
     aliases = model_aliases(namespace, model)
     transfer = bool(model_params.get("sae_transfer", False))
     source = model.spec.pretrained_model_name_or_path
+    sourced = _sourced_hooks(model_params, hook_points)
     lines = []
     for hook, (folder, cfg) in stored.items():
-        problems = sae_mismatches(cfg, hook, d_model, hook_points, aliases, transfer)
+        problems = sae_mismatches(cfg, hook, d_model, hook_points, aliases, transfer or hook in sourced)
         if problems:
             lines.append(f"SAE folder {folder} does not fit model {namespace!r} ({source}): "
                          + "; ".join(problems))
+    return lines
+
+
+def _sourced_hooks(model_params: dict, hook_points: list[str]) -> set[str]:
+    from sae_reasoning.sae.pretrained import SAESourceError, parse_sae_sources
+
+    try:
+        return set(parse_sae_sources(model_params, hook_points))
+    except SAESourceError:   # check_sae_sources reports it
+        return set()
+
+
+def check_sae_sources(namespace: str, model: ModelHandle, model_params: dict,
+                      hook_points: list[str]) -> list[str]:
+    """One line per `sae_source` entry that cannot run on the model, before any capture: a
+    hook name we cannot serve or not configured, a block the model lacks, d_in != d_model.
+    Reads configs only: the model's, the SAE's cfg.json (a registry entry's through
+    SAELens, from the local HF cache)."""
+    from sae_reasoning.models.hooks import HookPointError, canonical_hook_point
+    from sae_reasoning.sae.pretrained import SAESourceError, check_fits, parse_sae_sources, source_config
+
+    try:
+        sources = parse_sae_sources(model_params, hook_points, namespace)
+    except SAESourceError as exc:
+        return [str(exc)]
+    if not sources:
+        return []
+    try:
+        config = model.config()
+    except ModelLoadError as exc:
+        return [f"cannot check models.{namespace}.sae_source: {exc}"]
+    d_model = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+    lines = []
+    for hook, source in sources.items():
+        where = f"model {namespace!r} ({model.spec.pretrained_model_name_or_path}), {hook}, " \
+                f"sae_source {source.label}"
+        try:
+            canonical_hook_point(hook, n_layers)
+            cfg = source_config(source)
+            check_fits(cfg.get("hook_name"), cfg.get("d_in"), hook, d_model, where)
+        except (SAESourceError, HookPointError) as exc:
+            lines.append(str(exc) if where in str(exc) else f"{where}: {exc}")
     return lines

@@ -7,9 +7,10 @@
         training_summary.json                 fingerprint, timings, training history
         checkpoints/                          training state for resume
 
-save({hook point: SAETrainingJob | SAE}): a job reuses the folder's finished SAE when its
-fingerprint matches and trains otherwise (see sae.training_job); a plain SAE is written
-as is. Every folder is replaced atomically. Folders of hook points no longer saved stay on
+save({hook point: SAETrainingJob | PretrainedSAEJob | SAE}): a training job reuses the
+folder's finished SAE when its fingerprint matches and trains otherwise (see
+sae.training_job); a pretrained job (sae.pretrained) loads its `sae_source` into the folder,
+with the provenance in training_summary.json, or reuses it; a plain SAE is written as is. Every folder is replaced atomically. Folders of hook points no longer saved stay on
 disk (a later run may reuse them) but are left out of load().
 load() -> {hook point: SAE}, each with `.training_log` (loss/mse/l0/dead_fraction ... per
 logged step) and `.training_summary` when it was trained here. Folders written by SAELens
@@ -35,6 +36,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.sae.model import SAE
+from sae_reasoning.sae.pretrained import PretrainedSAEJob
 from sae_reasoning.sae.saelens_format import (
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
@@ -53,6 +55,7 @@ from sae_reasoning.sae.training_job import (
 
 logger = logging.getLogger(__name__)
 
+JOBS = (SAETrainingJob, PretrainedSAEJob)   # same interface: hook_point, fingerprint, run(folder)
 INDEX_FILENAME = "saes.json"
 
 
@@ -117,7 +120,7 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         except ValueError:
             return None
 
-    def _remote_reusable(self, hook: str, job: SAETrainingJob) -> bool:
+    def _remote_reusable(self, hook: str, job: SAETrainingJob | PretrainedSAEJob) -> bool:
         summary = self._remote_summary(hook) or {}
         return (summary.get("fingerprint") == job.fingerprint and summary.get("finished", False)
                 and self._remote_is_sae(hook))
@@ -149,7 +152,7 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         self._path.mkdir(parents=True, exist_ok=True)
         for hook, item in data.items():
             _check_item(hook, item)
-            if isinstance(item, SAETrainingJob):
+            if isinstance(item, JOBS):
                 with s.errors("read the stored SAE"):
                     reusable = self._remote_reusable(hook, item)
                 if reusable:
@@ -180,7 +183,7 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
 
     def save(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
-            raise DatasetError(f"SAEDataset.save expects {{hook point: SAETrainingJob | SAE}}, "
+            raise DatasetError(f"SAEDataset.save expects {{hook point: SAETrainingJob | PretrainedSAEJob | SAE}}, "
                                f"got {type(data).__name__}")
         if not self._storage.is_local:
             return self._save_remote(data)
@@ -247,16 +250,17 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
 
 
 def _check_item(hook: str, item: Any) -> None:
-    if isinstance(item, SAETrainingJob):
+    if isinstance(item, JOBS):
         if item.hook_point != hook:
             raise DatasetError(f"job for {item.hook_point} saved under key {hook}")
     elif not isinstance(item, SAE):
         raise DatasetError(f"SAEDataset: cannot save {type(item).__name__} for {hook}")
 
 
-def _write_item(folder: Path, item: SAETrainingJob | SAE) -> None:
-    """A job trains into `folder` (or reuses the SAE there); an SAE is written as is."""
-    if isinstance(item, SAETrainingJob):
+def _write_item(folder: Path, item: SAETrainingJob | PretrainedSAEJob | SAE) -> None:
+    """A job trains (or loads its pretrained SAE) into `folder`, or reuses the SAE there; an
+    SAE is written as is."""
+    if isinstance(item, JOBS):
         item.run(folder)
     else:
         write_sae_folder(folder, item)

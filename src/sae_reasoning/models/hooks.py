@@ -2,6 +2,11 @@
 
 Hook point names follow TransformerLens/SAELens: `blocks.{L}.hook_resid_post` is the
 residual stream after transformer block L (0-based), i.e. the output of that block.
+`blocks.{L}.hook_resid_pre` (what many published SAEs carry) is the input of block L, the
+same tensor as `blocks.{L-1}.hook_resid_post`; `canonical_hook_point` maps it there, so
+capture, splices and SAE folders use one name per tensor. `blocks.0.hook_resid_pre` (the
+embedding output) and non-residual hooks (hook_resid_mid, hook_mlp_out, attn.hook_z, ...)
+are not served: they get a HookPointError naming the hook.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ BLOCK_PATHS = (
     "transformer.blocks",    # MPT
 )
 
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
 class HookPointError(ValueError):
@@ -34,10 +39,28 @@ def hook_point(layer: int) -> str:
 
 
 def parse_hook_point(name: str) -> int:
-    m = _HOOK_RE.match(name)
+    """The block whose output the hook point is (resid_pre of block L -> L - 1)."""
+    m = _HOOK_RE.match(str(name))
     if not m:
-        raise HookPointError(f"hook point {name!r}: expected 'blocks.<layer>.hook_resid_post'")
-    return int(m.group(1))
+        raise HookPointError(f"hook point {name!r}: expected 'blocks.<layer>.hook_resid_post' or "
+                             "'blocks.<layer>.hook_resid_pre' (residual stream)")
+    layer = int(m.group(1))
+    if m.group(2) == "post":
+        return layer
+    if layer == 0:
+        raise HookPointError(f"hook point {name!r} is the embedding output (input of block 0); "
+                             "only block inputs/outputs from blocks.1.hook_resid_pre on are served")
+    return layer - 1
+
+
+def canonical_hook_point(name: str, n_layers: int | None = None) -> str:
+    """The project's name for a residual hook point: blocks.8.hook_resid_pre ->
+    blocks.7.hook_resid_post. With `n_layers`, the block must exist in the model."""
+    layer = parse_hook_point(name)
+    if n_layers is not None and not 0 <= layer < n_layers:
+        raise HookPointError(f"hook point {name!r} is the output of block {layer}; the model has "
+                             f"{n_layers} blocks (0..{n_layers - 1})")
+    return hook_point(layer)
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
