@@ -19,7 +19,8 @@ def make_project(root: Path, model_dir: Path, layers: str = "1") -> Path:
         '[tool.kedro]\npackage_name = "sae_reasoning"\nproject_name = "tiny"\n'
         'kedro_init_version = "1.7.0"\nsource_dir = "src"\n')
     (root / "conf" / "base" / "parameters.yml").write_text(
-        f"models:\n  tiny:\n    layers: [{layers}]\ncapture: {{}}\ncausal: {{}}\nsae_training: {{}}\n")
+        f"models:\n  tiny:\n    layers: [{layers}]\ncapture: {{}}\ncausal: {{}}\nsae_training: {{}}\n"
+        "data_loading: {}\nbudget: {}\n")
     (root / "conf" / "base" / "catalog.yml").write_text(f"""
 tiny.model:
   type: sae_reasoning.datasets.model.ModelDataset
