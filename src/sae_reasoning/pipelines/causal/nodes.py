@@ -24,3 +24,14 @@ def analyse_features(model: ModelHandle, saes: dict, prompts: pd.DataFrame, acti
     return (effects.assign(model=model.name), {"model": model.name, "hook_points": ranking},
             {"model": model.name, "selection": selection, "hook_points": summary}, circuit_graph(model.name, circuits),
             {"model": model.name, "hook_points": contexts})
+
+
+def train_probes(model: ModelHandle, saes: dict, prompts: pd.DataFrame, activations: ActivationSet,
+                 baseline_scores: pd.DataFrame, feature_ranking: dict, causal_summary: dict, probes: dict) -> dict:
+    """Linear probes at the answer position beside the ablations (sae_reasoning.probes); reads the
+    capture store, loads no weights."""
+    from sae_reasoning.probes import run_probes   # scikit-learn takes ~2 s to import: only where probes run
+
+    log.info("probes %s: logistic-regression probes at the answer position", model.name)
+    return run_probes(model.name, saes, prompts, activations, baseline_scores, feature_ranking, causal_summary,
+                      probes)

@@ -2,10 +2,12 @@ from kedro.pipeline import Node, Pipeline
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    from sae_reasoning.pipelines.causal.nodes import analyse_features
+    from sae_reasoning.pipelines.causal.nodes import analyse_features, train_probes
 
     return Pipeline([
         Node(analyse_features, ["model", "sae", "prompts", "activations", "baseline_scores", "params:causal"],
              ["feature_effects", "feature_ranking", "causal_summary", "circuit", "feature_contexts"],
              name="analyse_features"),
+        Node(train_probes, ["model", "sae", "prompts", "activations", "baseline_scores", "feature_ranking",
+                            "causal_summary", "params:probes"], "probe_results", name="train_probes"),
     ])
