@@ -45,10 +45,23 @@ def test_phase4_end_to_end(project):
         assert cfg["d_sae"] == 4 * cfg["d_in"] and (sae_dir / "sae_weights.safetensors").exists()
         manifest = json.loads((project / "data/04_feature/activations" / model / "gsm8k" / hook / "manifest.json").read_text())
         assert manifest["complete"] and manifest["n_tokens"] > 0
+        corpus = json.loads((project / "data/04_feature/corpus_activations" / model / "corpus" / hook
+                             / "manifest.json").read_text())
+        assert corpus["complete"] and corpus["n_tokens"] > 0
+        # the SAE trained on both sources; the report names them (issue 13: corpus)
+        by_source = json.loads((out / "training_summary.json").read_text())[model]["sae_metrics"][hook][
+            "training"]["n_train_tokens_by_source"]
+        assert by_source["corpus"] > 0 and by_source["benchmarks"] > 0
+        probes = causal[model]["probes"]
+        assert probes, f"no probe results for {model}"
     training = json.loads((out / "training_summary.json").read_text())
     assert set(training) == {"tiny_llama", "tiny_gpt2"}
     for png in ("baseline_accuracy.png", "feature_effects.png", "tiny_llama_sae_training_curve.png"):
         assert (out / png).stat().st_size > 1000
+    for needle in ("## Resources", "trained on corpus", "probe"):
+        assert needle in report, needle
+    resources = json.loads((out / "resources.json").read_text())
+    assert resources, "the resource ledger summary is empty"
 
 
 def test_second_run_reuses_activations_and_saes(project):

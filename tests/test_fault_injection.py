@@ -26,7 +26,10 @@ What is compared (see `compare`):
   names only: SAE training checkpoints (checkpoints/step_*.pt: resume state, which holds
     timings; the trained weights themselves are compared byte for byte).
   not compared: the run lock's files (.kedro_run.lock, .guard): lock machinery; after the
-    rerun the holder record .kedro_run.lock.json must be gone.
+    rerun the holder record .kedro_run.lock.json must be gone. The resource ledger
+    (09_tracking/), its summary resources.json and the report's "## Resources" section: they
+    record how each run went (wall time, memory, tokens pushed), where a resumed run differs
+    by design.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ JSON_WITHOUT_TIMINGS = {"training_summary.json", "sae_metrics.json", "causal_sum
 LOCK_FILES = {".kedro_run.lock", ".kedro_run.lock.guard"}
 LOCK_HOLDER = ".kedro_run.lock.json"
 GENERATED_LINE = re.compile(r"^Generated .*$", re.MULTILINE)
+RUN_RECORDS = ("09_tracking/", "08_reporting/resources.json")
+RESOURCES_SECTION = re.compile(r"^## Resources$.*?(?=^## )", re.MULTILINE | re.DOTALL)
 DURATION = re.compile(r"\b\d+(?:\.\d+)?(?:e-?\d+)? s\b")   # "0.0962 s": a wall-clock measurement
 
 
@@ -192,11 +197,13 @@ def _without_timings(obj):
 
 
 def _report_text(path: Path) -> str:
-    return DURATION.sub("<t> s", GENERATED_LINE.sub("", path.read_text()))
+    text = RESOURCES_SECTION.sub("", GENERATED_LINE.sub("", path.read_text()))
+    return DURATION.sub("<t> s", text)
 
 
 def _files(data: Path) -> dict[str, Path]:
-    return {str(p.relative_to(data)): p for p in sorted(data.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(data)): p for p in sorted(data.rglob("*")) if p.is_file()}
+    return {name: p for name, p in files.items() if not name.startswith(RUN_RECORDS)}
 
 
 def compare(reference: Path, data: Path) -> list[str]:

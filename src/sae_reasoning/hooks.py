@@ -115,7 +115,8 @@ class SAECheckHook:
     points, cfg.json model_name), checked before capture runs; the run stops otherwise.
     A misfit folder this run retrains is logged (training replaces it); one the run does
     not touch (e.g. `--pipeline=validate`) gets a warning. Runs first (tryfirst), before
-    the run lock is taken."""
+    the run lock is taken. `models.<ns>.sae_source` entries (pretrained SAEs) are checked
+    too when the run loads them (hook served and configured, block exists, d_in = d_model)."""
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -125,12 +126,13 @@ class SAECheckHook:
         datasets = pipeline.datasets()
         namespaces = sorted({n[: -len(".model")] for n in datasets if n.endswith(".model")}
                             | {n[: -len(".sae")] for n in datasets if n.endswith(".sae")})
-        problems = []
+        problems, source_problems = [], []
         for namespace in namespaces:
             name = f"{namespace}.sae"
             sae_ds, model_ds = _dataset(catalog, name), _dataset(catalog, f"{namespace}.model")
             if not isinstance(sae_ds, SAEDataset) or model_ds is None:
                 continue
+            source_problems += self._check_sources(namespace, name, pipeline, catalog, model_ds)
             stored = sae_ds.stored_configs()
             if not stored:
                 continue
@@ -147,6 +149,9 @@ class SAECheckHook:
             else:
                 for line in lines:
                     log.info("%s; this run trains that SAE again and replaces it", line)
+        if source_problems:
+            raise PreflightError("sae_source check failed before the run (pretrained SAEs):\n  - "
+                                 + "\n  - ".join(source_problems))
         if problems:
             raise PreflightError(
                 "SAE check failed before the run (these SAEs would be used as they are):\n  - "
@@ -154,6 +159,22 @@ class SAECheckHook:
                 + "\nTrain them for this model (delete the folder, or run sae_training without "
                   "--only-missing-outputs) or point the `<model>.sae` catalog entry at SAEs of "
                   "this model.")
+
+    def _check_sources(self, namespace: str, name: str, pipeline, catalog, model_ds) -> list[str]:
+        """Problems of the namespace's sae_source entries when this run loads them (it saves
+        `<ns>.sae`); otherwise (e.g. --pipeline=validate) they are logged as warnings."""
+        from sae_reasoning.preflight import check_sae_sources
+
+        model_params = self._params(catalog, f"params:models.{namespace}")
+        if not model_params.get("sae_source"):
+            return []
+        lines = check_sae_sources(namespace, model_ds.load(), model_params,
+                                  self._hook_points(model_params, self._params(catalog, "params:sae_training")))
+        if name in pipeline.all_outputs():
+            return lines
+        for line in lines:
+            log.warning("%s", line)
+        return []
 
     @staticmethod
     def _params(catalog, name: str) -> dict:
@@ -172,3 +193,55 @@ class SAECheckHook:
             return hook_points_for(model_params, sae_training)
         except ValueError:  # no `layers`: the run reports it
             return []
+
+
+class ResourceLedgerHook:
+    """The resource ledger (ledger.py): per node and run, wall time, device, peak memory,
+    tokens and device-hours, in `folder` (read by the `resource_ledger` catalog entry).
+
+    A node's window opens at its first input load (or before it runs, without inputs) and
+    closes once its last output is saved: datasets do real work here (SAE training runs in
+    `SAEDataset.save`). Node and dataset hooks run in runner workers too, so each process
+    writes its own nodes' records. A node whose input load or output save raises gets no
+    Kedro node hook; its record stays "running" (a worker) or is closed as failed by
+    `on_pipeline_error` (the main process).
+    """
+
+    def __init__(self, folder: str = "data/09_tracking/resource_ledger"):
+        from sae_reasoning.ledger import LedgerRecorder
+
+        self.recorder = LedgerRecorder(folder)
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        ds = _dataset(catalog, "resource_ledger")
+        path = getattr(ds, "path", None)
+        if path is not None and Path(path).resolve() != self.recorder.folder.resolve():
+            log.warning("resource ledger: the hook writes %s but the `resource_ledger` catalog "
+                        "entry reads %s; the report's resources table will not see this run",
+                        self.recorder.folder, path)
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str, node) -> None:
+        self.recorder.open(node)
+
+    @hook_impl
+    def before_node_run(self, node, run_id: str) -> None:
+        self.recorder.begin(node, run_id)
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self.recorder.ran(node)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node) -> None:
+        self.recorder.saved(node, dataset_name)
+
+    @hook_impl
+    def on_node_error(self, error: Exception, node, run_id: str) -> None:
+        self.recorder.close(node.name, "failed", f"{type(error).__name__}: {error}", run_id)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
+        self.recorder.close_all("failed", f"{type(error).__name__}: {error}",
+                                run_params.get("run_id"))

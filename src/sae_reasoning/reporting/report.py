@@ -2,7 +2,7 @@
 
 Every number in the report comes from one of: <model>.baseline_scores,
 <model>.sae_metrics, <model>.activations (manifests), <model>.feature_effects,
-<model>.feature_ranking, <model>.causal_summary, <model>.feature_contexts (circuits: the
+<model>.feature_ranking, <model>.causal_summary, <model>.feature_contexts, <model>.probe_results (circuits: the
 circuit section of causal_summary; the graphs themselves are <model>.circuit).
 """
 
@@ -14,7 +14,9 @@ import pandas as pd
 
 from sae_reasoning.chance import CHANCE_RULE, baseline_vs_chance
 from sae_reasoning.reporting.causal_section import METHODS, hook_section, selection_lines
+from sae_reasoning.reporting.probes_section import probes_section
 from sae_reasoning.reporting.fmt import fmt as _fmt, md
+from sae_reasoning.reporting.resources_section import section as resources_section, summarise as summarise_resources
 
 
 def activation_summary(activations) -> dict:
@@ -30,9 +32,12 @@ def activation_summary(activations) -> dict:
     return out
 
 
-def build(models: dict[str, dict], prompts: pd.DataFrame, missing: list[str] = ()) -> dict:
+def build(models: dict[str, dict], prompts: pd.DataFrame, missing: list[str] = (),
+          resources: pd.DataFrame | None = None) -> dict:
     """models: namespace -> {baseline, sae_metrics, activations, effects, ranking, summary, contexts};
-    prompts: the prompts table every model was scored on (for the chance baselines)."""
+    prompts: the prompts table every model was scored on (for the chance baselines);
+    resources: the resource ledger's records (datasets.ledger)."""
+    resources = summarise_resources(resources if resources is not None else [])
     baseline = pd.concat([m["baseline"].assign(model=ns) for ns, m in models.items()], ignore_index=True)
     effects = pd.concat([m["effects"].assign(model=ns) for ns, m in models.items() if len(m["effects"])],
                         ignore_index=True) if any(len(m["effects"]) for m in models.values()) else pd.DataFrame()
@@ -40,16 +45,17 @@ def build(models: dict[str, dict], prompts: pd.DataFrame, missing: list[str] = (
     selection = {ns: m["summary"].get("selection", {}) for ns, m in models.items()}
     training = {ns: {"activations": activation_summary(m["activations"]), "sae_metrics": m["sae_metrics"]}
                 for ns, m in models.items()}
-    causal = {ns: {"selection": selection[ns], "baseline_vs_chance": chance[ns], "hook_points": m["summary"]["hook_points"]}
-              for ns, m in models.items()}
+    causal = {ns: {"selection": selection[ns], "baseline_vs_chance": chance[ns], "hook_points": m["summary"]["hook_points"],
+                   "probes": m.get("probes")} for ns, m in models.items()}
     ranking = {ns: m["ranking"]["hook_points"] for ns, m in models.items()}
     contexts = {ns: (m.get("contexts") or {}).get("hook_points", {}) for ns, m in models.items()}
     return {"baseline": baseline, "effects": effects, "baseline_vs_chance": chance, "training_summary": training,
             "causal_test_results": causal, "feature_importance_ranking": ranking,
-            "top_activating_contexts": contexts,
+            "top_activating_contexts": contexts, "resources": resources,
             "markdown": markdown(baseline, training, {ns: c["hook_points"] for ns, c in causal.items()}, ranking,
                                  contexts, chance=chance, selection=selection, sources=_sources(prompts),
-                                 missing=list(missing))}
+                                 missing=list(missing), probes={ns: m.get("probes") for ns, m in models.items()},
+                                 resources=resources)}
 
 
 def _sources(prompts: pd.DataFrame) -> dict[str, str]:
@@ -105,8 +111,15 @@ def baseline_section(baseline: pd.DataFrame, chance: dict, sources: dict) -> lis
 
 def sae_lines(model: str, hook: str, m: dict) -> list[str]:
     keys = [k for k in ("n_tokens", "mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction") if k in m]
-    L = [f"- SAE `{model}` `{hook}` on held-out tokens: " + ", ".join(f"{k} {_fmt(m[k])}" for k in keys) + "."]
     t = m.get("training") or {}
+    src = t.get("source") or {}   # a pretrained SAE's provenance (sae/pretrained.py)
+    origin = (f"pretrained: {src['release']}/{src['sae_id']}" if src.get("release")
+              else f"pretrained: {src.get('path')}" if src else "trained")
+    L = [f"- SAE `{model}` `{hook}` ({origin}) on held-out tokens: "
+         + ", ".join(f"{k} {_fmt(m[k])}" for k in keys) + "."]
+    if t.get("n_train_tokens_by_source"):   # what training read (sae_training.sources)
+        L.append("  - trained on " + ", ".join(f"{src} {n:,}" for src, n in t["n_train_tokens_by_source"].items())
+                 + f" tokens ({t.get('steps')} steps, {t.get('tokens_seen') or 0:,} tokens seen).")
     if m.get("k") is not None and t.get("inference_l0_train") is not None:
         L.append(f"  - BatchTopK-family inference (one shared threshold {_fmt(t.get('topk_threshold'))}, calibrated "
                  f"on {t.get('calibration_tokens')} training tokens so that L0 = k): inference L0 "
@@ -162,7 +175,7 @@ DEPARTURES = [
 
 def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict, contexts: dict | None = None, *,
              chance: dict | None = None, selection: dict | None = None, sources: dict | None = None,
-             missing: list[str] | None = None) -> str:
+             missing: list[str] | None = None, probes: dict | None = None, resources: dict | None = None) -> str:
     contexts, chance, selection, sources = contexts or {}, chance or {}, selection or {}, sources or {}
     L = ["# Phase 4 report: SAE features that models use to answer reasoning problems",
          "", f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Models: "
@@ -194,6 +207,7 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
                          f"{_fmt(s['top_feature_mean_delta_logprob'])} | {_fmt(s['random_control_mean_delta_logprob'])} | "
                          f"{cand.get('important', 0)} / {cand.get('tested', 0)} |")
         L.append("")
+    L += probes_section(probes or {})
     L += planted_section(training)
     L += ["## Calibration of the tests", "",
           "The importance procedure (cluster sign-flip p-values, BH over candidates, null-quantile magnitude) is "
@@ -206,11 +220,13 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
           "effect for the q-value; only the null-threshold criterion keeps such features out, at the rate "
           "1 − null quantile.", ""]
     L += DEPARTURES
+    L += resources_section(resources)
     L += ["## Sources", "", "Baseline: `data/07_model_output/<model>/baseline_scores.parquet`; SAE metrics: "
           "`<model>/sae_metrics.json`; effects: `<model>/feature_effects.parquet`; ranking: "
           "`feature_importance_ranking.json`; causal summary and chance tests: `causal_test_results.json`; circuits: "
           "`data/07_model_output/<model>/circuit.json` (networkx node-link); contexts: "
-          "`top_activating_contexts.json`; activations: "
+          "`top_activating_contexts.json`; linear probes: `<model>/probe_results.json` (also in "
+          "`causal_test_results.json`); activations: "
           "`data/04_feature/activations/<model>/<benchmark>/<hook point>/manifest.json`.", ""]
     return "\n".join(L)
 

@@ -34,7 +34,8 @@ def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_pat
     inputs = {"tiny__baseline": baseline, "tiny__sae_metrics": {}, "tiny__activations": acts,
               "tiny__effects": effects, "tiny__ranking": ranking, "tiny__summary": summary,
               "tiny__contexts": contexts}
-    md, _training, causal, _ranking, ctx, *figs = build_report(prompts, **inputs)
+    md, _training, causal, _ranking, ctx, *figs, resources = build_report(prompts, **inputs)
+    assert resources["nodes"] == [] and "No resource ledger records" in md  # no ledger given
     for needle in ("[95% CI]", "McNemar", "Benjamini-Hochberg", "norm-matched random direction",
                    "random live features, draw 2", "SAE error term", "circuit", "⟦",
                    # what each claim rests on
@@ -52,6 +53,7 @@ def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_pat
     # The pipeline reads each model's contexts and writes the combined JSON.
     p = create_pipeline(["tiny"])
     assert "tiny.feature_contexts" in p.inputs() and "top_activating_contexts" in p.outputs()
+    assert "resource_ledger" in p.inputs() and "resources_summary" in p.outputs()
 
 
 def test_report_shows_spliced_sae_metrics_and_the_planted_dictionary_check():

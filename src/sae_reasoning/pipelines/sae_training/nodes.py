@@ -20,17 +20,21 @@ from sae_reasoning.sae.ground_truth import planted_dictionary_recovery
 from sae_reasoning.sae.metrics import evaluate_sae as _evaluate
 from sae_reasoning.sae.model import SAE
 from sae_reasoning.sae.plots import plot_training_curves
+from sae_reasoning.sae.pretrained import PretrainedSAEJob, parse_sae_sources
 from sae_reasoning.sae.spliced_eval import SplicedEvalConfig, heldout_texts, spliced_eval, training_norm_cut
 from sae_reasoning.sae.train import TrainingConfig, count_tokens, resolve_device
+from sae_reasoning.sae.training_data import training_set
 from sae_reasoning.sae.training_job import SAETrainingJob
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
 TRAINING_FIELDS = ("steps", "tokens_seen", "n_train_tokens", "epochs_seen", "train_time_s",
+                   "n_train_tokens_by_source", "sources",   # what training read: corpus, benchmarks
                    "tokens_per_s", "device", "norm_scaling_factor", "fingerprint",
                    # TopK family: k and the inference threshold calibrated so that L0 = k
-                   "k", "inference_l0_train", "topk_threshold", "topk_threshold_ema", "calibration_tokens")
+                   "k", "inference_l0_train", "topk_threshold", "topk_threshold_ema", "calibration_tokens",
+                   "source")   # a pretrained SAE's provenance (sae/pretrained.py)
 
 
 def hook_points_for(model: dict[str, Any], sae_training: dict[str, Any]) -> list[str]:
@@ -42,16 +46,22 @@ def hook_points_for(model: dict[str, Any], sae_training: dict[str, Any]) -> list
     return [template.format(layer=int(layer)) for layer in layers]
 
 
-def train_sae(activations: ActivationSet, sae_training: dict[str, Any],
+def train_sae(activations: ActivationSet, corpus_activations: ActivationSet, sae_training: dict[str, Any],
               model: dict[str, Any]) -> dict[str, SAETrainingJob]:
-    """One training job per configured hook point (run by the `sae` dataset on save)."""
+    """One training job per configured hook point (run by the `sae` dataset on save), on the
+    corpus and/or benchmark activations as `sae_training.sources` says."""
     config = TrainingConfig.from_params(sae_training)
     hooks = hook_points_for(model, sae_training)
     missing = [h for h in hooks if h not in activations.hook_points]
     if missing:
         raise ValueError(f"no activations for hook points {missing} in {activations.root}; "
                          f"captured: {activations.hook_points}")
-    return {hook: SAETrainingJob(activations, hook, config) for hook in hooks}
+    # Hook points named in models.<ns>.sae_source load a pretrained SAE instead of training.
+    name = activations.root.name
+    sources = parse_sae_sources(model, hooks, name)
+    data = training_set(activations, corpus_activations, config.sources, [h for h in hooks if h not in sources])
+    return {hook: PretrainedSAEJob(hook, sources[hook], activations.d_model(hook), name)
+            if hook in sources else SAETrainingJob(data, hook, config) for hook in hooks}
 
 
 def evaluate_sae(sae: dict[str, SAE], activations: ActivationSet, sae_training: dict[str, Any],
