@@ -69,6 +69,7 @@ class CausalConfig:
     circuit_refine: int = 4             # sizes checked between the last failing and first passing size
     circuit_examples_per_benchmark: int = 20    # select examples the circuit search runs on (cost)
     circuit_mode: str = "mean"          # ablation of features outside/inside the circuit (Marks et al.: mean)
+    circuit_sparse_fraction: float = 0.02   # a circuit above this share of alive features is "not sparse"
     n_context_features: int = 10        # top features whose top-activating contexts are listed
     n_contexts: int = 5
     context_window: int = 12
@@ -87,6 +88,8 @@ class CausalConfig:
             raise ValueError(f"causal.examples {cfg.examples!r}: expected one of {EXAMPLES}")
         if cfg.positions not in POSITIONS:
             raise ValueError(f"causal.positions {cfg.positions!r}: expected one of {POSITIONS}")
+        if not 0 < cfg.circuit_sparse_fraction < 1:
+            raise ValueError(f"causal.circuit_sparse_fraction {cfg.circuit_sparse_fraction!r}: expected a share in (0, 1)")
         return cfg
 
     def scoring(self) -> dict:

@@ -16,6 +16,11 @@ METRICS = {
 }
 
 
+BOOTSTRAP = ("percentile interval of the mean paired difference (ablated − clean) over bootstrap resamples of "
+             "clusters (examples sharing a template go together, others alone), drawn with replacement from "
+             "the rows it describes (one benchmark, or all benchmarks pooled)")
+
+
 def ranking_of(eff: pd.DataFrame, circuit: list[int]) -> list[dict]:
     """Candidates by exact Δ gold log-prob under zero ablation (pooled rows), with tests and calls."""
     here = eff[(eff["benchmark"] == "all") & (eff["role"] == "candidate")]
@@ -80,6 +85,8 @@ def hook_summary(eff, scores, draws, search, stats, clusters, cfg, *, layer, d_s
         "n_heldout_examples": sum(len(b.examples) for b in heldout),
         "n_heldout_clusters": int(clusters.reindex(scores["clean"]["row"]).nunique()),
         "metrics": {e: METRICS[e] for e in ENDPOINTS},
+        # How every 95% CI here was drawn, per benchmark and pooled alike (stats.bootstrap_ci).
+        "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.seed, "level": 0.95, "procedure": BOOTSTRAP},
         "clean": _per_benchmark(scores["clean"]),
         "splice_identity_max_abs_logprob_change": float(
             (scores["splice:none"]["gold_logprob"] - scores["clean"]["gold_logprob"]).abs().max()),
@@ -123,8 +130,12 @@ def _null_table(eff: pd.DataFrame) -> list[dict]:
 
 def circuit_summary(search, here: pd.DataFrame, scores, clusters, cfg, alive: int) -> dict:
     cm = cfg.circuit_mode
+    share = len(search.features) / alive if alive else None
     out = {"fraction_target": search.fraction, "found": search.found, "n_features": len(search.features),
-           "share_of_alive": len(search.features) / alive if alive else None, "ablation_mode": cm,
+           "share_of_alive": share, "ablation_mode": cm,
+           # Sparse: the circuit needs at most this share of the alive features (causal.circuit_sparse_fraction).
+           "sparse_fraction": cfg.circuit_sparse_fraction,
+           "sparse": bool(share <= cfg.circuit_sparse_fraction) if search.found and share is not None else None,
            "search_split": "select", "search_delta_all": search.delta_all,
            "search_recovered": search.recovered, "estimate_size": search.estimate_size,
            "checked_sizes": {str(k): v for k, v in search.checked.items()}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from sae_reasoning.reporting.fmt import ci, fmt, md, p, yes
 
 METHODS = [
@@ -33,7 +35,22 @@ METHODS = [
 ]
 
 
-def candidates_table(ranking: list[dict], token_injection: dict) -> list[str]:
+def dashboard_dir(model: str, hook: str) -> str:
+    """Where the feature dashboards of one SAE live, relative to data/08_reporting/."""
+    return f"features/{model}/{hook}"
+
+
+def linker(model: str, hook: str):
+    """feature id -> a markdown link to its dashboard page."""
+    return lambda feat: f"[{int(feat)}]({dashboard_dir(model, hook)}/feature_{int(feat)}.html)"
+
+
+def dashboards_line(model: str, hook: str) -> list[str]:
+    return [f"- feature dashboards: [`{dashboard_dir(model, hook)}/index.html`]({dashboard_dir(model, hook)}/index.html) "
+            "(one page per analysed feature; every feature id below links to its page)"]
+
+
+def candidates_table(ranking: list[dict], token_injection: dict, link=str) -> list[str]:
     L = ["Candidates (zero ablation, each alone; pooled over the analysed benchmarks; metric: Δ gold log-prob "
          "unless the column says otherwise):", "",
          "| rank | feature | Δ gold log-prob [95% CI] | q | null threshold | important | Δ accuracy [95% CI] | "
@@ -42,12 +59,46 @@ def candidates_table(ranking: list[dict], token_injection: dict) -> list[str]:
     for r in ranking:
         tok = token_injection.get(str(r["feature"]), {})
         surv = f" ({tok['survival']:.2f})" if tok.get("survival") is not None else ""
-        L.append(f"| {r['rank']} | {r['feature']} | {ci(r, 'delta_logprob')} | {p(r.get('q_logprob'))} | "
+        L.append(f"| {r['rank']} | {link(r['feature'])} | {ci(r, 'delta_logprob')} | {p(r.get('q_logprob'))} | "
                  f"{fmt(r.get('null_threshold_logprob'))} | {yes(r.get('important'))} | "
                  f"{ci(r, 'delta_accuracy', pct=True)} | {p(r.get('q_accuracy'))} | "
                  f"{fmt(r.get('delta_logit_diff'))} | {yes(tok.get('token_driven'))}{surv} | "
                  f"{r['attribution_estimate']:+.3f} | {r['firing_rate']:.3f} |")
     return L
+
+
+def per_benchmark_table(eff: pd.DataFrame, ranks: dict[int, int], boot: dict, link=str) -> list[str]:
+    """Δ gold log-prob [95% CI] per benchmark of every feature ablated alone (zero ablation):
+    candidates in rank order, then the random controls; bold where called important there."""
+    eff = eff[(eff["mode"] == "zero") & eff["role"].isin(["candidate", "control"])]
+    benches = sorted(b for b in eff["benchmark"].unique() if b != "all")
+    if eff.empty or not benches:
+        return []
+    cells = {(int(r["feature"]), r["role"], r["benchmark"]): r for r in eff.to_dict("records")}
+    n = eff[eff["benchmark"].isin(benches)].groupby("benchmark")[["n", "n_clusters"]].max()
+    head = [f"{b} (n {n.loc[b, 'n']}, {n.loc[b, 'n_clusters']} clusters)" for b in benches]
+    how = f"{boot['n_boot']} resamples; " if boot.get("n_boot") else ""
+    L = ["", "Per benchmark (zero ablation, each feature alone, held-out examples; metric: Δ gold log-prob; "
+         f"[95% CI]: paired cluster bootstrap, {how}{boot.get('procedure', 'causal/stats.py bootstrap_ci')}; "
+         "**bold**: important on that benchmark, q < α and |Δ| above its null threshold):", "",
+         "| feature | rank | pooled Δ [95% CI] | " + " | ".join(head) + " |", "|---|---|---|" + "---|" * len(benches)]
+    cand = sorted({f for f, role, _ in cells if role == "candidate"}, key=lambda f: ranks.get(f, len(ranks) + 1))
+    # controls as in the plot: by pooled Δ
+    ctrl = sorted({f for f, role, _ in cells if role == "control"},
+                  key=lambda f: (cells.get((f, "control", "all")) or {}).get("delta_logprob", 0.0))
+    for role, feats in (("candidate", cand), ("control", ctrl)):
+        for f in feats:
+            row = [_cell(cells.get((f, role, b))) for b in ("all", *benches)]
+            rank = ranks.get(f, "n/a") if role == "candidate" else "random control"
+            L.append(f"| {link(f)} | {rank} | " + " | ".join(row) + " |")
+    return L
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "n/a"
+    text = ci(r, "delta_logprob")
+    return f"**{text}**" if r.get("important_logprob") is True else text
 
 
 def significance_lines(s: dict) -> list[str]:
@@ -125,7 +176,7 @@ def circuit_lines(circ: dict | None) -> list[str]:
         return ["- circuit: none (ablating the whole SAE did not lower the gold log-prob on the select split)"]
     share = circ.get("share_of_alive")
     L = [f"- circuit ({circ.get('ablation_mode', 'zero')} ablation): {circ['n_features']} features "
-         f"({fmt(share, pct=True)} of alive features) recover {circ['search_recovered']:.0%} of the whole-SAE effect "
+         f"({fmt(share, pct=True)} of alive features{sparsity(circ)}) recover {circ['search_recovered']:.0%} of the whole-SAE effect "
          f"on the select split (target {circ['fraction_target']:.0%}; the linear attribution estimate predicted "
          f"{fmt(circ['estimate_size'])}). Graph: `<model>/circuit.json`."]
     if "error_ablated" in circ:
@@ -135,7 +186,17 @@ def circuit_lines(circ: dict | None) -> list[str]:
     return L
 
 
-def token_injection_lines(ti: dict) -> list[str]:
+def sparsity(circ: dict) -> str:
+    """'; not sparse: above 2.0% ...' against causal.circuit_sparse_fraction (empty without a verdict)."""
+    limit, sparse = circ.get("sparse_fraction"), circ.get("sparse")
+    if limit is None or sparse is None:
+        return ""
+    if sparse:
+        return f"; sparse: at most {limit:.1%}, `causal.circuit_sparse_fraction`"
+    return f"; **not sparse**: above {limit:.1%}, `causal.circuit_sparse_fraction`"
+
+
+def token_injection_lines(ti: dict, link=str) -> list[str]:
     if not ti:
         return []
     L = ["", "Token-driven or reasoning? Each feature's top tokens injected into neutral, non-reasoning text "
@@ -145,23 +206,26 @@ def token_injection_lines(ti: dict) -> list[str]:
          "|---|---|---|---|---|---|---|"]
     for feat, t in ti.items():
         toks = ", ".join(md(repr(x)) for x in t.get("tokens", []))
-        L.append(f"| {feat} | {toks} | {fmt(t.get('benchmark_activation'))} | {fmt(t.get('injected_activation'))} | "
+        L.append(f"| {link(feat)} | {toks} | {fmt(t.get('benchmark_activation'))} | {fmt(t.get('injected_activation'))} | "
                  f"{fmt(t.get('neutral_baseline'))} | {fmt(t.get('survival'))} | {yes(t.get('token_driven'))} |")
     return L
 
 
-def contexts_lines(contexts: dict) -> list[str]:
+def contexts_lines(contexts: dict, link=str) -> list[str]:
     if not contexts:
         return []
     L = ["", "Top-activating contexts (benchmark tokens where each feature fires most; the token in ⟦ ⟧):", "",
          "| feature | activation | context |", "|---|---|---|"]
     for feat, entries in list(contexts.items())[:6]:
         for ent in entries[:3]:
-            L.append(f"| {feat} | {ent['activation']:.2f} | {md(ent['text'])} |")
+            L.append(f"| {link(feat)} | {ent['activation']:.2f} | {md(ent['text'])} |")
     return L
 
 
-def hook_section(model: str, hook: str, s: dict, ranking: list[dict], contexts: dict) -> list[str]:
+def hook_section(model: str, hook: str, s: dict, ranking: list[dict], contexts: dict,
+                 effects: pd.DataFrame | None = None) -> list[str]:
+    """One SAE's causal results; effects: its rows of <model>.feature_effects (per-benchmark table)."""
+    link = linker(model, hook)
     L = [f"### `{model}` `{hook}` (d_sae {s['d_sae']}, {s['alive_features']} alive, "
          f"{s.get('active_at_ablated_positions', 'n/a')} firing where ablations act; "
          f"{s['n_select_examples']} select / {s['n_heldout_examples']} held-out examples, "
@@ -176,13 +240,15 @@ def hook_section(model: str, hook: str, s: dict, ranking: list[dict], contexts: 
           f"- all features zero-ablated: Δ accuracy {a['delta_accuracy']:+.1%}, Δ gold log-prob "
           f"{a['delta_logprob']:+.3f}, KL {a['kl']:.3f}",
           f"- Spearman correlation, attribution estimate vs exact effect over the candidates: "
-          f"{fmt(s['spearman_attribution_vs_exact'])}", ""]
-    L += candidates_table(ranking, s.get("token_injection", {}))
+          f"{fmt(s['spearman_attribution_vs_exact'])}", *dashboards_line(model, hook), ""]
+    L += candidates_table(ranking, s.get("token_injection", {}), link)
+    if effects is not None and len(effects):
+        L += per_benchmark_table(effects, {r["feature"]: r["rank"] for r in ranking}, s.get("bootstrap", {}), link)
     L += significance_lines(s)
     L += controls_lines(s)
     L += circuit_lines(s.get("circuit"))
-    L += token_injection_lines(s.get("token_injection", {}))
-    L += contexts_lines(contexts)
+    L += token_injection_lines(s.get("token_injection", {}), link)
+    L += contexts_lines(contexts, link)
     return L + [""]
 
 

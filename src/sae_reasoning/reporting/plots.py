@@ -40,36 +40,57 @@ def accuracy_vs_chance(chance: dict[str, dict]):
     return fig
 
 
+PANELS = (("candidate", "candidates (rank order)"), ("control", "random controls"))
+
+
 def feature_effects(effects: pd.DataFrame):
-    """Exact Δ gold log-prob per ablated feature (zero ablation, pooled benchmarks): candidates by
-    feature id, and apart from them the random controls and the null (threshold band)."""
-    sub = effects[(effects.benchmark == "all") & (effects["mode"] == "zero")
-                  & effects.role.isin(["candidate", "control", "null"])]
+    """Exact Δ gold log-prob of each feature ablated alone (zero ablation), per benchmark and pooled,
+    with 95% CI whiskers. One row per (model, hook point); feature ids on the x-axis; candidates in
+    rank order (pooled Δ, most negative first) in one panel, the random controls in their own.
+    Band: the null |Δ| threshold of the pooled rows (random live features ablated the same way)."""
+    sub = effects[(effects["mode"] == "zero") & effects["role"].isin([r for r, _ in PANELS])]
     groups = list(sub.groupby(["model", "hook_point"]))
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6.5 * max(len(groups), 1), 3.8), squeeze=False)
-    for ax, ((model, hook), d) in zip(axes[0], groups):
-        x0 = 0
-        for role, color in (("candidate", "C3"), ("control", "C7"), ("null", "C0")):
-            r = d[d.role == role].sort_values("delta_logprob")
-            xs = list(range(x0, x0 + len(r)))
-            err = [r.delta_logprob - r.delta_logprob_lo, r.delta_logprob_hi - r.delta_logprob]
-            ax.errorbar(xs, r.delta_logprob, yerr=err, fmt="none", ecolor=color, lw=0.8, alpha=0.6)
-            ax.scatter(xs, r.delta_logprob, color=color, label=f"{role} (n={len(r)})", s=14)
-            if role == "candidate":
-                ax.set_xticks(xs, [str(int(f)) for f in r.feature], rotation=90, fontsize=6)
-            x0 += len(r) + 2
-        thr = d["null_threshold_logprob"].dropna()
-        if len(thr):
-            ax.axhspan(-float(thr.iloc[0]), float(thr.iloc[0]), color="C0", alpha=0.12,
-                       label="null |Δ| threshold")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_title(f"{model} {hook}", fontsize=9)
-        ax.set_xlabel("candidate feature id | random controls | null features")
-        ax.set_ylabel("Δ gold log-prob (zero ablation)")
-        ax.legend(fontsize=7)
-    fig.suptitle("Per-feature ablation effect on held-out examples (bars: 95% CI)", fontsize=10)
+    benches = sorted(b for b in sub["benchmark"].unique() if b != "all")
+    benches += ["all"] if len(benches) != 1 else []    # with one benchmark, the pooled rows repeat it
+    # Panel widths follow the most features any SAE has in that role, so markers keep one spacing.
+    counts = sub.groupby(["role", "model", "hook_point"])["feature"].nunique()
+    widths = [max([1, *counts.get(role, pd.Series(dtype=int)).tolist()]) for role, _ in PANELS]
+    fig, axes = plt.subplots(max(len(groups), 1), 2, squeeze=False, sharey="row", gridspec_kw={"width_ratios": widths},
+                             figsize=(2.2 + 0.55 * sum(widths), 3.4 * max(len(groups), 1)))
+    for row, ((model, hook), d) in zip(axes, groups):
+        for ax, (role, title) in zip(row, PANELS):
+            _effects_panel(ax, d[d.role == role], benches)
+            ax.set_title(f"{model} {hook}: {title}", fontsize=8)
+        thr = d.loc[d.benchmark == "all", "null_threshold_logprob"].dropna()
+        for ax in row:
+            if len(thr):
+                ax.axhspan(-float(thr.iloc[0]), float(thr.iloc[0]), color="0.5", alpha=0.15, label="null |Δ| threshold")
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_xlabel("feature id")
+        row[0].set_ylabel("Δ gold log-prob (zero ablation)")
+        row[0].legend(fontsize=6)
+    fig.suptitle("Per-feature ablation effect on held-out examples, per benchmark (whiskers: 95% CI)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _effects_panel(ax, d: pd.DataFrame, benches: list[str]) -> None:
+    """Features along x (ordered by pooled Δ), one offset marker per benchmark."""
+    pooled = d[d.benchmark == "all"].set_index("feature")["delta_logprob"].sort_values()
+    feats = list(pooled.index) or sorted(d.feature.unique())
+    if not feats:
+        ax.text(0.5, 0.5, "none in this run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_xticks([])
+        return
+    step = 0.8 / len(benches)
+    for j, b in enumerate(benches):
+        r = d[d.benchmark == b].set_index("feature").reindex(feats)
+        xs = [i + (j - (len(benches) - 1) / 2) * step for i in range(len(feats))]
+        err = [(r.delta_logprob - r.delta_logprob_lo).clip(lower=0), (r.delta_logprob_hi - r.delta_logprob).clip(lower=0)]
+        ax.errorbar(xs, r.delta_logprob, yerr=err, fmt="o", ms=3, lw=0.8, capsize=1.5,
+                    color="k" if b == "all" else f"C{j}", label="pooled" if b == "all" else b)
+    ax.set_xticks(range(len(feats)), [str(int(f)) for f in feats], rotation=90, fontsize=6)
+    ax.set_xlim(-0.6, len(feats) - 0.4)
 
 
 def empty(message: str):

@@ -55,7 +55,14 @@ def build(models: dict[str, dict], prompts: pd.DataFrame, missing: list[str] = (
             "markdown": markdown(baseline, training, {ns: c["hook_points"] for ns, c in causal.items()}, ranking,
                                  contexts, chance=chance, selection=selection, sources=_sources(prompts),
                                  missing=list(missing), probes={ns: m.get("probes") for ns, m in models.items()},
-                                 resources=resources)}
+                                 resources=resources, effects=effects)}
+
+
+def _effects_of(effects: pd.DataFrame | None, model: str, hook: str) -> pd.DataFrame | None:
+    """One SAE's rows of the pooled effects table (None when there is none)."""
+    if effects is None or effects.empty:
+        return None
+    return effects[(effects["model"] == model) & (effects["hook_point"] == hook)]
 
 
 def _sources(prompts: pd.DataFrame) -> dict[str, str]:
@@ -175,7 +182,8 @@ DEPARTURES = [
 
 def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict, contexts: dict | None = None, *,
              chance: dict | None = None, selection: dict | None = None, sources: dict | None = None,
-             missing: list[str] | None = None, probes: dict | None = None, resources: dict | None = None) -> str:
+             missing: list[str] | None = None, probes: dict | None = None, resources: dict | None = None,
+             effects: pd.DataFrame | None = None) -> str:
     contexts, chance, selection, sources = contexts or {}, chance or {}, selection or {}, sources or {}
     L = ["# Phase 4 report: SAE features that models use to answer reasoning problems",
          "", f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Models: "
@@ -193,9 +201,12 @@ def markdown(baseline: pd.DataFrame, training: dict, causal: dict, ranking: dict
     L.append("")
     for model, per_hook in causal.items():
         for hook, s in per_hook.items():
-            L += hook_section(model, hook, s, ranking[model][hook], contexts.get(model, {}).get(hook, {}))
+            L += hook_section(model, hook, s, ranking[model][hook], contexts.get(model, {}).get(hook, {}),
+                              effects=_effects_of(effects, model, hook))
     if any(causal.values()):
-        L += ["![feature effects](feature_effects.png)", ""]
+        L += ["Δ gold log-prob per benchmark of each feature ablated alone (zero ablation; x: feature ids, candidates "
+              "in rank order, the random controls in their own panel; whiskers: 95% CI; band: the null threshold):", "",
+              "![feature effects per benchmark](feature_effects.png)", ""]
     if sum(len(v) for v in causal.values()) > 1:
         L += ["## 4. Across models", "",
               "| model | hook point | all-features Δ log-prob | top-feature mean Δ | control mean Δ | important / tested |",

@@ -89,7 +89,8 @@ def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
     assert any(n["id"] == "answer" for n in preview["nodes"])
 
     # The pipeline names these outputs, so kedro-viz draws them as dataset nodes.
-    assert {"circuit", "feature_contexts"} <= create_pipeline().outputs()
+    # (all_outputs: the dashboards node reads `circuit`, so it is no longer a free output)
+    assert {"circuit", "feature_contexts"} <= create_pipeline().all_outputs()
 
 
 def test_causal_node_ablates_at_all_positions(captured):

@@ -45,6 +45,15 @@ def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_pat
                    "of alive features", "analysed arith, logic", "Δ logit diff"):
         assert needle in md, needle
     assert "above chance | gold" in md and "| arith |" in md and "Not in this report" not in md
+    # Per-benchmark effects, dashboard links, and the circuit's sparsity verdict against the parameter.
+    hook = hook_point(2)
+    assert "Per benchmark (zero ablation" in md and "| arith (n " in md and "paired cluster bootstrap, 100 resamples" in md
+    assert f"](features/tiny/{hook}/index.html)" in md and f"](features/tiny/{hook}/feature_" in md
+    circ = summary["hook_points"][hook]["circuit"]
+    assert circ["sparse_fraction"] == params["circuit_sparse_fraction"]
+    # a random SAE's circuit needs most of its few alive features (70% here): not sparse
+    assert circ["found"] and circ["share_of_alive"] > circ["sparse_fraction"] and circ["sparse"] is False
+    assert f"of alive features; **not sparse**: above {circ['sparse_fraction']:.1%}" in md
     # A model whose namespace failed (the runner runs the report on what finished) is named.
     md = build_report(prompts, {"tiny": {}, "broken": {}}, **inputs)[0]
     assert "**Not in this report: `broken`**" in md and "Models: `tiny`." in md

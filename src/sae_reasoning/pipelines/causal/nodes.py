@@ -35,3 +35,26 @@ def train_probes(model: ModelHandle, saes: dict, prompts: pd.DataFrame, activati
     log.info("probes %s: logistic-regression probes at the answer position", model.name)
     return run_probes(model.name, saes, prompts, activations, baseline_scores, feature_ranking, causal_summary,
                       probes)
+
+
+def feature_dashboards(model: ModelHandle, saes: dict, activations: ActivationSet, feature_effects: pd.DataFrame,
+                       feature_ranking: dict, causal_summary: dict, circuit, dashboards: dict,
+                       massive_activations: dict) -> dict:
+    """Per hook point, what the feature dashboards show (sae_reasoning.dashboards); the
+    catalog's FeatureDashboardsDataset writes the HTML."""
+    from sae_reasoning.dashboards import DashboardConfig, dashboard_data
+
+    cfg = DashboardConfig.from_params({**dashboards, "massive_activations": massive_activations})
+    lm = model.load()
+    nodes = [d for _, d in circuit.nodes(data=True) if d.get("kind") == "feature"]
+    out = {}
+    for hook, sae in saes.items():
+        summary = causal_summary["hook_points"].get(hook, {})
+        effects = feature_effects[feature_effects["hook_point"] == hook] if len(feature_effects) else feature_effects
+        log.info("dashboards %s %s: computing feature pages", model.name, hook)
+        out[hook] = dashboard_data(
+            lm, sae.to(lm.device), hook, activations, ranking=feature_ranking["hook_points"].get(hook, []),
+            effects=effects, circuit_nodes=[n for n in nodes if n.get("hook_point") == hook],
+            token_injection=summary.get("token_injection", {}), benchmarks=summary.get("benchmarks", []),
+            cfg=cfg, model_name=model.name)
+    return {"model": model.name, "hook_points": out}
