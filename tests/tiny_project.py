@@ -40,7 +40,8 @@ def make_tiny_env(project: Path, model_dirs: dict, models: dict | None = None,
     env.mkdir(parents=True)
     catalog = {
         f"{name}.model": {"type": "sae_reasoning.datasets.model.ModelDataset", "name": name,
-                          "pretrained_model_name_or_path": str(model_dirs[family])}
+                          "pretrained_model_name_or_path": str(model_dirs[family]),
+                          "metadata": {"kedro-viz": {"layer": "models"}}}
         for name, (family, _) in models.items()
     }
     raw = _yaml(base / "catalog_data_loading.yml")

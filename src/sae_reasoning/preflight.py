@@ -123,8 +123,9 @@ def summarize(results: list[dict]) -> dict:
 # -- SAE folders vs the configured model ---------------------------------------------------
 
 def model_aliases(namespace: str, model: ModelHandle) -> set[str]:
-    """Names an SAE's cfg.json `model_name` may give this model: the namespace (what this
-    project writes), the catalog name, the HF id or path (and its last part), the GGUF file."""
+    """Names an SAE's cfg.json `model_name` may give this model: the HF id or path (what this
+    project writes, and its last part), the namespace (what it wrote before issue 15), the
+    catalog name, the GGUF file."""
     spec = model.spec
     names = {namespace, spec.name, spec.pretrained_model_name_or_path}
     src = spec.pretrained_model_name_or_path.rstrip("/")

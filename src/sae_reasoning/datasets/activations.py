@@ -25,6 +25,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.activations.store import MANIFEST, ActivationSet, ActivationStore
+from sae_reasoning.datasets.previews import TablePreview, records_preview
 from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.models.hooks import hook_point
 
@@ -128,6 +129,22 @@ class ActivationStoreDataset(AbstractDataset[CaptureJob, ActivationSet]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path) if self._storage.is_local else self._storage.url}
+
+    def preview(self) -> TablePreview:
+        """kedro-viz: one row per benchmark and hook point, from the manifests alone."""
+        if self._storage.is_local:
+            raw = {str(p.relative_to(self._path)): p.read_bytes() for p in sorted(self._path.glob(f"*/*/{MANIFEST}"))}
+        else:
+            with self._storage.errors("preview activations"):
+                raw = self._storage.cat_glob(f"*/*/{MANIFEST}")
+        rows = []
+        for rel in sorted(raw):
+            m = json.loads(raw[rel])
+            rows.append({"benchmark": rel.split("/", 1)[0], "hook point": m.get("hook_point"),
+                         "n_tokens": m.get("n_tokens"), "d_model": m.get("d_model"), "dtype": m.get("dtype"),
+                         "shards": len(m.get("shards", [])), "complete": m.get("complete"),
+                         "median norm": (m.get("norm_stats") or {}).get("median")})
+        return records_preview(rows)
 
 
 def _complete(folder: Path, fingerprint: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
+from sae_reasoning.datasets.previews import TablePreview, table_preview
 from sae_reasoning.ledger import read_records
 
 COLUMNS = ["run_id", "node", "namespace", "stage", "status", "error", "started_at", "finished_at",
@@ -39,3 +40,8 @@ class ResourceLedgerDataset(AbstractDataset[None, pd.DataFrame]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self.path)}
+
+    def preview(self, nrows: int = 20) -> TablePreview:
+        """kedro-viz: the latest `nrows` records, their main columns."""
+        cols = ["finished_at", "node", "status", "wall_s", "device", "peak_memory_bytes", "peak_rss_bytes", "tokens"]
+        return table_preview(self.load().tail(nrows)[cols])

@@ -10,6 +10,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from sae_reasoning.datasets.previews import TablePreview, records_preview
 from sae_reasoning.models.loading import ModelHandle, ModelSpec
 
 
@@ -34,3 +35,9 @@ class ModelDataset(AbstractDataset[None, ModelHandle]):
     def _describe(self) -> dict[str, Any]:
         return {"name": self._spec.name, "source": self._spec.pretrained_model_name_or_path,
                 "gguf_file": self._spec.gguf_file, "dtype": self._spec.dtype}
+
+    def preview(self) -> TablePreview:
+        """kedro-viz: where the weights come from (nothing is loaded)."""
+        s = self._spec
+        return records_preview([{"namespace": s.name, "pretrained_model_name_or_path": s.pretrained_model_name_or_path,
+                                 "gguf_file": s.gguf_file, "revision": s.revision, "dtype": s.dtype}])

@@ -34,6 +34,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from sae_reasoning.datasets.previews import TablePreview, records_preview
 from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.sae.model import SAE
 from sae_reasoning.sae.pretrained import PretrainedSAEJob
@@ -237,6 +238,19 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             except ValueError:  # an architecture we cannot run: load() says so
                 continue
         return out
+
+    def preview(self) -> TablePreview:
+        """kedro-viz: one row per hook point: the SAE's cfg.json and how its training ended."""
+        summaries, rows = self.summaries(), []
+        for hook, (_, cfg) in self.stored_configs().items():
+            meta, final = cfg.get("metadata") or {}, (summaries.get(hook) or {}).get("final") or {}
+            rows.append({"hook point": hook, "architecture": cfg.get("architecture"), "d_in": cfg.get("d_in"),
+                         "d_sae": cfg.get("d_sae"), "model_name": meta.get("model_name"),
+                         "trained_with": meta.get("trained_with"),
+                         "tokens_seen": (summaries.get(hook) or {}).get("tokens_seen"),
+                         "L0": final.get("l0"), "explained_variance": final.get("explained_variance"),
+                         "dead_fraction": final.get("dead_fraction")})
+        return records_preview(rows)
 
     def summaries(self) -> dict[str, dict | None]:
         """training_summary.json of each hook point (without the history)."""

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, DatasetError
 
 from sae_reasoning.baseline import BaselineJob
+from sae_reasoning.datasets.previews import TablePreview, table_preview
 from sae_reasoning.datasets.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -100,3 +101,7 @@ class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._path) if self._storage.is_local else self._url}
+
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """kedro-viz: the first `nrows` scores."""
+        return table_preview(self.load().head(nrows))

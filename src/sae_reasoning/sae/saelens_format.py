@@ -89,6 +89,19 @@ def save_sae(sae: SAE, folder: str | Path) -> tuple[Path, Path]:
     return weights, cfg
 
 
+def set_model_name(folder: str | Path, model_name: str) -> bool:
+    """Rewrite cfg.json's `metadata.model_name` in place (atomically; weights untouched).
+    True when it changed. For folders written before model_name named the model's id."""
+    path = Path(folder) / SAE_CFG_FILENAME
+    raw = json.loads(path.read_text())
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else raw  # SAELens < 6: flat
+    if meta.get("model_name") == model_name:
+        return False
+    meta["model_name"] = model_name
+    _write_atomic(path, lambda p: p.write_text(json.dumps(raw, indent=2)))
+    return True
+
+
 def _major_version(version: Any) -> int | None:
     m = re.match(r"\s*v?(\d+)", str(version)) if version else None
     return int(m.group(1)) if m else None

@@ -34,7 +34,7 @@ from typing import Any
 
 from sae_reasoning.activations.store import ActivationSet
 from sae_reasoning.sae.model import SAE
-from sae_reasoning.sae.saelens_format import is_sae_folder, load_sae, save_sae
+from sae_reasoning.sae.saelens_format import is_sae_folder, load_sae, save_sae, set_model_name
 from sae_reasoning.sae.train import (
     TrainingConfig,
     fingerprint_inputs,
@@ -179,6 +179,10 @@ class SAETrainingJob:
     activations: ActivationSet
     hook_point: str
     config: TrainingConfig
+    # cfg.json metadata.model_name: the model's id or path (the catalog's
+    # pretrained_model_name_or_path); None keeps the activations' model (the namespace).
+    # Not fingerprinted: it labels the SAE, it does not change it.
+    model_name: str | None = None
     inputs: dict = field(init=False, repr=False)
     fingerprint: str = field(init=False)
 
@@ -205,10 +209,14 @@ class SAETrainingJob:
         reason = self.reuse_reason(folder)
         if reason is None:
             logger.info("reusing SAE %s (fingerprint match %s)", folder, self.fingerprint)
+            if self.model_name and set_model_name(folder, self.model_name):  # relabel, no retraining
+                logger.info("SAE %s: cfg.json model_name set to %s", folder, self.model_name)
             return load_sae_folder(folder)
         logger.info("training SAE for %s in %s: %s", self.hook_point, folder, reason)
         result = train_sae(self.activations, self.hook_point, self.config,
                            checkpoint_dir=folder / CHECKPOINT_DIRNAME, fingerprint=self.fingerprint)
+        if self.model_name:
+            result.sae.cfg.model_name = self.model_name
         summary = {**result.summary, "fingerprint_inputs": self.inputs, "history": result.history}
         write_sae_folder(folder, result.sae, summary, keep_checkpoints=True)
         logger.info("SAE %s: %d steps, %d tokens, %.0f tokens/s", folder, result.summary["steps"],

@@ -11,4 +11,4 @@ def create_pipeline(**kwargs) -> Pipeline:
                               "params:data_loading"], "corpus_activations", name="capture_corpus"),
         Node(score_baseline, ["model", "prompts", "params:capture"], "baseline_scores",
              name="score_baseline"),
-    ])
+    ], tags="capture")  # the stage's tag: `kedro run --tags=capture`, kedro-viz's tag filter

@@ -25,4 +25,4 @@ def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
               "top_activating_contexts", "baseline_accuracy_plot", "feature_effects_plot", "planted_dictionary_plot",
               "resources_summary"],
              name="build_report"),
-    ])
+    ], tags="reporting")

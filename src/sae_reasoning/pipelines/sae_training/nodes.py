@@ -47,9 +47,10 @@ def hook_points_for(model: dict[str, Any], sae_training: dict[str, Any]) -> list
 
 
 def train_sae(activations: ActivationSet, corpus_activations: ActivationSet, sae_training: dict[str, Any],
-              model: dict[str, Any]) -> dict[str, SAETrainingJob]:
+              model: dict[str, Any], language_model: ModelHandle | None = None) -> dict[str, SAETrainingJob]:
     """One training job per configured hook point (run by the `sae` dataset on save), on the
-    corpus and/or benchmark activations as `sae_training.sources` says."""
+    corpus and/or benchmark activations as `sae_training.sources` says. `language_model`
+    (lazy, no weights): its id or path labels the SAEs (cfg.json model_name)."""
     config = TrainingConfig.from_params(sae_training)
     hooks = hook_points_for(model, sae_training)
     missing = [h for h in hooks if h not in activations.hook_points]
@@ -60,8 +61,9 @@ def train_sae(activations: ActivationSet, corpus_activations: ActivationSet, sae
     name = activations.root.name
     sources = parse_sae_sources(model, hooks, name)
     data = training_set(activations, corpus_activations, config.sources, [h for h in hooks if h not in sources])
+    model_id = language_model.spec.pretrained_model_name_or_path if language_model is not None else None
     return {hook: PretrainedSAEJob(hook, sources[hook], activations.d_model(hook), name)
-            if hook in sources else SAETrainingJob(data, hook, config) for hook in hooks}
+            if hook in sources else SAETrainingJob(data, hook, config, model_name=model_id) for hook in hooks}
 
 
 def evaluate_sae(sae: dict[str, SAE], activations: ActivationSet, sae_training: dict[str, Any],

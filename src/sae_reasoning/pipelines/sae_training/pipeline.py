@@ -12,10 +12,10 @@ from sae_reasoning.pipelines.sae_training.nodes import evaluate_sae, plot_sae_tr
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline([
-        node(train_sae, inputs=["activations", "corpus_activations", "params:sae_training", "params:model"],
+        node(train_sae, inputs=["activations", "corpus_activations", "params:sae_training", "params:model", "model"],
              outputs="sae", name="train_sae"),
         node(evaluate_sae, inputs=["sae", "activations", "params:sae_training", "model", "prompts"],
              outputs="sae_metrics", name="evaluate_sae"),
         node(plot_sae_training, inputs="sae", outputs="sae_training_curve",
              name="plot_sae_training"),
-    ])
+    ], tags="sae_training")

@@ -23,4 +23,5 @@ def create_pipeline(models: list[str] = (), **kwargs) -> Pipeline:
                           "validation_checks", name="summarize_validation"),
                      Node(add_budget, ["validation_checks", "params:budget", *(f"{m}.budget" for m in models)],
                           "validation_report", name="add_budget"),
-                     Node(fail_on_errors, "validation_report", None, name="fail_on_errors")])
+                     Node(fail_on_errors, "validation_report", None, name="fail_on_errors")],
+                    tags="validate")
