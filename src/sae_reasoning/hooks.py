@@ -213,6 +213,12 @@ class ResourceLedgerHook:
         self.recorder = LedgerRecorder(folder)
 
     @hook_impl
+    def after_context_created(self, context) -> None:
+        # A session started outside the project folder (a notebook) writes into the project.
+        if not self.recorder.folder.is_absolute():
+            self.recorder.folder = Path(context.project_path) / self.recorder.folder
+
+    @hook_impl
     def after_catalog_created(self, catalog) -> None:
         ds = _dataset(catalog, "resource_ledger")
         path = getattr(ds, "path", None)

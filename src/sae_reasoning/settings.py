@@ -3,6 +3,12 @@
 from kedro.config import OmegaConfigLoader
 
 from sae_reasoning.hooks import ConfigCaptureHook, ResourceLedgerHook, RunLockHook, SAECheckHook
+from sae_reasoning.tracking import (
+    MlflowReportHook,
+    kedro_mlflow_hook,
+    plugin_installed,
+    tracking_enabled,
+)
 
 # ConfigCaptureHook: the registry builds one namespaced pipeline per configured model, so
 # it has to see the configuration of the run's environment; this hook hands it over.
@@ -12,6 +18,16 @@ from sae_reasoning.hooks import ConfigCaptureHook, ResourceLedgerHook, RunLockHo
 # folder that the `resource_ledger` catalog entry reads (conf/base/catalog_reporting.yml).
 HOOKS = (ConfigCaptureHook(), SAECheckHook(), RunLockHook(),
          ResourceLedgerHook("data/09_tracking/resource_ledger"))
+
+# Run tracking (README "Tracking runs"; the `tracking` extra): on with SAE_REASONING_TRACKING=1.
+# Installed, kedro-mlflow registers its hook through an entry point in every session: that
+# one stays off, so untracked runs open no MLflow run or store. When tracking is on, its hook
+# is registered here instead, less the per-node parameter logging that misfires in runner
+# workers (tracking.kedro_mlflow_hook); MlflowReportHook logs the parameters, the report's
+# metrics and its files. mlflow is imported only when tracking is on.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
+if tracking_enabled():
+    HOOKS = (*HOOKS, *((kedro_mlflow_hook(),) if plugin_installed() else ()), MlflowReportHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -18,3 +18,6 @@ class EnvFolderLedgerHook(ResourceLedgerHook):
 
 
 HOOKS = (EnvFolderLedgerHook(),)
+
+# kedro-mlflow (the tracking extra) registers its hook in every session; not wanted here.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
