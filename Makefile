@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test viz clean-data bench-deps
+.PHONY: install run test viz clean-data bench-deps tracking chromium
 
 install: $(STAMP)
 
@@ -23,13 +23,34 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/kedro run --pipeline=phase4
+	$(VENV)/bin/kedro run --pipelines=phase4   # --pipeline (singular) is deprecated in Kedro 1.x and warns
 
 # Optional: SAELens, for benchmarks/sae_train.py (adds packages, upgrades none here).
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 
-test: $(STAMP)
+# Optional: run tracking with kedro-mlflow (README "Tracking runs"). The tests need it too
+# (a tracked run in tests/test_e2e.py). Once installed, every `kedro` command imports mlflow
+# for kedro-mlflow's CLI (+2.5 s idle, 2 cores); its hook stays off unless SAE_REASONING_TRACKING=1.
+TRACKING_STAMP := $(VENV)/.installed-tracking
+$(TRACKING_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[tracking]'
+	touch $(TRACKING_STAMP)
+
+tracking: $(TRACKING_STAMP)
+
+# The feature dashboards' browser test drives Debian's Chromium, headless, through Playwright
+# (never `playwright install`: it downloads). Installed here when missing and we are root;
+# otherwise this says how, and the test fails naming the missing browser.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "Chromium is missing: run 'sudo apt-get install chromium' (or set CHROMIUM=/path/to/it)"; \
+	fi
+
+test: $(STAMP) $(TRACKING_STAMP) chromium
 	$(VENV)/bin/pytest tests
 
 viz: $(STAMP)
