@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test viz clean-data bench-deps tracking chromium
+.PHONY: install run test lint viz clean-data bench-deps tracking chromium
 
 install: $(STAMP)
 
@@ -52,6 +52,12 @@ chromium:
 
 test: $(STAMP) $(TRACKING_STAMP) chromium
 	$(VENV)/bin/pytest tests
+
+# ruff (pinned in the test extra; settings in pyproject.toml [tool.ruff]): lint and format check.
+LINT_PATHS := src tests benchmarks
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 viz: $(STAMP)
 	$(VENV)/bin/kedro viz build

@@ -41,19 +41,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=200)
     args = ap.parse_args()
     d = DEFAULTS
-    print(f"alpha {d['alpha']}, null quantile {d['null_quantile']}; per study: "
-          f"{d['n_candidates']} candidates ({d['n_true']} true), {d['n_controls']} controls, "
-          f"{d['n_null']} nulls; {d['n_clusters']} templates x ~{d['cluster_size']} examples; "
-          f"t{d['tail_df']:g} noise, n_perm {d['n_perm']}")
+    print(
+        f"alpha {d['alpha']}, null quantile {d['null_quantile']}; per study: "
+        f"{d['n_candidates']} candidates ({d['n_true']} true), {d['n_controls']} controls, "
+        f"{d['n_null']} nulls; {d['n_clusters']} templates x ~{d['cluster_size']} examples; "
+        f"t{d['tail_df']:g} noise, n_perm {d['n_perm']}"
+    )
     for name, kw in SETTINGS:
         t = time.perf_counter()
         r = calibrate(args.seeds, **kw)
-        print(f"{name:40s} FDR {r['mean_fdr']:.3f} (SE {r['fdr_se']:.3f})  "
-              f"power {r['power']:.3f}  control FP {r['control_fp_rate']:.4f}  "
-              f"p<alpha|no effect {r['zero_effect_p_below_alpha']:.3f}  "
-              f"calls/study {r['mean_calls']:.2f}  null thr {r['null_threshold']:.2f}  "
-              f"seeds {r['n_seeds']}  "
-              f"({time.perf_counter() - t:.1f}s)")
+        print(
+            f"{name:40s} FDR {r['mean_fdr']:.3f} (SE {r['fdr_se']:.3f})  "
+            f"power {r['power']:.3f}  control FP {r['control_fp_rate']:.4f}  "
+            f"p<alpha|no effect {r['zero_effect_p_below_alpha']:.3f}  "
+            f"calls/study {r['mean_calls']:.2f}  null thr {r['null_threshold']:.2f}  "
+            f"seeds {r['n_seeds']}  "
+            f"({time.perf_counter() - t:.1f}s)"
+        )
 
 
 if __name__ == "__main__":

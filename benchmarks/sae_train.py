@@ -42,7 +42,7 @@ import time
 
 import torch
 
-from sae_reasoning.sae.model import SAEConfig, build_sae
+from sae_reasoning.sae import SAEConfig, build_sae
 from sae_reasoning.sae.train import TrainingConfig, train_step
 
 D_IN, D_SAE, BATCH, K = 576, 4608, 4096, 32
@@ -53,8 +53,10 @@ def saelens_or_exit():
     try:
         import sae_lens
     except ImportError:
-        sys.exit("sae-lens is not installed: run `make bench-deps` "
-                 "(= .venv/bin/pip install -e '.[bench]', sae-lens==6.54.12) and retry.")
+        sys.exit(
+            "sae-lens is not installed: run `make bench-deps` "
+            "(= .venv/bin/pip install -e '.[bench]', sae-lens==6.54.12) and retry."
+        )
     return sae_lens
 
 
@@ -64,9 +66,13 @@ def activations(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     D /= D.norm(dim=1, keepdim=True)
     idx = torch.randint(0, D_SAE, (n, PLANTED_L0), generator=g)
     coef = torch.rand(n, PLANTED_L0, generator=g) * 2 + 0.5
-    x = torch.nn.functional.embedding_bag(idx.reshape(-1), D, mode="sum",
-                                          per_sample_weights=coef.reshape(-1),
-                                          offsets=torch.arange(0, n * PLANTED_L0, PLANTED_L0))
+    x = torch.nn.functional.embedding_bag(
+        idx.reshape(-1),
+        D,
+        mode="sum",
+        per_sample_weights=coef.reshape(-1),
+        offsets=torch.arange(0, n * PLANTED_L0, PLANTED_L0),
+    )
     x += 0.1 * torch.randn(n, D_IN, generator=g)
     x *= math.sqrt(D_IN) / x.norm(dim=1).mean()
     return x, D
@@ -76,8 +82,12 @@ def start_state(D: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Decoder = planted directions; encoder bias set so ReLU codes have L0 ~ 2 x planted."""
     pre = x[:512] @ D.T
     bias = -torch.quantile(pre.flatten()[:2_000_000], 1 - 2 * PLANTED_L0 / D_SAE).item()
-    return {"W_enc": D.T.contiguous(), "b_enc": torch.full((D_SAE,), bias),
-            "W_dec": D.clone(), "b_dec": torch.zeros(D_IN)}
+    return {
+        "W_enc": D.T.contiguous(),
+        "b_enc": torch.full((D_SAE,), bias),
+        "W_dec": D.clone(),
+        "b_dec": torch.zeros(D_IN),
+    }
 
 
 def gemm_flops(seconds: float) -> float:
@@ -98,8 +108,9 @@ def time_gemm(steps: int) -> float:
 def ours_step(arch: str, state, dead):
     """A closure running one training step of our trainer; returns the step's L0."""
     cfg = TrainingConfig(architecture=arch, k=K, lr=1e-4, l1_coefficient=2.0)
-    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=arch,
-                              k=K if arch == "topk" else None))
+    sae = build_sae(
+        SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=arch, k=K if arch == "topk" else None)
+    )
     sae.load_state_dict(state)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=True)
     since_fired = torch.zeros(D_SAE, dtype=torch.long)
@@ -110,6 +121,7 @@ def ours_step(arch: str, state, dead):
         since_fired.add_(len(x))
         since_fired[out.fired] = 0
         return out.l0
+
     return step
 
 
@@ -118,24 +130,32 @@ def saelens_step(sae_lens, arch: str, state, dead):
     from sae_lens.saes.sae import TrainStepInput
 
     if arch == "relu":
-        cfg = sae_lens.StandardTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l1_coefficient=2.0,
-                                                 dtype="float32", device="cpu")
+        cfg = sae_lens.StandardTrainingSAEConfig(
+            d_in=D_IN, d_sae=D_SAE, l1_coefficient=2.0, dtype="float32", device="cpu"
+        )
         sae = sae_lens.StandardTrainingSAE(cfg)
         coefficients = {"l1": 2.0}
     else:
-        cfg = sae_lens.TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32",
-                                             device="cpu")
+        cfg = sae_lens.TopKTrainingSAEConfig(
+            d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device="cpu"
+        )
         sae = sae_lens.TopKTrainingSAE(cfg)
         coefficients = {}
     sae.load_state_dict(state, strict=False)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.999))   # as SAETrainer
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.999))  # as SAETrainer
     since_fired = torch.zeros(D_SAE)
 
     def step(x, i):
         sae.train()
-        out = sae.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
-            n_training_steps=i, is_logging_step=False))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients=coefficients,
+                dead_neuron_mask=dead,
+                n_training_steps=i,
+                is_logging_step=False,
+            )
+        )
         with torch.no_grad():
             did_fire = out.feature_acts.bool().float().sum(-2).bool()
             since_fired.add_(1)
@@ -144,6 +164,7 @@ def saelens_step(sae_lens, arch: str, state, dead):
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
+
     return step
 
 
@@ -158,8 +179,11 @@ def side_by_side(ours, theirs, batches, warmup: int) -> tuple[float, float, floa
         t = time.perf_counter()
         l0 = ours(x, i)
         t_ours.append(time.perf_counter() - t)
-    return (BATCH / statistics.median(t_ours[warmup:]),
-            BATCH / statistics.median(t_theirs[warmup:]), l0)
+    return (
+        BATCH / statistics.median(t_ours[warmup:]),
+        BATCH / statistics.median(t_theirs[warmup:]),
+        l0,
+    )
 
 
 def main() -> None:
@@ -179,25 +203,37 @@ def main() -> None:
     gemm_s = time_gemm(5 if args.quick else 20)
     ceiling = BATCH / (5 * gemm_s)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"sae-train: d_in {D_IN}, d_sae {D_SAE}, batch {BATCH}, float32, CPU "
-          f"({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch "
-          f"threads, torch {torch.__version__}, sae-lens {sae_lens.__version__}; "
-          f"{steps} timed steps per case (median){', --quick' if args.quick else ''}; "
-          f"1-min load average {load:.1f}")
-    print(f"dense GEMM [{BATCH}x{D_IN}]@[{D_IN}x{D_SAE}]: {gemm_s * 1e3:.1f} ms = "
-          f"{gemm_flops(gemm_s) / 1e9:.1f} GFLOP/s -> dense-step ceiling {ceiling:,.0f} tokens/s "
-          f"(5 GEMMs per step)")
+    print(
+        f"sae-train: d_in {D_IN}, d_sae {D_SAE}, batch {BATCH}, float32, CPU "
+        f"({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}, sae-lens {sae_lens.__version__}; "
+        f"{steps} timed steps per case (median){', --quick' if args.quick else ''}; "
+        f"1-min load average {load:.1f}"
+    )
+    print(
+        f"dense GEMM [{BATCH}x{D_IN}]@[{D_IN}x{D_SAE}]: {gemm_s * 1e3:.1f} ms = "
+        f"{gemm_flops(gemm_s) / 1e9:.1f} GFLOP/s -> dense-step ceiling {ceiling:,.0f} tokens/s "
+        f"(5 GEMMs per step)"
+    )
     dead_half = torch.zeros(D_SAE, dtype=torch.bool)
-    dead_half[D_SAE // 2:] = True
-    cases = [("ReLU+L1 (l1 2)", "relu", None), (f"TopK k={K}", "topk", None),
-             (f"TopK k={K}, AuxK active", "topk", dead_half)]
-    print(f"{'case':<26}{'ours tok/s':>12}{'SAELens tok/s':>15}{'ratio':>8}"
-          f"{'ours % ceil':>13}{'SAELens % ceil':>16}{'L0':>7}")
+    dead_half[D_SAE // 2 :] = True
+    cases = [
+        ("ReLU+L1 (l1 2)", "relu", None),
+        (f"TopK k={K}", "topk", None),
+        (f"TopK k={K}, AuxK active", "topk", dead_half),
+    ]
+    print(
+        f"{'case':<26}{'ours tok/s':>12}{'SAELens tok/s':>15}{'ratio':>8}"
+        f"{'ours % ceil':>13}{'SAELens % ceil':>16}{'L0':>7}"
+    )
     for name, arch, dead in cases:
-        ours, theirs, l0 = side_by_side(ours_step(arch, state, dead),
-                                        saelens_step(sae_lens, arch, state, dead), batches, warmup)
-        print(f"{name:<26}{ours:>12,.0f}{theirs:>15,.0f}{ours / theirs:>7.2f}x"
-              f"{100 * ours / ceiling:>12.0f}%{100 * theirs / ceiling:>15.0f}%{l0:>7.0f}")
+        ours, theirs, l0 = side_by_side(
+            ours_step(arch, state, dead), saelens_step(sae_lens, arch, state, dead), batches, warmup
+        )
+        print(
+            f"{name:<26}{ours:>12,.0f}{theirs:>15,.0f}{ours / theirs:>7.2f}x"
+            f"{100 * ours / ceiling:>12.0f}%{100 * theirs / ceiling:>15.0f}%{l0:>7.0f}"
+        )
 
 
 if __name__ == "__main__":

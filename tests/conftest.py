@@ -22,8 +22,10 @@ def tiny_model_dirs(tmp_path_factory):
 def tiny_lms(tiny_model_dirs):
     from sae_reasoning.models import ModelHandle, ModelSpec
 
-    return {f: ModelHandle(ModelSpec(f, str(d), converted_cache=None)).load("cpu")
-            for f, d in tiny_model_dirs.items()}
+    return {
+        f: ModelHandle(ModelSpec(f, str(d), converted_cache=None)).load("cpu")
+        for f, d in tiny_model_dirs.items()
+    }
 
 
 @pytest.fixture

@@ -24,14 +24,25 @@ HOOK = hook_point(1)
 def causal_params() -> dict:
     params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())
     causal = params["causal"]
-    causal.update(top_k=4, n_random_controls=2, n_random_sets=1, n_random_directions=1, n_boot=100,
-                  stats_tokens=400, batch_size=8, n_context_features=3, n_contexts=2, n_null_features=6,
-                  require_above_chance=False)
+    causal.update(
+        top_k=4,
+        n_random_controls=2,
+        n_random_sets=1,
+        n_random_directions=1,
+        n_boot=100,
+        stats_tokens=400,
+        batch_size=8,
+        n_context_features=3,
+        n_contexts=2,
+        n_null_features=6,
+        require_above_chance=False,
+    )
     return params
 
 
 def build(model_dir: Path, root: Path) -> tuple[dict, DataCatalog]:
-    """(the node's output, a catalog whose `tiny.feature_dashboards` wrote it under root/features)."""
+    """(the node's output, a catalog whose `tiny.feature_dashboards` wrote it under
+    root/features)."""
     handle = ModelHandle(ModelSpec("tiny", str(model_dir), converted_cache=None))
     prompts = tiny_prompts(n_open=8, n_choice=4)
     CaptureJob(handle, prompts, layers=[1]).run(root / "acts")
@@ -40,10 +51,20 @@ def build(model_dir: Path, root: Path) -> tuple[dict, DataCatalog]:
     baseline = score_conditions(lm, encode_prompts(lm.tokenizer, prompts), progress=None)["clean"]
     params = causal_params()
     sae = random_sae()
-    effects, ranking, summary, graph, _ = analyse_features(handle, {HOOK: sae}, prompts, acts, baseline,
-                                                           params["causal"])
-    out = feature_dashboards(handle, {HOOK: sae}, acts, effects, ranking, summary, graph, params["dashboards"],
-                             params["causal"]["massive_activations"])
+    effects, ranking, summary, graph, _ = analyse_features(
+        handle, {HOOK: sae}, prompts, acts, baseline, params["causal"]
+    )
+    out = feature_dashboards(
+        handle,
+        {HOOK: sae},
+        acts,
+        effects,
+        ranking,
+        summary,
+        graph,
+        params["dashboards"],
+        params["causal"]["massive_activations"],
+    )
     config = yaml.safe_load((CONF / "catalog_causal.yml").read_text())["{model}.feature_dashboards"]
     config["filepath"] = str(root / "features" / "tiny")
     catalog = DataCatalog.from_config({"tiny.feature_dashboards": config})

@@ -8,11 +8,12 @@ import re
 import sys
 from pathlib import Path
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;[^\x1b]*\x1b\\")   # colours and links of rich's output
+ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;[^\x1b]*\x1b\\")  # colours and links of rich's output
 
 
 def execute(notebook: Path, cwd: Path, parameters: dict, env: dict, timeout: int = 600):
-    """The executed notebook (nbformat node); raises nbclient's CellExecutionError on a failing cell."""
+    """The executed notebook (nbformat node); raises nbclient's CellExecutionError on a failing
+    cell."""
     import os
 
     import nbformat
@@ -21,16 +22,22 @@ def execute(notebook: Path, cwd: Path, parameters: dict, env: dict, timeout: int
     nb = nbformat.read(notebook, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     source = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+    nb.cells.insert(
+        at + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    )
     # The venv's kernelspecs first, ahead of any in the user's or the system's Jupyter dirs.
     venv_kernels = str(Path(sys.prefix) / "share" / "jupyter")
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = venv_kernels
     try:
-        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(cwd)}})
+        client = NotebookClient(
+            nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(cwd)}}
+        )
         client.execute(env={**env, "JUPYTER_PATH": venv_kernels})
     finally:
-        os.environ.pop("JUPYTER_PATH") if old is None else os.environ.__setitem__("JUPYTER_PATH", old)
+        os.environ.pop("JUPYTER_PATH") if old is None else os.environ.__setitem__(
+            "JUPYTER_PATH", old
+        )
     return nb
 
 

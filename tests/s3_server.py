@@ -24,8 +24,15 @@ def s3():
     import s3fs  # noqa: F401  (the backend the datasets use)
 
     with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
-                     "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        for name in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ):
             env.delenv(name, raising=False)
         env.setenv("AWS_ACCESS_KEY_ID", "testing")
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -66,7 +73,5 @@ def s3_files(client, prefix):
     for page in pages:
         for obj in page.get("Contents", []):
             body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            out[obj["Key"][len(prefix) + 1:]] = body
+            out[obj["Key"][len(prefix) + 1 :]] = body
     return out
-
-

@@ -20,8 +20,11 @@ CANDIDATES = ("chromium", "chromium-browser")
 def chromium_path() -> str:
     found = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, CANDIDATES)), None)
     if not found:
-        pytest.fail("no Chromium found (looked for $CHROMIUM, chromium, chromium-browser): run `make chromium` "
-                    "(apt-get install chromium, as root) — the dashboards' browser test needs it")
+        pytest.fail(
+            "no Chromium found (looked for $CHROMIUM, chromium, chromium-browser): "
+            "run `make chromium` (apt-get install chromium, as root) — the dashboards' browser "
+            "test needs it"
+        )
     return found
 
 
@@ -29,7 +32,9 @@ def chromium_path() -> str:
 def site(tiny_model_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("dash_browser")
     out, _ = dashboards_fixture.build(tiny_model_dirs["llama"], root)
-    return out["hook_points"][dashboards_fixture.HOOK], root / "features" / "tiny" / dashboards_fixture.HOOK
+    return out["hook_points"][
+        dashboards_fixture.HOOK
+    ], root / "features" / "tiny" / dashboards_fixture.HOOK
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,10 @@ def screenshot(page, tmp_path: Path, name: str):
 
 def column(page, i: int) -> list[str]:
     return page.eval_on_selector_all(
-        "#features tbody tr", f"rows => rows.filter(r => r.style.display !== 'none').map(r => r.cells[{i}].textContent.trim())")
+        "#features tbody tr",
+        "rows => rows.filter(r => r.style.display !== 'none')"
+        f".map(r => r.cells[{i}].textContent.trim())",
+    )
 
 
 def test_index_sorts_filters_and_links_to_a_feature_page(site, browser, tmp_path):
@@ -120,7 +128,9 @@ def test_index_sorts_filters_and_links_to_a_feature_page(site, browser, tmp_path
 
 def test_feature_page_renders_histogram_shading_and_tables(site, browser, tmp_path):
     data, folder = site
-    fired = [f for f in data["features"].values() if f["histogram"]["n_nonzero"] and f["top_contexts"]]
+    fired = [
+        f for f in data["features"].values() if f["histogram"]["n_nonzero"] and f["top_contexts"]
+    ]
     f = max(fired, key=lambda f: len(f["top_contexts"]))
     w = Watched(browser)
     page = w.page
@@ -135,9 +145,13 @@ def test_feature_page_renders_histogram_shading_and_tables(site, browser, tmp_pa
     style = page.locator("#top-contexts .tok.here").first.get_attribute("style")
     assert "rgba(232, 130, 42, 1.000)" in style
     shaded = page.eval_on_selector_all(
-        "#top-contexts .tok", "ts => ts.filter(t => getComputedStyle(t).backgroundColor !== 'rgba(0, 0, 0, 0)').length")
+        "#top-contexts .tok",
+        "ts => ts.filter(t => getComputedStyle(t).backgroundColor !== 'rgba(0, 0, 0, 0)').length",
+    )
     assert shaded >= n_ctx
-    assert page.locator("#quantiles .ctx").count() == sum(len(q["contexts"]) for q in f["quantiles"])
+    assert page.locator("#quantiles .ctx").count() == sum(
+        len(q["contexts"]) for q in f["quantiles"]
+    )
     assert page.locator("#promoted tr").count() == len(f["logits"]["promoted"]) + 1
     assert page.locator("#suppressed tr").count() == len(f["logits"]["suppressed"]) + 1
     assert page.locator("#neighbours tr").count() == len(f["neighbours"]) + 1

@@ -26,12 +26,24 @@ def test_phase4_end_to_end(project):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     out = project / "data" / "08_reporting"
     report = (out / "PHASE4_REPORT.md").read_text()
-    for needle in ("## 1. Baseline", "tiny_llama", "tiny_gpt2", "chance", "splice identity", "## 4. Across models",
-                   "exact one-sided binomial", "false positives", "Token-driven or reasoning?",
-                   "GSM8K-style: reasoning-gym gsm_symbolic"):
+    for needle in (
+        "## 1. Baseline",
+        "tiny_llama",
+        "tiny_gpt2",
+        "chance",
+        "splice identity",
+        "## 4. Across models",
+        "exact one-sided binomial",
+        "false positives",
+        "Token-driven or reasoning?",
+        "GSM8K-style: reasoning-gym gsm_symbolic",
+    ):
         assert needle in report, needle
     causal = json.loads((out / "causal_test_results.json").read_text())
-    for model, hook in (("tiny_llama", "blocks.1.hook_resid_post"), ("tiny_gpt2", "blocks.2.hook_resid_post")):
+    for model, hook in (
+        ("tiny_llama", "blocks.1.hook_resid_post"),
+        ("tiny_gpt2", "blocks.2.hook_resid_post"),
+    ):
         assert set(causal[model]["baseline_vs_chance"]) == {"gsm8k", "math", "logic"}
         assert causal[model]["selection"]["analysed"] == ["gsm8k", "logic", "math"]
         s = causal[model]["hook_points"][hook]
@@ -43,23 +55,42 @@ def test_phase4_end_to_end(project):
         sae_dir = project / "data" / "06_models" / "sae" / model / hook
         cfg = json.loads((sae_dir / "cfg.json").read_text())
         assert cfg["d_sae"] == 4 * cfg["d_in"] and (sae_dir / "sae_weights.safetensors").exists()
-        manifest = json.loads((project / "data/04_feature/activations" / model / "gsm8k" / hook / "manifest.json").read_text())
+        manifest = json.loads(
+            (
+                project / "data/04_feature/activations" / model / "gsm8k" / hook / "manifest.json"
+            ).read_text()
+        )
         assert manifest["complete"] and manifest["n_tokens"] > 0
-        corpus = json.loads((project / "data/04_feature/corpus_activations" / model / "corpus" / hook
-                             / "manifest.json").read_text())
+        corpus = json.loads(
+            (
+                project
+                / "data/04_feature/corpus_activations"
+                / model
+                / "corpus"
+                / hook
+                / "manifest.json"
+            ).read_text()
+        )
         assert corpus["complete"] and corpus["n_tokens"] > 0
         # the SAE trained on both sources; the report names them (issue 13: corpus)
-        by_source = json.loads((out / "training_summary.json").read_text())[model]["sae_metrics"][hook][
-            "training"]["n_train_tokens_by_source"]
+        by_source = json.loads((out / "training_summary.json").read_text())[model]["sae_metrics"][
+            hook
+        ]["training"]["n_train_tokens_by_source"]
         assert by_source["corpus"] > 0 and by_source["benchmarks"] > 0
         probes = causal[model]["probes"]
         assert probes, f"no probe results for {model}"
-        site = out / "features" / model / hook    # feature dashboards: a page per analysed feature
+        site = out / "features" / model / hook  # feature dashboards: a page per analysed feature
         pages = {p.name for p in site.glob("feature_*.html")}
-        assert (site / "index.html").is_file() and {f"feature_{r['feature']}.html" for r in ranking} <= pages
+        assert (site / "index.html").is_file() and {
+            f"feature_{r['feature']}.html" for r in ranking
+        } <= pages
     training = json.loads((out / "training_summary.json").read_text())
     assert set(training) == {"tiny_llama", "tiny_gpt2"}
-    for png in ("baseline_accuracy.png", "feature_effects.png", "tiny_llama_sae_training_curve.png"):
+    for png in (
+        "baseline_accuracy.png",
+        "feature_effects.png",
+        "tiny_llama_sae_training_curve.png",
+    ):
         assert (out / png).stat().st_size > 1000
     for needle in ("## Resources", "trained on corpus", "probe"):
         assert needle in report, needle
@@ -77,7 +108,9 @@ def test_second_run_reuses_activations_and_saes(project):
 
 
 def test_device_slot_runner_runs_namespaces_in_workers(project):
-    run = kedro(project, "--pipeline=phase4", "--env=tiny", "--runner=sae_reasoning.runner.DeviceSlotRunner")
+    run = kedro(
+        project, "--pipeline=phase4", "--env=tiny", "--runner=kedro_device_runner.DeviceSlotRunner"
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     logs = list((project / "logs").glob("*/tiny_llama.log"))
     assert logs and "reusing" in logs[-1].read_text()
@@ -86,7 +119,9 @@ def test_device_slot_runner_runs_namespaces_in_workers(project):
 def test_kedro_viz_build_shows_each_model_namespace(project):
     # `kedro viz build` has no --env; Kedro reads KEDRO_ENV instead.
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "KEDRO_ENV": "tiny"}
-    done = subprocess.run([KEDRO, "viz", "build"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [KEDRO, "viz", "build"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     main = json.loads((project / "build" / "api" / "main").read_text())
     assert {"tiny_llama", "tiny_gpt2"} <= set(main["modular_pipelines"])
@@ -97,8 +132,14 @@ def test_kedro_viz_build_with_previews(project):
     """Layers on every dataset, a stage tag on every node, previews of tables, plots, the
     circuit and the report (issue 15). kedro-viz exits 0 even when the build fails."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "KEDRO_ENV": "tiny"}
-    done = subprocess.run([KEDRO, "viz", "build", "--include-previews"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [KEDRO, "viz", "build", "--include-previews"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     log = done.stdout + done.stderr
     assert done.returncode == 0 and "Success" in log and "Failed to build" not in log, log[-3000:]
     api = project / "build" / "api"
@@ -106,13 +147,28 @@ def test_kedro_viz_build_with_previews(project):
     data = {n["name"]: n for n in main["nodes"] if n["type"] == "data"}
     assert {name for name, n in data.items() if not n.get("layer")} == set()
     assert {n["name"] for n in main["nodes"] if n["type"] == "task" and not n.get("tags")} == set()
-    assert {t["id"] for t in main["tags"]} >= {"data_loading", "capture", "sae_training", "causal", "reporting"}
+    assert {t["id"] for t in main["tags"]} >= {
+        "data_loading",
+        "capture",
+        "sae_training",
+        "causal",
+        "reporting",
+    }
     details = {name: json.loads((api / "nodes" / n["id"]).read_text()) for name, n in data.items()}
-    expected = {"prompts": "TablePreview", "examples": "TablePreview", "feature_effects_plot": "ImagePreview",
-                "tiny_llama.circuit": "JSONPreview", "phase4_report": "HTMLPreview",
-                "tiny_llama.sae": "TablePreview", "tiny_llama.activations": "TablePreview"}
+    expected = {
+        "prompts": "TablePreview",
+        "examples": "TablePreview",
+        "feature_effects_plot": "ImagePreview",
+        "tiny_llama.circuit": "JSONPreview",
+        "phase4_report": "HTMLPreview",
+        "tiny_llama.sae": "TablePreview",
+        "tiny_llama.activations": "TablePreview",
+    }
     for name, kind in expected.items():
-        assert details[name].get("preview_type") == kind and details[name].get("preview"), (name, details[name])
+        assert details[name].get("preview_type") == kind and details[name].get("preview"), (
+            name,
+            details[name],
+        )
     prompts = details["prompts"]["preview"]
     assert "choices" in prompts["columns"] and prompts["data"]
     assert "## 1. Baseline" in details["phase4_report"]["preview"]
@@ -128,30 +184,45 @@ def test_starter_notebook_runs_on_the_tiny_outputs(project):
     from tests.notebook_run import cell_with, execute, texts
     from tests.tiny_project import REPO, kedro_env
 
-    if not (project / "data" / "08_reporting" / "PHASE4_REPORT.md").exists():   # run alone (-k)
+    if not (project / "data" / "08_reporting" / "PHASE4_REPORT.md").exists():  # run alone (-k)
         run = kedro(project, "--pipeline=phase4", "--env=tiny")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (project / "notebooks").mkdir(exist_ok=True)
     notebook = shutil.copy(REPO / "notebooks" / "explore_results.ipynb", project / "notebooks")
-    nb = execute(notebook, project / "notebooks", {"project_path": str(project), "env": "tiny"}, kedro_env())
+    nb = execute(
+        notebook, project / "notebooks", {"project_path": str(project), "env": "tiny"}, kedro_env()
+    )
 
     for cell in nb.cells:
         assert not [o for o in cell.get("outputs", []) if o.output_type == "error"], cell.source
-        assert "Traceback" not in texts(cell), cell.source    # kedro.ipython shows errors through rich
+        assert "Traceback" not in texts(cell), (
+            cell.source
+        )  # kedro.ipython shows errors through rich
     assert "env 'tiny'" in texts(cell_with(nb, "models = list("))
     for needle in ("baseline_table", "sae_table", "ranking_table", "probes_table"):
         out = texts(cell_with(nb, needle))
         assert "tiny_llama" in out and "tiny_gpt2" in out, needle
-    assert all(f"Δ {b}" in texts(cell_with(nb, "ranking_table")) for b in ("gsm8k", "math", "logic"))
+    assert all(
+        f"Δ {b}" in texts(cell_with(nb, "ranking_table")) for b in ("gsm8k", "math", "logic")
+    )
     plot = cell_with(nb, "plot_per_benchmark_effects")
-    assert any("image/png" in o.get("data", {}) for o in plot.outputs), "the effects plot drew nothing"
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs), (
+        "the effects plot drew nothing"
+    )
     assert "capture" in texts(cell_with(nb, "resources_table"))
 
     dashboard = texts(cell_with(nb, "dashboard_page"))
-    catalog = [k for f in (project / "conf" / "base").glob("catalog*.yml") for k in yaml.safe_load(f.read_text()) or {}]
-    if any("feature_dashboards" in k for k in catalog):   # the dashboards node is in the pipeline
+    catalog = [
+        k
+        for f in (project / "conf" / "base").glob("catalog*.yml")
+        for k in yaml.safe_load(f.read_text()) or {}
+    ]
+    if any("feature_dashboards" in k for k in catalog):  # the dashboards node is in the pipeline
         page = dashboard.split("Feature dashboard: ")[1].split()[0]
-        assert page.endswith(".html") and (project / "data" / "08_reporting" / "features").as_posix() in page
+        assert (
+            page.endswith(".html")
+            and (project / "data" / "08_reporting" / "features").as_posix() in page
+        )
         assert "<iframe" in dashboard and os.path.isfile(page), dashboard[-2000:]
     else:
         assert "No dashboard for feature" in dashboard
@@ -170,14 +241,22 @@ def test_tracked_run_records_params_metrics_and_report(project, tmp_path):
     try:
         import mlflow
     except ImportError:
-        pytest.fail("mlflow missing: install the `tracking` extra (`make tracking`; `make test` does)")
+        pytest.fail(
+            "mlflow missing: install the `tracking` extra (`make tracking`; `make test` does)"
+        )
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     conf = project / "conf" / "tiny" / "mlflow.yml"
     conf.write_text(yaml.safe_dump({"server": {"mlflow_tracking_uri": store}}))
     try:
-        run = subprocess.run([KEDRO, "run", "--pipeline=phase4", "--env=tiny"], cwd=project,
-                             env={**kedro_env(), "SAE_REASONING_TRACKING": "1"},
-                             capture_output=True, text=True, timeout=1200, check=False)
+        run = subprocess.run(
+            [KEDRO, "run", "--pipeline=phase4", "--env=tiny"],
+            cwd=project,
+            env={**kedro_env(), "SAE_REASONING_TRACKING": "1"},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
     finally:
         conf.unlink()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -195,21 +274,35 @@ def test_tracked_run_records_params_metrics_and_report(project, tmp_path):
     training = json.loads((out / "training_summary.json").read_text())
     causal = json.loads((out / "causal_test_results.json").read_text())
     metrics = tracked.data.metrics
-    for model, hook in (("tiny_llama", "blocks.1.hook_resid_post"), ("tiny_gpt2", "blocks.2.hook_resid_post")):
+    for model, hook in (
+        ("tiny_llama", "blocks.1.hook_resid_post"),
+        ("tiny_gpt2", "blocks.2.hook_resid_post"),
+    ):
         sae = training[model]["sae_metrics"][hook]
-        assert metrics[f"{model}/{hook}/explained_variance"] == pytest.approx(sae["explained_variance"])
+        assert metrics[f"{model}/{hook}/explained_variance"] == pytest.approx(
+            sae["explained_variance"]
+        )
         assert metrics[f"{model}/{hook}/l0"] == pytest.approx(sae["l0"])
-        assert metrics[f"{model}/{hook}/ce_loss_recovered"] == pytest.approx(sae["spliced"]["ce_loss_recovered"])
+        assert metrics[f"{model}/{hook}/ce_loss_recovered"] == pytest.approx(
+            sae["spliced"]["ce_loss_recovered"]
+        )
         h = causal[model]["hook_points"][hook]
         assert metrics[f"{model}/{hook}/all_features_delta_logprob"] == pytest.approx(
-            h["all_features_zero"]["delta_logprob"])
+            h["all_features_zero"]["delta_logprob"]
+        )
         assert metrics[f"{model}/{hook}/top_k_delta_logprob"] == pytest.approx(
-            h["controls"]["top_k_set"]["delta_logprob"])
+            h["controls"]["top_k_set"]["delta_logprob"]
+        )
         for bench, b in causal[model]["baseline_vs_chance"].items():
             assert metrics[f"{model}/{bench}/baseline_accuracy"] == pytest.approx(b["accuracy"])
 
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
-    assert {"PHASE4_REPORT.md", "training_summary.json", "causal_test_results.json", "plots"} <= artifacts
+    assert {
+        "PHASE4_REPORT.md",
+        "training_summary.json",
+        "causal_test_results.json",
+        "plots",
+    } <= artifacts
     plots = {a.path for a in client.list_artifacts(tracked.info.run_id, "plots")}
     assert {"plots/feature_effects.png", "plots/baseline_accuracy.png"} <= plots
     report = client.download_artifacts(tracked.info.run_id, "PHASE4_REPORT.md", str(tmp_path))

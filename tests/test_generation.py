@@ -4,7 +4,8 @@ the answer extracted from a generated solution."""
 import pandas as pd
 import pytest
 
-from sae_reasoning.benchmarks.parsing import answers_match, extract_answer, parse_number
+from sae_reasoning.benchmarks.answers import answers_match, extract_answer
+from sae_reasoning.benchmarks.parsing import parse_number
 from sae_reasoning.generation import (
     SOLVED_COLUMNS,
     GenerationSettings,
@@ -27,11 +28,15 @@ def _free(lm, budget=30):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny_lms, family, one_torch_thread):
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(
+    tiny_lms, family, one_torch_thread
+):
     lm = tiny_lms[family]
     batched = _free(lm, 12)
-    single = [generate(lm, [p], GenerationSettings(max_new_tokens=12, stop=(), batch_size=1))[0]
-              for p in PROMPTS]
+    single = [
+        generate(lm, [p], GenerationSettings(max_new_tokens=12, stop=(), batch_size=1))[0]
+        for p in PROMPTS
+    ]
     assert batched == single
     assert all(n <= 12 for _, n in batched)
 
@@ -41,14 +46,14 @@ def test_generation_stops_at_the_budget(tiny_lms, one_torch_thread):
     short, long = _free(lm, 5), _free(lm, 30)
     for (text5, n5), (text30, n30) in zip(short, long):
         assert n5 <= 5 and n30 <= 30
-        assert text30.startswith(text5)           # greedy: the same tokens, fewer of them
-    assert max(n for _, n in long) == 30           # without a stop, the whole budget is used
+        assert text30.startswith(text5)  # greedy: the same tokens, fewer of them
+    assert max(n for _, n in long) == 30  # without a stop, the whole budget is used
 
 
 def _stop_inside(text: str) -> str | None:
     """A 3-character printable stop string that first occurs inside `text` (not at its start)."""
     for k in range(2, len(text) - 3):
-        piece = text[k:k + 3]
+        piece = text[k : k + 3]
         if piece.isascii() and piece.isprintable() and text.find(piece) == k:
             return piece
     return None
@@ -64,8 +69,10 @@ def test_generation_stops_at_the_stop_string(tiny_lms, family, one_torch_thread)
     row = next(i for i, s in enumerate(stops) if s is not None)
     text, n_free = free[row]
     stop = stops[row]
-    [(cut, n_cut)] = generate(lm, [PROMPTS[row]], GenerationSettings(max_new_tokens=30, stop=(stop,)))
-    assert cut == text[:text.find(stop)]
+    [(cut, n_cut)] = generate(
+        lm, [PROMPTS[row]], GenerationSettings(max_new_tokens=30, stop=(stop,))
+    )
+    assert cut == text[: text.find(stop)]
     assert stop not in cut
     assert n_cut < n_free == 30
 
@@ -75,10 +82,10 @@ def test_a_prompt_at_the_context_limit(tiny_lms, one_torch_thread):
     limit = lm.model.config.max_position_embeddings
     unit = "Question: what is the total?\n"
     n_unit = len(lm.tokenizer(unit, add_special_tokens=False)["input_ids"])
-    near = unit * ((limit - 6) // n_unit)            # a few tokens of room left
+    near = unit * ((limit - 6) // n_unit)  # a few tokens of room left
     room = limit - len(lm.tokenizer(near)["input_ids"])
     [(_, n)] = generate(lm, [near], GenerationSettings(max_new_tokens=50, stop=()))
-    assert 0 < n <= room                              # the budget shrinks to what fits
+    assert 0 < n <= room  # the budget shrinks to what fits
     with pytest.raises(ValueError, match="the model's whole context"):
         generate(lm, [unit * (limit // n_unit + 2)], GenerationSettings(max_new_tokens=5))
 
@@ -96,8 +103,9 @@ def test_solve_extracts_and_scores_each_row_in_table_order(tiny_lms, one_torch_t
         types.append("numeric" if parse_number(s) is not None else "text")
         answers.append(s if i != 1 else "123456789")
     types[1] = "numeric"
-    table = pd.DataFrame({"generation_prompt": PROMPTS, "answer": answers, "answer_type": types},
-                         index=[10, 11, 12])
+    table = pd.DataFrame(
+        {"generation_prompt": PROMPTS, "answer": answers, "answer_type": types}, index=[10, 11, 12]
+    )
     solved = solve(lm, table, settings)
     assert list(solved.columns) == SOLVED_COLUMNS
     assert solved["row"].tolist() == [0, 1, 2]
@@ -106,8 +114,10 @@ def test_solve_extracts_and_scores_each_row_in_table_order(tiny_lms, one_torch_t
     assert solved["correct"].tolist() == [True, False, True]
     for row in solved.itertuples():
         assert row.extracted_answer == extract_answer(row.generated, types[row.row])
-        assert row.correct == (row.extracted_answer is not None
-                               and answers_match(row.extracted_answer, answers[row.row], types[row.row]))
+        assert row.correct == (
+            row.extracted_answer is not None
+            and answers_match(row.extracted_answer, answers[row.row], types[row.row])
+        )
 
 
 def test_solve_needs_the_generation_prompt():
@@ -121,7 +131,7 @@ def test_settings_from_parameters():
     assert s.stop == ("\n\n",) and s.max_new_tokens == 64 and s.batch_size == 4
     assert GenerationSettings.from_params({"stop": None}).stop == ()
     assert GenerationSettings.from_params({"stop": ["a", "b"]}).stop == ("a", "b")
-    assert "batch_size" not in s.key()              # batching does not change the text
+    assert "batch_size" not in s.key()  # batching does not change the text
     with pytest.raises(ValueError, match="unknown solution-generation setting"):
         GenerationSettings.from_params({"max_tokens": 3})
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -129,6 +139,9 @@ def test_settings_from_parameters():
 
 
 def test_cut_at_stop():
-    assert cut_at_stop(" 2 + 2 = 4\n#### 4\n\nQuestion: next", ["\n\nQuestion:"]) == (" 2 + 2 = 4\n#### 4", True)
+    assert cut_at_stop(" 2 + 2 = 4\n#### 4\n\nQuestion: next", ["\n\nQuestion:"]) == (
+        " 2 + 2 = 4\n#### 4",
+        True,
+    )
     assert cut_at_stop("a b c", ["x", "b", " c"]) == ("a ", True)
     assert cut_at_stop("abc", []) == ("abc", False)

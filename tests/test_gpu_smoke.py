@@ -18,11 +18,20 @@ NO_GPU = "no CUDA device visible: nothing run on GPU"
 
 
 def smoke(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=kedro_env(), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        cwd=REPO,
+        env=kedro_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the smoke test would run on it")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this machine has a GPU: the smoke test would run on it"
+)
 def test_without_a_gpu_it_says_so_and_runs_nothing():
     run = smoke()
     assert run.returncode == 0 and run.stdout.strip() == NO_GPU
@@ -43,5 +52,7 @@ def test_cpu_run_prints_each_slot_with_timings_and_memory():
     for ns in ("tiny_gpt2", "tiny_llama"):
         row = next(line for line in out.splitlines() if line.startswith(ns))
         # slot, status, wall, peak memory (RSS on CPU), estimate, device its nodes ran on
-        assert re.match(rf"{ns}\s+cpu:\d\s+done\s+\d+\.\ds\s+[\d,]+ MiB\s+[\d,]+ MiB\s+cpu\s+{ns}\.\w+ \(", row), row
+        assert re.match(
+            rf"{ns}\s+cpu:\d\s+done\s+\d+\.\ds\s+[\d,]+ MiB\s+[\d,]+ MiB\s+cpu\s+{ns}\.\w+ \(", row
+        ), row
     assert "phase4 wall-clock" in out

@@ -12,10 +12,9 @@ from sae_reasoning.hooks import SAECheckHook
 from sae_reasoning.models.loading import ModelHandle, ModelSpec
 from sae_reasoning.pipelines import causal, sae_training
 from sae_reasoning.preflight import PreflightError, check_sae_folders
-from sae_reasoning.sae.model import SAEConfig, build_sae
-from sae_reasoning.sae.training_job import write_sae_folder
+from sae_reasoning.sae import SAEConfig, build_sae
 
-HOOK = "blocks.1.hook_resid_post"   # tiny models: 4 blocks, d_model 64
+HOOK = "blocks.1.hook_resid_post"  # tiny models: 4 blocks, d_model 64
 
 
 def write_sae(root, d_in: int, model_name: str | None, hook: str = HOOK):
@@ -52,7 +51,10 @@ def test_transfer_overrides_only_the_model_name(tmp_path, llama):
     write_sae(tmp_path / "sae", d_in=64, model_name="gpt2-small")
     stored = SAEDataset(str(tmp_path / "sae")).stored_configs()
     assert check_sae_folders("tiny", llama, {"layers": [1]}, stored, [HOOK])
-    assert check_sae_folders("tiny", llama, {"layers": [1], "sae_transfer": True}, stored, [HOOK]) == []
+    assert (
+        check_sae_folders("tiny", llama, {"layers": [1], "sae_transfer": True}, stored, [HOOK])
+        == []
+    )
     write_sae(tmp_path / "wide", d_in=96, model_name="gpt2-small")
     wide = SAEDataset(str(tmp_path / "wide")).stored_configs()
     [line] = check_sae_folders("tiny", llama, {"layers": [1], "sae_transfer": True}, wide, [HOOK])
@@ -63,23 +65,36 @@ def test_sae_at_another_hook_point(tmp_path, llama):
     write_sae(tmp_path / "sae", d_in=64, model_name="tiny", hook="blocks.3.hook_resid_post")
     stored = SAEDataset(str(tmp_path / "sae")).stored_configs()
     [line] = check_sae_folders("tiny", llama, {"layers": [1]}, stored, [HOOK])
-    assert f"hook point blocks.3.hook_resid_post is not one of the configured hook points ['{HOOK}']" in line
+    assert (
+        f"hook point blocks.3.hook_resid_post is not one of the configured hook points ['{HOOK}']"
+        in line
+    )
 
 
 def _catalog(tmp_path, model_dir, params):
-    return DataCatalog({
-        "tiny.model": ModelDataset(name="tiny", pretrained_model_name_or_path=str(model_dir),
-                                   converted_cache=None),
-        "tiny.sae": SAEDataset(str(tmp_path / "sae")),
-        "params:models.tiny": MemoryDataset(params),
-        "params:sae_training": MemoryDataset({}),
-    })
+    return DataCatalog(
+        {
+            "tiny.model": ModelDataset(
+                name="tiny", pretrained_model_name_or_path=str(model_dir), converted_cache=None
+            ),
+            "tiny.sae": SAEDataset(str(tmp_path / "sae")),
+            "params:models.tiny": MemoryDataset(params),
+            "params:sae_training": MemoryDataset({}),
+        }
+    )
 
 
 def _ns(base):
-    return namespaced(base, namespace="tiny", inputs=base.inputs() & {"prompts"},
-                      parameters={p: ("params:models.tiny" if p == "params:model" else p)
-                                  for p in base.inputs() if p.startswith("params:")})
+    return namespaced(
+        base,
+        namespace="tiny",
+        inputs=base.inputs() & {"prompts"},
+        parameters={
+            p: ("params:models.tiny" if p == "params:model" else p)
+            for p in base.inputs()
+            if p.startswith("params:")
+        },
+    )
 
 
 def test_hook_stops_a_run_that_would_use_the_sae_as_it_is(tmp_path, tiny_model_dirs, caplog):
@@ -87,9 +102,14 @@ def test_hook_stops_a_run_that_would_use_the_sae_as_it_is(tmp_path, tiny_model_d
     catalog = _catalog(tmp_path, tiny_model_dirs["llama"], {"layers": [1]})
     hook = SAECheckHook()
     # causal alone reads tiny.sae from disk: stop before any node runs
-    with pytest.raises(PreflightError, match=r"(?s)SAE folder .*/sae/blocks.1.hook_resid_post "
-                                             r"does not fit model 'tiny'.*d_in 96"):
-        hook.before_pipeline_run({"only_missing_outputs": False}, _ns(causal.create_pipeline()), catalog)
+    with pytest.raises(
+        PreflightError,
+        match=r"(?s)SAE folder .*/sae/blocks.1.hook_resid_post "
+        r"does not fit model 'tiny'.*d_in 96",
+    ):
+        hook.before_pipeline_run(
+            {"only_missing_outputs": False}, _ns(causal.create_pipeline()), catalog
+        )
     # sae_training + causal: the SAE is trained again, which replaces it -> logged only
     both = _ns(sae_training.create_pipeline()) + _ns(causal.create_pipeline())
     with caplog.at_level("INFO", logger="sae_reasoning.hooks"):

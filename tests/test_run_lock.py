@@ -55,8 +55,13 @@ def _writing_run(root):
 @pytest.fixture
 def holder(tmp_path):
     """A second process that holds the run lock of `tmp_path` through the hook."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout.readline().strip() == "held"
     yield proc
     proc.stdin.close()
@@ -76,7 +81,7 @@ def test_second_run_is_refused_naming_the_holder(tmp_path, holder):
     msg = info.value.message
     assert f"another Kedro run is writing to this project's data folder {tmp_path / 'data'}" in msg
     assert f"pid {holder.pid} on host {socket.gethostname()}, started " in msg
-    assert "command: -c " in msg       # sys.argv of the holder (`kedro run ...` in real runs)
+    assert "command: -c " in msg  # sys.argv of the holder (`kedro run ...` in real runs)
     # once the holder ends, the lock is free again (released by its after_pipeline_run)
     holder.stdin.close()
     holder.wait(timeout=60)
@@ -87,8 +92,13 @@ def test_second_run_is_refused_naming_the_holder(tmp_path, holder):
 @pytest.mark.slow
 def test_real_kedro_run_is_refused_while_another_holds_the_lock(tmp_path, tiny_model_dirs):
     root = make_project(tmp_path / "proj", tiny_model_dirs["llama"])
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         result = kedro_run(root, "--pipeline=validate")
@@ -97,9 +107,9 @@ def test_real_kedro_run_is_refused_while_another_holds_the_lock(tmp_path, tiny_m
         proc.wait(timeout=60)
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0
-    assert f"another Kedro run is writing to this project's data folder" in out
+    assert "another Kedro run is writing to this project's data folder" in out
     assert f"pid {proc.pid} on host {socket.gethostname()}" in out
-    assert not (root / "data/08_reporting/validation.json").exists()   # stopped before any node
+    assert not (root / "data/08_reporting/validation.json").exists()  # stopped before any node
     # and the lock is free after a (successful) real run
     result = kedro_run(root, "--pipeline=validate")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -112,9 +122,16 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     data.mkdir()
     dead = _dead_pid()
     (data / ".kedro_run.lock").write_text("")
-    (data / ".kedro_run.lock.json").write_text(json.dumps(
-        {"pid": dead, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
-         "command": "kedro run --pipeline=phase4"}))
+    (data / ".kedro_run.lock.json").write_text(
+        json.dumps(
+            {
+                "pid": dead,
+                "host": socket.gethostname(),
+                "started": "2026-01-01T00:00:00+00:00",
+                "command": "kedro run --pipeline=phase4",
+            }
+        )
+    )
     with caplog.at_level("WARNING", logger="sae_reasoning.run_lock"):
         lock = RunLock(data).acquire()
     assert lock.held
@@ -131,13 +148,30 @@ def test_lock_still_held_but_recorded_holder_dead_is_taken_over(tmp_path, caplog
     data = tmp_path / "data"
     data.mkdir()
     keeper = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from filelock import FileLock; "
-         f"l = FileLock({str(data / '.kedro_run.lock')!r}); l.acquire(); print('held', flush=True); "
-         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; "
+            f"l = FileLock({str(data / '.kedro_run.lock')!r}); l.acquire(); "
+            "print('held', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert keeper.stdout.readline().strip() == "held"
-        (data / ".kedro_run.lock.json").write_text(json.dumps(
-            {"pid": _dead_pid(), "host": socket.gethostname(), "started": "x", "command": "kedro run"}))
+        (data / ".kedro_run.lock.json").write_text(
+            json.dumps(
+                {
+                    "pid": _dead_pid(),
+                    "host": socket.gethostname(),
+                    "started": "x",
+                    "command": "kedro run",
+                }
+            )
+        )
         with caplog.at_level("WARNING", logger="sae_reasoning.run_lock"):
             lock = RunLock(data).acquire()
         assert lock.held and "is no longer running" in caplog.text
@@ -158,7 +192,7 @@ def test_lock_is_released_after_a_run_and_after_a_failed_run(tmp_path):
     hook = RunLockHook()
     params, pipe, catalog = _writing_run(tmp_path)
     hook.before_pipeline_run(params, pipe, catalog)
-    with pytest.raises(RunLockError):   # held: a second lock on the folder is refused
+    with pytest.raises(RunLockError):  # held: a second lock on the folder is refused
         RunLock(tmp_path / "data").acquire()
     hook.after_pipeline_run(params, None, pipe, catalog)
     RunLock(tmp_path / "data").acquire().release()

@@ -18,28 +18,53 @@ HOOK = "blocks.1.hook_resid_post"
 
 
 def test_key_metrics_are_the_reports_headline_numbers():
-    training = {"m": {"sae_metrics": {HOOK: {
-        "explained_variance": 0.85, "fvu": 0.15, "l0": 79.0,
-        "spliced": {"ce_loss_recovered": 0.99}}}}}
-    causal = {"m": {
-        "baseline_vs_chance": {"gsm8k": {"accuracy": 0.25, "chance": 0.1},
-                               "logic": {"accuracy": 0.5, "chance": 0.5}},
-        "hook_points": {HOOK: {
-            "all_features_zero": {"delta_logprob": -4.9, "delta_accuracy": -0.38},
-            # a choice-only field left empty must not become a metric
-            "controls": {"top_k_set": {"delta_logprob": -1.8, "delta_accuracy": None}}}}}}
+    training = {
+        "m": {
+            "sae_metrics": {
+                HOOK: {
+                    "explained_variance": 0.85,
+                    "fvu": 0.15,
+                    "l0": 79.0,
+                    "spliced": {"ce_loss_recovered": 0.99},
+                }
+            }
+        }
+    }
+    causal = {
+        "m": {
+            "baseline_vs_chance": {
+                "gsm8k": {"accuracy": 0.25, "chance": 0.1},
+                "logic": {"accuracy": 0.5, "chance": 0.5},
+            },
+            "hook_points": {
+                HOOK: {
+                    "all_features_zero": {"delta_logprob": -4.9, "delta_accuracy": -0.38},
+                    # a choice-only field left empty must not become a metric
+                    "controls": {"top_k_set": {"delta_logprob": -1.8, "delta_accuracy": None}},
+                }
+            },
+        }
+    }
     assert key_metrics(training, causal) == {
-        f"m/{HOOK}/explained_variance": 0.85, f"m/{HOOK}/fvu": 0.15, f"m/{HOOK}/l0": 79.0,
+        f"m/{HOOK}/explained_variance": 0.85,
+        f"m/{HOOK}/fvu": 0.15,
+        f"m/{HOOK}/l0": 79.0,
         f"m/{HOOK}/ce_loss_recovered": 0.99,
-        "m/gsm8k/baseline_accuracy": 0.25, "m/gsm8k/chance": 0.1,
-        "m/logic/baseline_accuracy": 0.5, "m/logic/chance": 0.5,
-        f"m/{HOOK}/all_features_delta_logprob": -4.9, f"m/{HOOK}/all_features_delta_accuracy": -0.38,
+        "m/gsm8k/baseline_accuracy": 0.25,
+        "m/gsm8k/chance": 0.1,
+        "m/logic/baseline_accuracy": 0.5,
+        "m/logic/chance": 0.5,
+        f"m/{HOOK}/all_features_delta_logprob": -4.9,
+        f"m/{HOOK}/all_features_delta_accuracy": -0.38,
         f"m/{HOOK}/top_k_delta_logprob": -1.8,
     }
     # a model whose causal stage was skipped still gets its SAE metrics
     assert key_metrics(training, {"m": {"hook_points": {}}}) == {
-        f"m/{HOOK}/explained_variance": 0.85, f"m/{HOOK}/fvu": 0.15, f"m/{HOOK}/l0": 79.0,
-        f"m/{HOOK}/ce_loss_recovered": 0.99}
+        f"m/{HOOK}/explained_variance": 0.85,
+        f"m/{HOOK}/fvu": 0.15,
+        f"m/{HOOK}/l0": 79.0,
+        f"m/{HOOK}/ce_loss_recovered": 0.99,
+    }
 
 
 def test_tracking_switch():
@@ -56,10 +81,15 @@ def test_tracking_switch():
 
 
 def test_tracking_off_the_project_does_not_import_mlflow():
-    code = ("import sys, sae_reasoning.settings as s; "
-            "print('mlflow' in sys.modules, s.HOOKS[-1].__class__.__name__, s.DISABLE_HOOKS_FOR_PLUGINS)")
+    code = (
+        "import sys, sae_reasoning.settings as s; "
+        "print('mlflow' in sys.modules, s.HOOKS[-1].__class__.__name__, "
+        "s.DISABLE_HOOKS_FOR_PLUGINS)"
+    )
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     imported, last_hook, disabled = out.stdout.split(" ", 2)
     assert imported == "False" and last_hook != "MlflowReportHook"
     assert "kedro_mlflow" in disabled
@@ -67,8 +97,13 @@ def test_tracking_off_the_project_does_not_import_mlflow():
 
 def test_tracking_on_registers_the_tracking_hooks():
     code = "import sae_reasoning.settings as s; print(*(type(h).__name__ for h in s.HOOKS))"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, ENV_VAR: "1"},
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, ENV_VAR: "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     # kedro-mlflow's hook is registered here (its entry point stays off), ours after it
     assert out[-2:] == ["MainProcessMlflowHook", "MlflowReportHook"]
 
@@ -78,10 +113,17 @@ def test_a_run_writes_its_log_file_and_no_tracking_store(tmp_path, tiny_model_di
     project = copy_project(tmp_path / "project")
     make_tiny_env(project, tiny_model_dirs)
     env = {k: v for k, v in kedro_env().items() if k != ENV_VAR}
-    run = subprocess.run([KEDRO, "run", "--pipeline=data_loading", "--env=tiny"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=900, check=False)
+    run = subprocess.run(
+        [KEDRO, "run", "--pipeline=data_loading", "--env=tiny"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "Logging error" not in run.stderr   # the file handler's folder exists in any copy
+    assert "Logging error" not in run.stderr  # the file handler's folder exists in any copy
     log = (project / "info.log").read_text()
     assert "Using 'conf/logging.yml' as logging configuration" in log
     for node in ("normalize_gsm8k", "select_examples", "make_prompts"):
@@ -102,15 +144,33 @@ def _report_project(root):
     import matplotlib.pyplot as plt
 
     out = root / "data" / "08_reporting"
-    catalog = DataCatalog.from_config({
-        "phase4_report": {"type": "text.TextDataset", "filepath": str(out / "PHASE4_REPORT.md")},
-        "training_summary": {"type": "json.JSONDataset", "filepath": str(out / "training_summary.json")},
-        "causal_test_results": {"type": "json.JSONDataset", "filepath": str(out / "causal_test_results.json")},
-        "curve_plot": {"type": "matplotlib.MatplotlibDataset", "filepath": str(out / "m_curve.png")},
-    })
+    catalog = DataCatalog.from_config(
+        {
+            "phase4_report": {
+                "type": "text.TextDataset",
+                "filepath": str(out / "PHASE4_REPORT.md"),
+            },
+            "training_summary": {
+                "type": "json.JSONDataset",
+                "filepath": str(out / "training_summary.json"),
+            },
+            "causal_test_results": {
+                "type": "json.JSONDataset",
+                "filepath": str(out / "causal_test_results.json"),
+            },
+            "curve_plot": {
+                "type": "matplotlib.MatplotlibDataset",
+                "filepath": str(out / "m_curve.png"),
+            },
+        }
+    )
     catalog.save("phase4_report", "# Report\n")
-    catalog.save("training_summary", {"m": {"sae_metrics": {HOOK: {"explained_variance": 0.8, "l0": 12.0}}}})
-    catalog.save("causal_test_results", {"m": {"baseline_vs_chance": {"gsm8k": {"accuracy": 0.25}}}})
+    catalog.save(
+        "training_summary", {"m": {"sae_metrics": {HOOK: {"explained_variance": 0.8, "l0": 12.0}}}}
+    )
+    catalog.save(
+        "causal_test_results", {"m": {"baseline_vs_chance": {"gsm8k": {"accuracy": 0.25}}}}
+    )
     fig = plt.figure()
     catalog.save("curve_plot", fig)
     plt.close(fig)
@@ -125,7 +185,9 @@ def test_report_hook_records_a_run_without_kedro_mlflow(tmp_path, monkeypatch):
     try:
         import mlflow
     except ImportError:
-        pytest.fail("mlflow missing: install the `tracking` extra (`make tracking`; `make test` does)")
+        pytest.fail(
+            "mlflow missing: install the `tracking` extra (`make tracking`; `make test` does)"
+        )
     from sae_reasoning.tracking import MlflowReportHook
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -135,16 +197,25 @@ def test_report_hook_records_a_run_without_kedro_mlflow(tmp_path, monkeypatch):
     hook = MlflowReportHook(open_run=True)
     hook.before_pipeline_run(run_params, pipeline, catalog)
     hook.after_pipeline_run(run_params, pipeline, catalog)
-    assert mlflow.active_run() is None   # closed again
+    assert mlflow.active_run() is None  # closed again
 
     client = mlflow.tracking.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("sae_reasoning").experiment_id])
     assert run.info.run_name == "phase4" and run.info.status == "FINISHED"
     assert run.data.params == {"causal.top_k": "4", "models.m.layers": "[1]"}
     assert run.data.tags["run_id"] == "r1"
-    assert run.data.metrics == {f"m/{HOOK}/explained_variance": 0.8, f"m/{HOOK}/l0": 12.0,
-                                "m/gsm8k/baseline_accuracy": 0.25}
+    assert run.data.metrics == {
+        f"m/{HOOK}/explained_variance": 0.8,
+        f"m/{HOOK}/l0": 12.0,
+        "m/gsm8k/baseline_accuracy": 0.25,
+    }
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
-        "PHASE4_REPORT.md", "training_summary.json", "causal_test_results.json", "plots"}
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/m_curve.png"]
-    assert (tmp_path / "data" / "09_tracking" / "mlartifacts").is_dir()   # not ./mlruns
+        "PHASE4_REPORT.md",
+        "training_summary.json",
+        "causal_test_results.json",
+        "plots",
+    }
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == [
+        "plots/m_curve.png"
+    ]
+    assert (tmp_path / "data" / "09_tracking" / "mlartifacts").is_dir()  # not ./mlruns

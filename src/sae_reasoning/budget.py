@@ -5,7 +5,8 @@ activation shards and SAEs, device-hours per stage, and the runner's memory esti
 Usable from a notebook::
 
     from sae_reasoning import budget
-    shape = budget.shape_from_config(budget.config_from_shapes({"model_type": "gpt2", "n_embd": 1024, ...}))
+    config = budget.config_from_shapes({"model_type": "gpt2", "n_embd": 1024, ...})
+    shape = budget.shape_from_config(config)
     budget.capture_flops(shape, tokens=10**8, context=1024, last_layer=12)
 
 FLOPs (Kaplan et al. 2020, forward = 2 x non-embedding parameters per token, plus
@@ -20,6 +21,7 @@ attention over the context: 2 x n_layer x n_ctx x d_model):
                 the select examples; the circuit search a few conditions on its examples
 Device-hours = FLOPs / (peak_tflops x 1e12 x mfu) / 3600: an estimate to plan with, not a
 measurement (the resource ledger of a run records what it really took).
+The totals and the printed table are in budget_table.py.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ from dataclasses import dataclass
 
 GiB = 2**30
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-ROW_METADATA_BYTES = 3 * 4 + 4  # example_index, position, token_id (int32) and norm (float32) per row
-CAUSAL_FIXED_CONDITIONS = 12     # clean, splice identity, all-features, error term, top-K set, circuits
+ROW_METADATA_BYTES = (
+    3 * 4 + 4
+)  # example_index, position, token_id (int32) and norm (float32) per row
+CAUSAL_FIXED_CONDITIONS = (
+    12  # clean, splice identity, all-features, error term, top-K set, circuits
+)
 
 
 class BudgetError(ValueError):
@@ -41,14 +47,16 @@ class BudgetError(ValueError):
 class Device:
     name: str
     peak_tflops: float  # dense peak in the dtype the model runs in
-    mfu: float          # fraction of the peak the work reaches
+    mfu: float  # fraction of the peak the work reaches
 
     @classmethod
     def from_params(cls, params: dict) -> Device:
         missing = [k for k in ("name", "peak_tflops", "mfu") if k not in (params or {})]
         if missing:
-            raise BudgetError(f"params:budget.device needs {missing} (e.g. name: H100-80GB, "
-                              "peak_tflops: 989, mfu: 0.35)")
+            raise BudgetError(
+                f"params:budget.device needs {missing} (e.g. name: H100-80GB, "
+                "peak_tflops: 989, mfu: 0.35)"
+            )
         return cls(str(params["name"]), float(params["peak_tflops"]), float(params["mfu"]))
 
     def hours(self, flops: float) -> float:
@@ -68,7 +76,7 @@ class ModelShape:
     def blocks_params(self, first: int = 0, last: int | None = None) -> int:
         """Parameters of blocks first..last (inclusive)."""
         last = self.n_layers - 1 if last is None else last
-        return sum(self.block_params[first:last + 1])
+        return sum(self.block_params[first : last + 1])
 
 
 # ------------------------------------------------------------------------ shapes
@@ -81,8 +89,10 @@ def config_from_shapes(shapes: dict):
     fields = dict(shapes)
     model_type = fields.pop("model_type", None)
     if not model_type:
-        raise BudgetError(f"shapes {sorted(shapes)}: `model_type` is required (gpt2, gpt_neox, "
-                          "gemma, phi, llama, ...)")
+        raise BudgetError(
+            f"shapes {sorted(shapes)}: `model_type` is required (gpt2, gpt_neox, "
+            "gemma, phi, llama, ...)"
+        )
     return AutoConfig.for_model(model_type, **fields)
 
 
@@ -115,16 +125,24 @@ def model_config(handle, namespace: str, declared: dict | None):
         return handle.config(), "config"
     except ModelLoadError as exc:
         if not declared:
-            raise BudgetError(f"model {namespace!r}: no config ({str(exc).splitlines()[0]}) and no "
-                              f"`shapes` in params:models.{namespace}") from exc
+            raise BudgetError(
+                f"model {namespace!r}: no config ({str(exc).splitlines()[0]}) and no "
+                f"`shapes` in params:models.{namespace}"
+            ) from exc
         return config_from_shapes(declared), f"params:models.{namespace}.shapes"
 
 
 # ------------------------------------------------------------------------ FLOPs
 
 
-def forward_flops(shape: ModelShape, tokens: float, context: float, first: int = 0,
-                  last: int | None = None, unembed: bool = False) -> float:
+def forward_flops(
+    shape: ModelShape,
+    tokens: float,
+    context: float,
+    first: int = 0,
+    last: int | None = None,
+    unembed: bool = False,
+) -> float:
     """Forward FLOPs of `tokens` tokens through blocks first..last (+ the unembedding)."""
     last = shape.n_layers - 1 if last is None else last
     n_blocks = last - first + 1
@@ -166,22 +184,67 @@ def benchmark_counts(data_loading: dict, tokens_per_example: dict) -> dict[str, 
         if n == 0:
             continue
         if n is None:
-            raise BudgetError(f"data_loading.benchmarks.{name}.n_examples is null (every row): the "
-                              "budget needs a number; set it (or 0 to leave the benchmark out)")
+            raise BudgetError(
+                f"data_loading.benchmarks.{name}.n_examples is null (every row): the "
+                "budget needs a number; set it (or 0 to leave the benchmark out)"
+            )
         if name not in tokens_per_example:
-            raise BudgetError(f"params:budget.tokens_per_example has no entry for benchmark {name!r}")
+            raise BudgetError(
+                f"params:budget.tokens_per_example has no entry for benchmark {name!r}"
+            )
         out[name] = (int(n), int(tokens_per_example[name]))
     return out
 
 
-def plan_model(namespace: str, shape: ModelShape, model_params: dict, *, capture: dict,
-               sae_training: dict, causal: dict, data_loading: dict, budget: dict,
-               memory: dict | None = None) -> dict:
+def _corpus(capture: dict) -> tuple[int, int]:
+    """(tokens, context) of the corpus capture (0 tokens without capture.corpus)."""
+    corpus = capture.get("corpus") or {}
+    if corpus and corpus.get("max_tokens") is None:
+        raise BudgetError(
+            "capture.corpus.max_tokens is null (the whole corpus): the budget needs a number"
+        )
+    return int(corpus.get("max_tokens") or 0), int(corpus.get("context_tokens") or 1024)
+
+
+def _training_tokens(sae_training: dict, corpus_tokens: int, bench_tokens: int) -> int:
+    """Tokens one SAE trains on: sae_training.training_tokens, or its epochs over the pool."""
+    # The corpus is captured whenever capture.corpus is configured; `sources` says what trains.
+    sources = list(sae_training.get("sources") or ["benchmarks"])
+    train_pool = (corpus_tokens if "corpus" in sources else 0) + (
+        bench_tokens * (1 - 1 / int(sae_training.get("eval_every") or 10**9))
+        if "benchmarks" in sources
+        else 0
+    )
+    training_tokens = sae_training.get("training_tokens")
+    if training_tokens is None:
+        batch = int(sae_training.get("batch_size", 4096))
+        steps = max(
+            math.ceil(float(sae_training.get("epochs", 1)) * train_pool / batch),
+            int(sae_training.get("min_steps") or 0),
+        )
+        training_tokens = steps * batch
+    return int(training_tokens)
+
+
+def plan_model(
+    namespace: str,
+    shape: ModelShape,
+    model_params: dict,
+    *,
+    capture: dict,
+    sae_training: dict,
+    causal: dict,
+    data_loading: dict,
+    budget: dict,
+    memory: dict | None = None,
+) -> dict:
     """The budget of one model namespace (a JSON-able dict)."""
     device = Device.from_params(budget.get("device"))
     layers = sorted({_layer(x) for x in model_params.get("layers", [])})
     if not layers or layers[-1] >= shape.n_layers:
-        raise BudgetError(f"model {namespace!r}: layers {layers} for a model of {shape.n_layers} blocks")
+        raise BudgetError(
+            f"model {namespace!r}: layers {layers} for a model of {shape.n_layers} blocks"
+        )
     pretrained = {_layer(k) for k in (model_params.get("sae_source") or {})}
     trained = [x for x in layers if x not in pretrained]
     storage = str(capture.get("dtype", "float32"))
@@ -191,32 +254,27 @@ def plan_model(namespace: str, shape: ModelShape, model_params: dict, *, capture
     few_shot = int(budget.get("few_shot_tokens", 0))
     bench_tokens = sum(n * t for n, t in benches.values())
     bench_context = few_shot + max((t for _, t in benches.values()), default=0)
-    # The corpus is captured whenever capture.corpus is configured; `sources` says what trains.
-    sources = list(sae_training.get("sources") or ["benchmarks"])
-    corpus = capture.get("corpus") or {}
-    if corpus and corpus.get("max_tokens") is None:
-        raise BudgetError("capture.corpus.max_tokens is null (the whole corpus): the budget needs a number")
-    corpus_tokens = int(corpus.get("max_tokens") or 0)
-    corpus_context = int(corpus.get("context_tokens") or 1024)
-    train_pool = ((corpus_tokens if "corpus" in sources else 0)
-                  + (bench_tokens * (1 - 1 / int(sae_training.get("eval_every") or 10 ** 9))
-                     if "benchmarks" in sources else 0))
+    corpus_tokens, corpus_context = _corpus(capture)
     d_sae = int(sae_training.get("expansion_factor", 8)) * shape.d_model
-    training_tokens = sae_training.get("training_tokens")
-    if training_tokens is None:
-        batch = int(sae_training.get("batch_size", 4096))
-        steps = max(math.ceil(float(sae_training.get("epochs", 1)) * train_pool / batch),
-                    int(sae_training.get("min_steps") or 0))
-        training_tokens = steps * batch
-    training_tokens = int(training_tokens)
+    training_tokens = _training_tokens(sae_training, corpus_tokens, bench_tokens)
 
     hours = {
-        "capture": device.hours(capture_flops(shape, corpus_tokens, corpus_context, layers[-1])
-                                + capture_flops(shape, bench_tokens, bench_context, layers[-1])),
+        "capture": device.hours(
+            capture_flops(shape, corpus_tokens, corpus_context, layers[-1])
+            + capture_flops(shape, bench_tokens, bench_context, layers[-1])
+        ),
         "baseline": device.hours(_baseline_flops(shape, benches, bench_context, capture)),
-        "sae_training": device.hours(len(trained) * sae_training_flops(shape.d_model, d_sae, training_tokens)),
-        "causal": device.hours(sum(_causal_flops(shape, x, benches, bench_context, causal,
-                                                 int(budget.get("answer_tokens", 3))) for x in layers)),
+        "sae_training": device.hours(
+            len(trained) * sae_training_flops(shape.d_model, d_sae, training_tokens)
+        ),
+        "causal": device.hours(
+            sum(
+                _causal_flops(
+                    shape, x, benches, bench_context, causal, int(budget.get("answer_tokens", 3))
+                )
+                for x in layers
+            )
+        ),
     }
     hours["total"] = sum(hours.values())
     disk = {
@@ -227,11 +285,19 @@ def plan_model(namespace: str, shape: ModelShape, model_params: dict, *, capture
     }
     disk["total"] = sum(disk.values())
     return {
-        "model": namespace, "n_params": shape.n_params, "d_model": shape.d_model, "n_layers": shape.n_layers,
-        "hook_points": [f"blocks.{x}.hook_resid_post" for x in layers], "d_sae": d_sae,
+        "model": namespace,
+        "n_params": shape.n_params,
+        "d_model": shape.d_model,
+        "n_layers": shape.n_layers,
+        "hook_points": [f"blocks.{x}.hook_resid_post" for x in layers],
+        "d_sae": d_sae,
         "pretrained_sae_layers": sorted(pretrained & set(layers)),
-        "tokens": {"corpus": corpus_tokens, "benchmarks": bench_tokens,
-                   "captured": corpus_tokens + bench_tokens, "sae_training_per_hook_point": training_tokens},
+        "tokens": {
+            "corpus": corpus_tokens,
+            "benchmarks": bench_tokens,
+            "captured": corpus_tokens + bench_tokens,
+            "sae_training_per_hook_point": training_tokens,
+        },
         "storage_dtype": storage,
         "disk_bytes": disk,
         "disk_gib": {k: round(v / GiB, 2) for k, v in disk.items()},
@@ -249,103 +315,109 @@ def _baseline_flops(shape: ModelShape, benches: dict, context: int, capture: dic
     return forward_flops(shape, tokens, context, unembed=True)
 
 
-def _causal_flops(shape: ModelShape, layer: int, benches: dict, context: int, causal: dict,
-                  answer_tokens: int) -> float:
+def _causal_flops(
+    shape: ModelShape, layer: int, benches: dict, context: int, causal: dict, answer_tokens: int
+) -> float:
     """Attribution (forward + backward over the select examples), then every condition and
     each circuit size checked rerun the blocks from `layer` up: at the answer positions only
     (positions: answer; earlier positions come from the clean pass) or at every position."""
-    per_split = {b: (min(n // 2, int(causal.get("max_examples_per_benchmark", n))), t) for b, (n, t) in benches.items()}
+    per_split = {
+        b: (min(n // 2, int(causal.get("max_examples_per_benchmark", n))), t)
+        for b, (n, t) in benches.items()
+    }
     full = sum(n * t for n, t in per_split.values())
-    at = full if causal.get("positions", "answer") == "all" else sum(n for n, _ in per_split.values()) * answer_tokens
+    at = (
+        full
+        if causal.get("positions", "answer") == "all"
+        else sum(n for n, _ in per_split.values()) * answer_tokens
+    )
     modes = len(causal.get("modes") or ["zero"])
-    singles = int(causal.get("top_k", 0)) + int(causal.get("n_random_controls", 0)) + int(causal.get("n_null_features", 0))
-    conditions = (modes * singles + int(causal.get("n_random_sets", 0)) + int(causal.get("n_random_directions", 0))
-                  + CAUSAL_FIXED_CONDITIONS)
-    circuit_share = sum(min(n, int(causal.get("circuit_examples_per_benchmark", n))) for n, _ in per_split.values()) \
-        / max(sum(n for n, _ in per_split.values()), 1)
-    circuit_sizes = 2 * (math.ceil(math.log2(max(int(causal.get("top_k", 1)), 2))) + int(causal.get("circuit_refine", 0)))
+    singles = (
+        int(causal.get("top_k", 0))
+        + int(causal.get("n_random_controls", 0))
+        + int(causal.get("n_null_features", 0))
+    )
+    conditions = (
+        modes * singles
+        + int(causal.get("n_random_sets", 0))
+        + int(causal.get("n_random_directions", 0))
+        + CAUSAL_FIXED_CONDITIONS
+    )
+    circuit_share = sum(
+        min(n, int(causal.get("circuit_examples_per_benchmark", n))) for n, _ in per_split.values()
+    ) / max(sum(n for n, _ in per_split.values()), 1)
+    circuit_sizes = 2 * (
+        math.ceil(math.log2(max(int(causal.get("top_k", 1)), 2)))
+        + int(causal.get("circuit_refine", 0))
+    )
     above = forward_flops(shape, at, context, first=layer, unembed=True)
-    return (3 * forward_flops(shape, full, context, unembed=True)
-            + (conditions + circuit_sizes * circuit_share) * above)
+    return (
+        3 * forward_flops(shape, full, context, unembed=True)
+        + (conditions + circuit_sizes * circuit_share) * above
+    )
 
 
-def summarize(plans: list[dict], n_devices: int = 1) -> dict:
-    """Totals over the namespaces that could be planned (the others carry an `error`).
-    Wall-clock is at least the total spread over `n_devices`, and at least the largest
-    model's hours (a namespace runs on one device)."""
-    ok = [p for p in plans if "error" not in p]
-    hours = [p["device_hours"]["total"] for p in ok]
-    return {"models": plans,
-            "total": {"device_hours": round(sum(hours), 3),
-                      "wall_hours_at_least": round(max([sum(hours) / max(n_devices, 1), *hours], default=0), 3),
-                      "n_devices": n_devices,
-                      "disk_gib": round(sum(p["disk_bytes"]["total"] for p in ok) / GiB, 2),
-                      "tokens_captured": sum(p["tokens"]["captured"] for p in ok)}}
-
-
-def format_table(summary: dict) -> str:
-    """The budget as a plain-text table (one row per model, then the totals)."""
-    head = ("model", "params", "d_model", "d_sae", "hooks", "captured tok", "SAE tok/hook", "disk GiB",
-            "capture h", "baseline h", "SAE h", "causal h", "total h", "memory GiB")
-    rows = [head]
-    for p in summary["models"]:
-        if "error" in p:
-            rows.append((p["model"], f"no budget: {p['error']}"))
-            continue
-        h, mem = p["device_hours"], p.get("memory") or {}
-        rows.append((p["model"], _si(p["n_params"]), str(p["d_model"]), str(p["d_sae"]), str(len(p["hook_points"])),
-                     _si(p["tokens"]["captured"]), _si(p["tokens"]["sae_training_per_hook_point"]),
-                     f"{p['disk_gib']['total']:.1f}", *(_hours(h[k]) for k in ("capture", "baseline", "sae_training",
-                                                                             "causal", "total")),
-                     str(mem.get("need_gb", "?"))))
-    t = summary["total"]
-    rows.append(("total", "", "", "", "", _si(t["tokens_captured"]), "", f"{t['disk_gib']:.1f}", "", "", "", "",
-                 f"{t['device_hours']:.2f}", ""))
-    widths = [max(len(r[i]) for r in rows if len(r) == len(head)) for i in range(len(head))]
-    lines = [r[0].ljust(widths[0]) + "  " + r[1] if len(r) != len(head)
-             else "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"on {t['n_devices']} device(s): >= {t['wall_hours_at_least']:.2f} h wall-clock")
-    return "\n".join(lines)
-
-
-def _hours(h: float) -> str:
-    return "<0.01" if 0 < h < 0.01 else f"{h:.2f}"
-
-
-def _si(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(int(n))
-
-
-def runner_memory(config, dtype: str, model_params: dict, *, capture: dict, causal: dict,
-                  sae_training: dict) -> dict:
-    """The memory need the runner places the namespace with (runner/memory.py): `memory_gb`
+def runner_memory(
+    config, dtype: str, model_params: dict, *, capture: dict, causal: dict, sae_training: dict
+) -> dict:
+    """The memory need the runner places the namespace with (runner_config.py): `memory_gb`
     in the model's block when set, else `preflight.estimate_memory` on the config."""
     if model_params.get("memory_gb") is not None:
-        return {"need_gb": round(float(model_params["memory_gb"]), 1), "how": "memory_gb in the model's block"}
+        return {
+            "need_gb": round(float(model_params["memory_gb"]), 1),
+            "how": "memory_gb in the model's block",
+        }
     from sae_reasoning.preflight import estimate_memory
 
     est = estimate_memory(config, dtype, capture, causal, sae_training)
-    return {"need_gb": round(est["total_bytes"] / GiB, 1), "how": est["breakdown"], "model_dtype": dtype}
+    return {
+        "need_gb": round(est["total_bytes"] / GiB, 1),
+        "how": est["breakdown"],
+        "model_dtype": dtype,
+    }
 
 
-def plan(handle, namespace: str, model_params: dict, *, capture: dict, sae_training: dict, causal: dict,
-         data_loading: dict, budget: dict) -> dict:
+def plan(
+    handle,
+    namespace: str,
+    model_params: dict,
+    *,
+    capture: dict,
+    sae_training: dict,
+    causal: dict,
+    data_loading: dict,
+    budget: dict,
+) -> dict:
     """One namespace's budget from its lazy model handle (config only); a model whose shapes
     cannot be had gets {"model", "error"} instead, so the other models are still planned."""
     try:
         config, source = model_config(handle, namespace, model_params.get("shapes"))
         shape = shape_from_config(config)
-        memory = runner_memory(config, handle.spec.dtype, model_params, capture=capture, causal=causal,
-                               sae_training=sae_training)
-        out = plan_model(namespace, shape, model_params, capture=capture, sae_training=sae_training,
-                         causal=causal, data_loading=data_loading, budget=budget, memory=memory)
+        memory = runner_memory(
+            config,
+            handle.spec.dtype,
+            model_params,
+            capture=capture,
+            causal=causal,
+            sae_training=sae_training,
+        )
+        out = plan_model(
+            namespace,
+            shape,
+            model_params,
+            capture=capture,
+            sae_training=sae_training,
+            causal=causal,
+            data_loading=data_loading,
+            budget=budget,
+            memory=memory,
+        )
     except BudgetError as exc:
         return {"model": namespace, "error": str(exc)}
-    except (KeyError, TypeError, ValueError) as exc:  # a malformed value: named, never blocking validate
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:  # a malformed value: named, never blocking validate
         return {"model": namespace, "error": f"{type(exc).__name__}: {exc}"}
     return {**out, "shapes_from": source}

@@ -15,23 +15,19 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
 
-_RUN_CONFIG: dict[str, Any] = {}
-
 log = logging.getLogger(__name__)
 
 
 class ConfigCaptureHook:
-    """Remembers the run's config loader so `register_pipelines` sees the chosen `--env`."""
+    """Keeps the session's config loader, so that `register_pipelines` (which Kedro calls
+    without arguments, after the context exists) sees the chosen `--env` and `--params`."""
+
+    def __init__(self):
+        self.config_loader = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        _RUN_CONFIG["config_loader"] = context.config_loader
-        _RUN_CONFIG["env"] = context.env
-
-
-def run_config_loader():
-    """The config loader of the current Kedro context, if one was created in this process."""
-    return _RUN_CONFIG.get("config_loader")
+        self.config_loader = context.config_loader
 
 
 def _dataset(catalog, name: str):
@@ -74,8 +70,9 @@ class RunLockHook:
         folder = Path(run_params.get("project_path") or Path.cwd()) / self._data_folder
         lock = RunLock(folder)
         try:
-            lock.acquire(run_id=run_params.get("run_id"),
-                         pipelines=run_params.get("pipeline_names"))
+            lock.acquire(
+                run_id=run_params.get("run_id"), pipelines=run_params.get("pipeline_names")
+            )
         except RunLockError as exc:
             import click
 
@@ -124,8 +121,10 @@ class SAECheckHook:
         from sae_reasoning.preflight import PreflightError, check_sae_folders
 
         datasets = pipeline.datasets()
-        namespaces = sorted({n[: -len(".model")] for n in datasets if n.endswith(".model")}
-                            | {n[: -len(".sae")] for n in datasets if n.endswith(".sae")})
+        namespaces = sorted(
+            {n[: -len(".model")] for n in datasets if n.endswith(".model")}
+            | {n[: -len(".sae")] for n in datasets if n.endswith(".sae")}
+        )
         problems, source_problems = [], []
         for namespace in namespaces:
             name = f"{namespace}.sae"
@@ -138,27 +137,38 @@ class SAECheckHook:
                 continue
             model_params = self._params(catalog, f"params:models.{namespace}")
             sae_training = self._params(catalog, "params:sae_training")
-            lines = check_sae_folders(namespace, model_ds.load(), model_params, stored,
-                                      self._hook_points(model_params, sae_training))
+            lines = check_sae_folders(
+                namespace,
+                model_ds.load(),
+                model_params,
+                stored,
+                self._hook_points(model_params, sae_training),
+            )
             if name not in datasets:
                 for line in lines:
-                    log.warning("%s; a run that uses it as it is (causal, "
-                                "--only-missing-outputs) would stop here", line)
+                    log.warning(
+                        "%s; a run that uses it as it is (causal, "
+                        "--only-missing-outputs) would stop here",
+                        line,
+                    )
             elif _reads_stored(name, pipeline, run_params):
                 problems.extend(lines)
             else:
                 for line in lines:
                     log.info("%s; this run trains that SAE again and replaces it", line)
         if source_problems:
-            raise PreflightError("sae_source check failed before the run (pretrained SAEs):\n  - "
-                                 + "\n  - ".join(source_problems))
+            raise PreflightError(
+                "sae_source check failed before the run (pretrained SAEs):\n  - "
+                + "\n  - ".join(source_problems)
+            )
         if problems:
             raise PreflightError(
                 "SAE check failed before the run (these SAEs would be used as they are):\n  - "
                 + "\n  - ".join(problems)
                 + "\nTrain them for this model (delete the folder, or run sae_training without "
-                  "--only-missing-outputs) or point the `<model>.sae` catalog entry at SAEs of "
-                  "this model.")
+                "--only-missing-outputs) or point the `<model>.sae` catalog entry at SAEs of "
+                "this model."
+            )
 
     def _check_sources(self, namespace: str, name: str, pipeline, catalog, model_ds) -> list[str]:
         """Problems of the namespace's sae_source entries when this run loads them (it saves
@@ -168,8 +178,12 @@ class SAECheckHook:
         model_params = self._params(catalog, f"params:models.{namespace}")
         if not model_params.get("sae_source"):
             return []
-        lines = check_sae_sources(namespace, model_ds.load(), model_params,
-                                  self._hook_points(model_params, self._params(catalog, "params:sae_training")))
+        lines = check_sae_sources(
+            namespace,
+            model_ds.load(),
+            model_params,
+            self._hook_points(model_params, self._params(catalog, "params:sae_training")),
+        )
         if name in pipeline.all_outputs():
             return lines
         for line in lines:
@@ -200,9 +214,9 @@ class ResourceLedgerHook:
     tokens and device-hours, in `folder` (read by the `resource_ledger` catalog entry).
 
     A node's window opens at its first input load (or before it runs, without inputs) and
-    closes once its last output is saved: datasets do real work here (SAE training runs in
-    `SAEDataset.save`). Node and dataset hooks run in runner workers too, so each process
-    writes its own nodes' records. A node whose input load or output save raises gets no
+    closes once its last output is saved: loads and saves can be heavy too (a remote
+    store's downloads and uploads). Node and dataset hooks run in runner workers too, so each
+    process writes its own nodes' records. A node whose input load or output save raises gets no
     Kedro node hook; its record stays "running" (a worker) or is closed as failed by
     `on_pipeline_error` (the main process).
     """
@@ -223,9 +237,12 @@ class ResourceLedgerHook:
         ds = _dataset(catalog, "resource_ledger")
         path = getattr(ds, "path", None)
         if path is not None and Path(path).resolve() != self.recorder.folder.resolve():
-            log.warning("resource ledger: the hook writes %s but the `resource_ledger` catalog "
-                        "entry reads %s; the report's resources table will not see this run",
-                        self.recorder.folder, path)
+            log.warning(
+                "resource ledger: the hook writes %s but the `resource_ledger` catalog "
+                "entry reads %s; the report's resources table will not see this run",
+                self.recorder.folder,
+                path,
+            )
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str, node) -> None:
@@ -249,5 +266,6 @@ class ResourceLedgerHook:
 
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
-        self.recorder.close_all("failed", f"{type(error).__name__}: {error}",
-                                run_params.get("run_id"))
+        self.recorder.close_all(
+            "failed", f"{type(error).__name__}: {error}", run_params.get("run_id")
+        )

@@ -7,8 +7,8 @@ parallel workers never clash; earlier runs' folders stay), first as "running" wh
 node starts, then "done" or "failed", so a node that was killed stays "running" on disk.
 `datasets.ledger.ResourceLedgerDataset` reads the records back for the report.
 
-A node's window runs from its first input load to its last output save: the project's
-heavy work also happens in datasets (SAE training runs in `SAEDataset.save`). Its stage
+A node's window runs from its first input load to its last output save (the work itself
+runs in the node: capture and SAE training take a store handle and return a manifest). Its stage
 is the pipeline it belongs to in pipeline_registry.py, i.e. the `pipelines/<stage>/`
 package its function comes from.
 
@@ -140,9 +140,9 @@ def _iso(t: float) -> str:
 class _Window:
     def __init__(self, node):
         self.node, self.run_id, self.saved = node, None, set()
-        # Imported here: `sae_reasoning.runner` loads Kedro's runners, which a notebook
+        # Imported here: `kedro_device_runner` loads Kedro's runners, which a notebook
         # importing models.loading (and so this module) does not need.
-        from sae_reasoning.runner.node_metrics import NodeMeter
+        from kedro_device_runner.node_metrics import NodeMeter
 
         self.tokens0 = tokens()
         self.meter = NodeMeter().start()
@@ -188,9 +188,9 @@ class LedgerRecorder:
         w.run_id = w.run_id or run_id or "no-run-id"
         w.meter.stop(failed=status != "done")
         rec = self._record(w, status, error)
-        from sae_reasoning.runner.node_metrics import publish
+        from kedro_device_runner.node_metrics import publish
 
-        # The runner's timeline (runner/node_metrics.py) takes these for this node.
+        # The runner's timeline (kedro_device_runner/node_metrics.py) takes these for this node.
         publish(**{k: rec[k] for k in ("tokens", "model_tokens", "sae_training_tokens")})
         self._write(rec)
 
@@ -203,22 +203,40 @@ class LedgerRecorder:
         now = tokens()
         used = {k: now.get(k, 0) - w.tokens0.get(k, 0) for k in TOKEN_KINDS}
         return {
-            "run_id": w.run_id, "node": node.name,
-            "namespace": (node.namespace or "").split(".")[0], "stage": stage_of(node),
-            "status": status, "error": error[:500],
+            "run_id": w.run_id,
+            "node": node.name,
+            "namespace": (node.namespace or "").split(".")[0],
+            "stage": stage_of(node),
+            "status": status,
+            "error": error[:500],
             "started_at": _iso(w.meter._started_at),
             "finished_at": _iso(w.meter._started_at + figures["wall_s"]) if figures else None,
-            **{k: figures.get(k) for k in ("wall_s", "device", "device_name", "devices",
-                                           "peak_memory_bytes", "peak_rss_bytes", "rss_at_start_bytes",
-                                           "device_hours")},
+            **{
+                k: figures.get(k)
+                for k in (
+                    "wall_s",
+                    "device",
+                    "device_name",
+                    "devices",
+                    "peak_memory_bytes",
+                    "peak_rss_bytes",
+                    "rss_at_start_bytes",
+                    "device_hours",
+                )
+            },
             "tokens": sum(used.values()),
             **{f"{k}_tokens": v for k, v in used.items()},
-            "host": socket.gethostname(), "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
         }
 
     def _write(self, record: dict) -> None:
         try:
             write_record(self.folder, record)
         except OSError as exc:  # the ledger must never stop the run
-            log.warning("resource ledger: could not write %s's record in %s: %s",
-                        record["node"], self.folder, exc)
+            log.warning(
+                "resource ledger: could not write %s's record in %s: %s",
+                record["node"],
+                self.folder,
+                exc,
+            )

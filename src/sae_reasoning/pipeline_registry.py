@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
-from kedro.pipeline import Pipeline, pipeline
+from kedro.framework.project import settings
+from kedro.pipeline import Pipeline
 
-from sae_reasoning.hooks import run_config_loader
+from sae_reasoning.hooks import ConfigCaptureHook
 from sae_reasoning.pipelines import capture, causal, data_loading, reporting, sae_training, validate
 
 # Dataset inputs that every model reads stay un-namespaced.
@@ -20,6 +21,18 @@ PER_MODEL_STAGES = {
     "sae_training": sae_training.create_pipeline,
     "causal": causal.create_pipeline,
 }
+
+
+def run_config_loader(hooks=None):
+    """The config loader that the project's ConfigCaptureHook kept from the session's
+    context (`hooks`: the registered hooks, default the project's settings.HOOKS); None
+    when no context was created in this process."""
+    kept = [
+        h.config_loader
+        for h in (settings.HOOKS if hooks is None else hooks)
+        if isinstance(h, ConfigCaptureHook)
+    ]
+    return kept[0] if kept else None
 
 
 def configured_models(config_loader=None) -> list[str]:
@@ -50,7 +63,7 @@ def _fallback_loader() -> OmegaConfigLoader:
 def namespaced(stage: str, model: str) -> Pipeline:
     """One model's copy of a stage: datasets `<model>.*`, parameters shared except `model`."""
     base = PER_MODEL_STAGES[stage]()
-    return pipeline(
+    return Pipeline(
         base,
         namespace=model,
         inputs=base.inputs() & SHARED_DATASETS,

@@ -31,8 +31,14 @@ ASSUMED_SEQ_LEN = 1024
 HEADROOM = 1.2  # allocator fragmentation, CUDA context, tokenizer and bookkeeping
 
 
-def estimate_memory(config, dtype: str, capture: dict | None = None, causal: dict | None = None,
-                    sae_training: dict | None = None, seq_len: int = ASSUMED_SEQ_LEN) -> dict:
+def estimate_memory(
+    config,
+    dtype: str,
+    capture: dict | None = None,
+    causal: dict | None = None,
+    sae_training: dict | None = None,
+    seq_len: int = ASSUMED_SEQ_LEN,
+) -> dict:
     """Peak device memory of one model namespace (capture, SAE training, causal), in bytes.
 
     weights: parameters x dtype size. activations: one no-grad forward pass of the largest
@@ -43,10 +49,18 @@ def estimate_memory(config, dtype: str, capture: dict | None = None, causal: dic
     """
     itemsize = DTYPES[dtype].itemsize
     d_model = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
-    d_mlp = int(getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * d_model)
+    d_mlp = int(
+        getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * d_model
+    )
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
     weights = estimate_parameters(config) * itemsize
-    batch = max(int((capture or {}).get("batch_size", 0) or 0), int((causal or {}).get("batch_size", 0) or 0)) or 16
+    batch = (
+        max(
+            int((capture or {}).get("batch_size", 0) or 0),
+            int((causal or {}).get("batch_size", 0) or 0),
+        )
+        or 16
+    )
     activations = batch * seq_len * ((4 * d_model + d_mlp) * 4 + heads * seq_len * itemsize)
     sae = 0
     if sae_training:
@@ -56,9 +70,12 @@ def estimate_memory(config, dtype: str, capture: dict | None = None, causal: dic
     total = int((weights + activations + sae) * HEADROOM)
     g = 2**30
     return {
-        "total_bytes": total, "weights_bytes": weights, "activations_bytes": activations, "sae_bytes": sae,
-        "breakdown": f"weights {weights / g:.2f} + activations {activations / g:.2f} + SAE {sae / g:.2f} GiB, "
-                     f"x{HEADROOM} headroom",
+        "total_bytes": total,
+        "weights_bytes": weights,
+        "activations_bytes": activations,
+        "sae_bytes": sae,
+        "breakdown": f"weights {weights / g:.2f} + activations {activations / g:.2f} + "
+        f"SAE {sae / g:.2f} GiB, x{HEADROOM} headroom",
     }
 
 
@@ -69,8 +86,13 @@ def available_memory_bytes() -> tuple[str, int]:
     return "cpu", int(psutil.virtual_memory().available)
 
 
-def check_model(model: ModelHandle, model_params: dict, capture: dict | None = None,
-                causal: dict | None = None, sae_training: dict | None = None) -> dict:
+def check_model(
+    model: ModelHandle,
+    model_params: dict,
+    capture: dict | None = None,
+    causal: dict | None = None,
+    sae_training: dict | None = None,
+) -> dict:
     """One model's status: ok, or the reason it cannot run.
 
     The memory need is the runner's (`estimate_memory`, or `memory_gb` in the model's block).
@@ -84,17 +106,31 @@ def check_model(model: ModelHandle, model_params: dict, capture: dict | None = N
     layers = list(model_params.get("layers", []))
     bad = [x for x in layers if not 0 <= int(x) < n_layers]
     if not layers or bad:
-        return {**result, "error": f"layers {layers}: the model has {n_layers} blocks (0..{n_layers - 1})"}
+        return {
+            **result,
+            "error": f"layers {layers}: the model has {n_layers} blocks (0..{n_layers - 1})",
+        }
     n_params = estimate_parameters(config)
     if model_params.get("memory_gb") is not None:
         need = int(float(model_params["memory_gb"]) * 2**30)
     else:
-        need = estimate_memory(config, model.spec.dtype, capture, causal, sae_training)["total_bytes"]
+        need = estimate_memory(config, model.spec.dtype, capture, causal, sae_training)[
+            "total_bytes"
+        ]
     device, free = available_memory_bytes()
-    result.update(n_layers=n_layers, d_model=int(config.hidden_size), n_parameters=n_params,
-                  memory_needed_gb=round(need / 2**30, 2), memory_free_gb=round(free / 2**30, 2), device=device)
+    result.update(
+        n_layers=n_layers,
+        d_model=int(config.hidden_size),
+        n_parameters=n_params,
+        memory_needed_gb=round(need / 2**30, 2),
+        memory_free_gb=round(free / 2**30, 2),
+        device=device,
+    )
     if need > free:
-        return {**result, "error": f"needs ~{need / 2**30:.1f} GiB on {device}, {free / 2**30:.1f} GiB free"}
+        return {
+            **result,
+            "error": f"needs ~{need / 2**30:.1f} GiB on {device}, {free / 2**30:.1f} GiB free",
+        }
     return {**result, "ok": True}
 
 
@@ -109,8 +145,10 @@ def raise_on_failure(report: dict) -> None:
     failed = [r for r in report["models"] if not r["ok"]]
     if failed:
         lines = "\n".join(f"  - {r['model']}: {r['error']}" for r in failed)
-        raise PreflightError(f"pre-flight check failed for {len(failed)} of {len(report['models'])} "
-                             f"model(s):\n{lines}")
+        raise PreflightError(
+            f"pre-flight check failed for {len(failed)} of {len(report['models'])} "
+            f"model(s):\n{lines}"
+        )
 
 
 def summarize(results: list[dict]) -> dict:
@@ -121,6 +159,7 @@ def summarize(results: list[dict]) -> dict:
 
 
 # -- SAE folders vs the configured model ---------------------------------------------------
+
 
 def model_aliases(namespace: str, model: ModelHandle) -> set[str]:
     """Names an SAE's cfg.json `model_name` may give this model: the HF id or path (what this
@@ -139,8 +178,14 @@ def model_aliases(namespace: str, model: ModelHandle) -> set[str]:
     return {n for n in names if n}
 
 
-def sae_mismatches(cfg: dict, hook: str, d_model: int, hook_points: list[str], aliases: set[str],
-                   transfer: bool = False) -> list[str]:
+def sae_mismatches(
+    cfg: dict,
+    hook: str,
+    d_model: int,
+    hook_points: list[str],
+    aliases: set[str],
+    transfer: bool = False,
+) -> list[str]:
     """Why the SAE stored for `hook` (cfg: cfg.json normalised by `normalize_cfg_dict`) does
     not fit the model: width, hook point, model name (the last one unless `transfer`)."""
     out = []
@@ -151,13 +196,15 @@ def sae_mismatches(cfg: dict, hook: str, d_model: int, hook_points: list[str], a
     if hook_points and hook not in hook_points:
         out.append(f"hook point {hook} is not one of the configured hook points {hook_points}")
     hook_name = meta.get("hook_name")
-    if hook_name and _canonical(hook_name) != _canonical(hook):   # resid_pre L == resid_post L-1
+    if hook_name and _canonical(hook_name) != _canonical(hook):  # resid_pre L == resid_post L-1
         out.append(f"cfg.json hook_name is {hook_name!r}, but the SAE is used at {hook}")
     model_name = meta.get("model_name")
     if model_name and not transfer and str(model_name) not in aliases:
-        out.append(f"cfg.json model_name is {model_name!r}, not this model (set "
-                   "`sae_transfer: true` in its `models` block to use an SAE of another model "
-                   "on purpose)")
+        out.append(
+            f"cfg.json model_name is {model_name!r}, not this model (set "
+            "`sae_transfer: true` in its `models` block to use an SAE of another model "
+            "on purpose)"
+        )
     return out
 
 
@@ -170,8 +217,13 @@ def _canonical(hook: str) -> str:
         return hook
 
 
-def check_sae_folders(namespace: str, model: ModelHandle, model_params: dict,
-                      stored: dict[str, tuple[str, dict]], hook_points: list[str]) -> list[str]:
+def check_sae_folders(
+    namespace: str,
+    model: ModelHandle,
+    model_params: dict,
+    stored: dict[str, tuple[str, dict]],
+    hook_points: list[str],
+) -> list[str]:
     """One line per SAE folder that does not fit the configured model, naming the folder,
     the model and each mismatch. `stored`: {hook point: (folder, normalised cfg.json)}.
     Reads the model's config only (no weights). Hook points named in `sae_source` were
@@ -190,10 +242,14 @@ def check_sae_folders(namespace: str, model: ModelHandle, model_params: dict,
     sourced = _sourced_hooks(model_params, hook_points)
     lines = []
     for hook, (folder, cfg) in stored.items():
-        problems = sae_mismatches(cfg, hook, d_model, hook_points, aliases, transfer or hook in sourced)
+        problems = sae_mismatches(
+            cfg, hook, d_model, hook_points, aliases, transfer or hook in sourced
+        )
         if problems:
-            lines.append(f"SAE folder {folder} does not fit model {namespace!r} ({source}): "
-                         + "; ".join(problems))
+            lines.append(
+                f"SAE folder {folder} does not fit model {namespace!r} ({source}): "
+                + "; ".join(problems)
+            )
     return lines
 
 
@@ -202,18 +258,24 @@ def _sourced_hooks(model_params: dict, hook_points: list[str]) -> set[str]:
 
     try:
         return set(parse_sae_sources(model_params, hook_points))
-    except SAESourceError:   # check_sae_sources reports it
+    except SAESourceError:  # check_sae_sources reports it
         return set()
 
 
-def check_sae_sources(namespace: str, model: ModelHandle, model_params: dict,
-                      hook_points: list[str]) -> list[str]:
+def check_sae_sources(
+    namespace: str, model: ModelHandle, model_params: dict, hook_points: list[str]
+) -> list[str]:
     """One line per `sae_source` entry that cannot run on the model, before any capture: a
     hook name we cannot serve or not configured, a block the model lacks, d_in != d_model.
     Reads configs only: the model's, the SAE's cfg.json (a registry entry's through
     SAELens, from the local HF cache)."""
     from sae_reasoning.models.hooks import HookPointError, canonical_hook_point
-    from sae_reasoning.sae.pretrained import SAESourceError, check_fits, parse_sae_sources, source_config
+    from sae_reasoning.sae.pretrained import (
+        SAESourceError,
+        check_fits,
+        parse_sae_sources,
+        source_config,
+    )
 
     try:
         sources = parse_sae_sources(model_params, hook_points, namespace)
@@ -229,8 +291,10 @@ def check_sae_sources(namespace: str, model: ModelHandle, model_params: dict,
     n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
     lines = []
     for hook, source in sources.items():
-        where = f"model {namespace!r} ({model.spec.pretrained_model_name_or_path}), {hook}, " \
-                f"sae_source {source.label}"
+        where = (
+            f"model {namespace!r} ({model.spec.pretrained_model_name_or_path}), {hook}, "
+            f"sae_source {source.label}"
+        )
         try:
             canonical_hook_point(hook, n_layers)
             cfg = source_config(source)

@@ -35,6 +35,8 @@ from typing import Any
 import psutil
 from filelock import FileLock, Timeout
 
+from sae_reasoning.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 LOCK_FILENAME = ".kedro_run.lock"
@@ -59,7 +61,9 @@ def this_holder(command: str | None = None, **extra: Any) -> dict:
         "host": socket.gethostname(),
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "process_started": me.create_time(),
-        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command
+        if command is not None
+        else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         **extra,
     }
 
@@ -67,8 +71,10 @@ def this_holder(command: str | None = None, **extra: Any) -> dict:
 def describe(holder: dict | None) -> str:
     if not holder:
         return "an unknown process (no holder record beside the lock)"
-    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}, "
-            f"command: {holder.get('command')}")
+    return (
+        f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}, "
+        f"command: {holder.get('command')}"
+    )
 
 
 def holder_alive(holder: dict) -> bool | None:
@@ -130,8 +136,11 @@ class RunLock:
                 alive = holder_alive(previous) if previous else None
                 if previous is None or alive is not False:
                     raise RunLockError(self._refusal(previous, alive), previous) from None
-                log.warning("taking over the run lock %s: its holder (%s) is no longer running",
-                            self.path, describe(previous))
+                log.warning(
+                    "taking over the run lock %s: its holder (%s) is no longer running",
+                    self.path,
+                    describe(previous),
+                )
                 self._remove_files()
                 lock = self._new_lock()
                 try:
@@ -140,13 +149,15 @@ class RunLock:
                     raise RunLockError(self._refusal(self.read_holder(), None), previous) from None
             else:
                 if previous is not None:
-                    log.warning("taking over the run lock %s left by %s, which ended without "
-                                "releasing it (killed?)", self.path, describe(previous))
+                    log.warning(
+                        "taking over the run lock %s left by %s, which ended without "
+                        "releasing it (killed?)",
+                        self.path,
+                        describe(previous),
+                    )
             self._lock = lock
             self.holder = this_holder(**holder_info)
-            tmp = self.holder_path.with_name(f".{self.holder_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.holder, indent=1))
-            os.replace(tmp, self.holder_path)
+            atomic_write_text(self.holder_path, json.dumps(self.holder, indent=1), unique=True)
         log.debug("run lock %s taken (pid %d)", self.path, os.getpid())
         return self
 
@@ -177,13 +188,17 @@ class RunLock:
                 pass
 
     def _refusal(self, holder: dict | None, alive: bool | None) -> str:
-        text = (f"another Kedro run is writing to this project's data folder {self.folder}: "
-                f"{describe(holder)}. Two runs in one project overwrite each other's files; "
-                "wait for that run to finish or stop it.")
+        text = (
+            f"another Kedro run is writing to this project's data folder {self.folder}: "
+            f"{describe(holder)}. Two runs in one project overwrite each other's files; "
+            "wait for that run to finish or stop it."
+        )
         if holder is not None and alive is None:
-            text += (f" It runs on another host ({holder.get('host')}), so this host cannot tell "
-                     f"whether it is still alive; if it is not, delete {self.path} and "
-                     f"{self.holder_path}.")
+            text += (
+                f" It runs on another host ({holder.get('host')}), so this host cannot tell "
+                f"whether it is still alive; if it is not, delete {self.path} and "
+                f"{self.holder_path}."
+            )
         return text
 
     def __enter__(self) -> RunLock:

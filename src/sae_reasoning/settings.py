@@ -16,8 +16,12 @@ from sae_reasoning.tracking import (
 # RunLockHook: one writing run at a time per project data folder (run_lock.py).
 # ResourceLedgerHook: what each node cost (ledger.py), one record per node and run in the
 # folder that the `resource_ledger` catalog entry reads (conf/base/catalog_reporting.yml).
-HOOKS = (ConfigCaptureHook(), SAECheckHook(), RunLockHook(),
-         ResourceLedgerHook("data/09_tracking/resource_ledger"))
+HOOKS = (
+    ConfigCaptureHook(),
+    SAECheckHook(),
+    RunLockHook(),
+    ResourceLedgerHook("data/09_tracking/resource_ledger"),
+)
 
 # Run tracking (README "Tracking runs"; the `tracking` extra): on with SAE_REASONING_TRACKING=1.
 # Installed, kedro-mlflow registers its hook through an entry point in every session: that
@@ -28,6 +32,12 @@ HOOKS = (ConfigCaptureHook(), SAECheckHook(), RunLockHook(),
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 if tracking_enabled():
     HOOKS = (*HOOKS, *((kedro_mlflow_hook(),) if plugin_installed() else ()), MlflowReportHook())
+
+# kedro_device_runner (`kedro run --runner=kedro_device_runner.DeviceSlotRunner`): this
+# project's estimate of a model namespace's memory need, for placing it on a device slot;
+# the allowlist lets `kedro server` accept that runner as it accepts the project's own.
+DEVICE_RUNNER_MEMORY_ESTIMATOR = "sae_reasoning.runner_config:group_memory"
+RUNNER_MODULE_ALLOWLIST = ("kedro_device_runner",)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

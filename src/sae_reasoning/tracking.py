@@ -32,13 +32,18 @@ DEFAULT_STORE = "data/09_tracking/mlflow.db"
 DEFAULT_ARTIFACTS = "data/09_tracking/mlartifacts"
 EXPERIMENT = "sae_reasoning"
 
-MAX_PARAM = 6000   # mlflow's limit on a parameter's value
+MAX_PARAM = 6000  # mlflow's limit on a parameter's value
 
 # Report outputs whose values become metrics, and those logged whole as artifacts (besides
 # every plot the run wrote).
 METRIC_SOURCES = ("training_summary", "causal_test_results")
-ARTIFACTS = ("phase4_report", "training_summary", "causal_test_results",
-             "feature_importance_ranking", "resources_summary")
+ARTIFACTS = (
+    "phase4_report",
+    "training_summary",
+    "causal_test_results",
+    "feature_importance_ranking",
+    "resources_summary",
+)
 
 
 def tracking_enabled(environ: dict[str, str] | None = None) -> bool:
@@ -50,8 +55,10 @@ def tracking_enabled(environ: dict[str, str] | None = None) -> bool:
     if value in _OFF:
         return False
     if importlib.util.find_spec("mlflow") is None:
-        raise RuntimeError(f"{ENV_VAR}=1 but mlflow is not installed: "
-                           "`.venv/bin/pip install -e '.[tracking]'` (or `make tracking`)")
+        raise RuntimeError(
+            f"{ENV_VAR}=1 but mlflow is not installed: "
+            "`.venv/bin/pip install -e '.[tracking]'` (or `make tracking`)"
+        )
     return True
 
 
@@ -80,8 +87,10 @@ def key_metrics(training_summary: dict, causal_results: dict) -> dict[str, float
             out[f"{model}/{bench}/baseline_accuracy"] = b.get("accuracy")
             out[f"{model}/{bench}/chance"] = b.get("chance")
         for hook, h in (results.get("hook_points") or {}).items():
-            for name, effect in (("all_features", h.get("all_features_zero")),
-                                 ("top_k", (h.get("controls") or {}).get("top_k_set"))):
+            for name, effect in (
+                ("all_features", h.get("all_features_zero")),
+                ("top_k", (h.get("controls") or {}).get("top_k_set")),
+            ):
                 for field in ("delta_logprob", "delta_accuracy"):
                     out[f"{model}/{hook}/{name}_{field}"] = (effect or {}).get(field)
     return {k: v for k, v in ((k, _number(v)) for k, v in out.items()) if v is not None}
@@ -112,20 +121,20 @@ class MlflowReportHook:
         self._open_run = not plugin_installed() if open_run is None else open_run
         self._own = False
 
-    @hook_impl(trylast=True)   # after kedro-mlflow's before_pipeline_run opened its run
+    @hook_impl(trylast=True)  # after kedro-mlflow's before_pipeline_run opened its run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         import mlflow
 
         self._own = mlflow.active_run() is None and self._open_run
-        if self._own:   # without kedro-mlflow: the same record, in the same store
+        if self._own:  # without kedro-mlflow: the same record, in the same store
             root = Path(run_params.get("project_path") or Path.cwd())
             if "MLFLOW_TRACKING_URI" not in os.environ:
                 mlflow.set_tracking_uri(f"sqlite:///{root / DEFAULT_STORE}")
-            if mlflow.get_experiment_by_name(EXPERIMENT) is None:   # files beside the store
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # files beside the store
                 mlflow.create_experiment(EXPERIMENT, (root / DEFAULT_ARTIFACTS).as_uri())
             mlflow.set_experiment(EXPERIMENT)
             mlflow.start_run(run_name="+".join(run_params.get("pipeline_names") or ["__default__"]))
-            mlflow.set_tags({k: str(v) for k, v in run_params.items() if v})   # as kedro-mlflow
+            mlflow.set_tags({k: str(v) for k, v in run_params.items() if v})  # as kedro-mlflow
         if mlflow.active_run() is None:
             log.info("mlflow: kedro-mlflow opened no run (disable_tracking in mlflow.yml?)")
             return
@@ -134,7 +143,7 @@ class MlflowReportHook:
         # mlflow refuses longer params; kept whole as tags (kedro-mlflow's "tag" strategy)
         mlflow.set_tags({f"param.{k}": v for k, v in params.items() if len(v) > MAX_PARAM})
 
-    @hook_impl(tryfirst=True)   # before kedro-mlflow's after_pipeline_run ends the run
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's after_pipeline_run ends the run
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         import mlflow
 
@@ -145,8 +154,11 @@ class MlflowReportHook:
             if all(name in outputs for name in METRIC_SOURCES):
                 metrics = key_metrics(*(catalog.load(name) for name in METRIC_SOURCES))
                 mlflow.log_metrics(metrics)
-                log.info("mlflow: logged %d metrics to run %s", len(metrics),
-                         mlflow.active_run().info.run_id)
+                log.info(
+                    "mlflow: logged %d metrics to run %s",
+                    len(metrics),
+                    mlflow.active_run().info.run_id,
+                )
             self._log_artifacts(mlflow, catalog, outputs)
         finally:
             if self._own:
@@ -170,7 +182,7 @@ class MlflowReportHook:
             if path is None:
                 continue
             with tempfile.TemporaryDirectory() as tmp, fsspec.open(path, "rb") as src:
-                local = Path(tmp) / PurePosixPath(path).name   # also from s3:// and co.
+                local = Path(tmp) / PurePosixPath(path).name  # also from s3:// and co.
                 local.write_bytes(src.read())
                 mlflow.log_artifact(str(local), artifact_path="plots" if name in plots else None)
 

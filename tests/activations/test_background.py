@@ -10,8 +10,14 @@ HOOK = "blocks.0.hook_resid_post"
 
 
 def rows(n, start=0):
-    return dict(activations=torch.arange(start, start + n, dtype=torch.float32)[:, None].expand(n, 4).clone(),
-                example_index=torch.zeros(n), position=torch.arange(n), token_id=torch.zeros(n))
+    return dict(
+        activations=torch.arange(start, start + n, dtype=torch.float32)[:, None]
+        .expand(n, 4)
+        .clone(),
+        example_index=torch.zeros(n),
+        position=torch.arange(n),
+        token_id=torch.zeros(n),
+    )
 
 
 def test_an_interrupt_still_writes_every_batch_already_handed_to_the_writer(tmp_path):
@@ -35,7 +41,8 @@ def test_an_interrupt_still_writes_every_batch_already_handed_to_the_writer(tmp_
     assert not m["complete"]
     assert [e["n_tokens"] for e in m["shards"]] == [8, 8, 8, 8] and m["n_tokens"] == 32
     assert sorted(p.name for p in (tmp_path / "acts").glob("*.safetensors")) == [
-        f"shard_{i:05d}.safetensors" for i in range(4)]
+        f"shard_{i:05d}.safetensors" for i in range(4)
+    ]
     store = ActivationStore(tmp_path / "acts", require_complete=False)
     store.verify()
     got = torch.cat([store.shard(i)["activations"][:, 0] for i in range(4)])

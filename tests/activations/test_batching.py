@@ -15,7 +15,7 @@ def test_batches_respect_the_budget_cover_every_sequence_once_and_pad_little():
     assert all(b.width == max(lengths[i] for i in b.items) for b in plan)
     assert sum(b.tokens for b in plan) == sum(lengths)
     # Fixed-count batches in the given (unsorted) order waste far more.
-    fixed = [lengths[i:i + 16] for i in range(0, len(lengths), 16)]
+    fixed = [lengths[i : i + 16] for i in range(0, len(lengths), 16)]
     fixed_padding = 1 - sum(lengths) / sum(len(c) * max(c) for c in fixed)
     assert padding_fraction(plan) < 0.05 and fixed_padding > 0.3
 

@@ -1,5 +1,4 @@
 import json
-import shutil
 import threading
 
 import pytest
@@ -35,12 +34,15 @@ def test_capture_writes_each_examples_tokens_at_each_layer(tmp_path, handle):
         expected = sum(len(e.question) + len(e.answers[e.gold]) for e in bench.examples)
         assert store.n_tokens == expected
         meta = store.metadata()
-        # Rows of one example equal a plain forward of the whole (prefix + question + answer) sequence.
+        # Rows of one example equal a plain forward of the whole (prefix + question + answer)
+        # sequence.
         ex = bench.examples[0]
         ids = torch.tensor([bench.prefix + ex.question + ex.answers[ex.gold]])
         ref = capture_residuals(lm.model, ids, None, [1])[1][0]
         mine = meta.example_index == ex.row
-        rows = torch.cat([store.shard(i)["activations"] for i in range(len(store.manifest["shards"]))])
+        rows = torch.cat(
+            [store.shard(i)["activations"] for i in range(len(store.manifest["shards"]))]
+        )
         rows = rows[torch.from_numpy(mine.to_numpy().copy())]
         pos = torch.tensor(meta.position[mine].to_numpy())
         torch.testing.assert_close(rows, ref[pos], atol=1e-4, rtol=1e-4)
@@ -54,7 +56,9 @@ def test_second_run_reuses_and_a_change_recaptures(tmp_path, handle, caplog):
     stamp = (tmp_path / "arith" / "blocks.1.hook_resid_post" / "manifest.json").stat().st_mtime_ns
     again = CaptureJob(handle, prompts, layers=[1]).run(tmp_path)
     assert again["reused"] == ["arith", "logic"] and not again["captured"]
-    assert (tmp_path / "arith" / "blocks.1.hook_resid_post" / "manifest.json").stat().st_mtime_ns == stamp
+    assert (
+        tmp_path / "arith" / "blocks.1.hook_resid_post" / "manifest.json"
+    ).stat().st_mtime_ns == stamp
     changed = prompts.copy()
     changed.loc[0, "prompt"] += " "
     third = CaptureJob(handle, changed, layers=[1]).run(tmp_path)
@@ -74,18 +78,25 @@ def test_failed_capture_leaves_the_earlier_complete_one_intact(tmp_path, handle)
 def test_unwritable_folder_is_a_clear_error_before_the_model_loads(tmp_path, tiny_model_dirs):
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the activation folder should go")
-    handle = ModelHandle(ModelSpec("tiny_llama", str(tiny_model_dirs["llama"]), converted_cache=None))
+    handle = ModelHandle(
+        ModelSpec("tiny_llama", str(tiny_model_dirs["llama"]), converted_cache=None)
+    )
     with pytest.raises(PermissionError, match=r"activation folder .*blocked/acts is not writable"):
         CaptureJob(handle, tiny_prompts(), layers=[1]).run(blocker / "acts")
     assert handle._loaded is None
 
 
 def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identical_files(tmp_path, handle, caplog,
-                                                                                      monkeypatch):
+def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identical_files(
+    tmp_path, handle, caplog, monkeypatch
+):
     prompts = tiny_prompts(n_open=40, n_choice=0)
     job = dict(layers=[1, 2], batch_tokens=64, shard_tokens=32)
     reference = tmp_path / "reference"
@@ -112,9 +123,17 @@ def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identica
             raise KeyboardInterrupt
 
     add, join = ShardWriter.add, threading.Thread.join
-    monkeypatch.setattr(ShardWriter, "add", lambda self, *a, **kw: (gate.wait(60), add(self, *a, **kw))[1])
-    monkeypatch.setattr(threading.Thread, "join", lambda self, *a, **kw: (
-        gate.set() if self.name == "shard-writer" else None, join(self, *a, **kw))[1])
+    monkeypatch.setattr(
+        ShardWriter, "add", lambda self, *a, **kw: (gate.wait(60), add(self, *a, **kw))[1]
+    )
+    monkeypatch.setattr(
+        threading.Thread,
+        "join",
+        lambda self, *a, **kw: (
+            gate.set() if self.name == "shard-writer" else None,
+            join(self, *a, **kw),
+        )[1],
+    )
     hook = transformer_blocks(lm.model)[0].register_forward_hook(interrupt)
     out = tmp_path / "resumed"
     try:
@@ -128,13 +147,19 @@ def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identica
         folder = out / ".arith.tmp" / hp
         partial = json.loads((folder / "manifest.json").read_text())
         assert not partial["complete"] and partial["n_tokens"] == 32 * n_shards
-        assert [e["file"] for e in partial["shards"]] == [f"shard_{i:05d}.safetensors" for i in range(n_shards)]
-        assert sorted(p.name for p in folder.glob("*.safetensors")) == [e["file"] for e in partial["shards"]]
+        assert [e["file"] for e in partial["shards"]] == [
+            f"shard_{i:05d}.safetensors" for i in range(n_shards)
+        ]
+        assert sorted(p.name for p in folder.glob("*.safetensors")) == [
+            e["file"] for e in partial["shards"]
+        ]
         ActivationStore(folder, require_complete=False).verify()
     assert not (out / "arith").exists()
 
     counter = {"n": 0}
-    hook = transformer_blocks(lm.model)[0].register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    hook = transformer_blocks(lm.model)[0].register_forward_hook(
+        lambda *_: counter.__setitem__("n", counter["n"] + 1)
+    )
     try:
         with caplog.at_level("INFO"):
             CaptureJob(handle, prompts, **job).run(out)
@@ -143,7 +168,7 @@ def test_interrupted_capture_resumes_after_its_last_complete_shard_with_identica
     assert f"resuming after {n_shards} complete shard(s)" in caplog.text
     assert _files(out) == _files(reference)
     # Exactly the batches after the last complete shard ran again (plus the shared block).
-    ends = [sum(b.tokens for b in plan[:i + 1]) for i in range(len(plan))]
+    ends = [sum(b.tokens for b in plan[: i + 1]) for i in range(len(plan))]
     assert counter["n"] == prefix_passes + sum(end > 32 * n_shards for end in ends)
 
 
@@ -151,14 +176,24 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_complete_shards(tmp_path):
     from sae_reasoning.activations.background import BackgroundWriter
     from sae_reasoning.activations.store import ActivationStore, ShardWriter
 
-    writer = ShardWriter(tmp_path / "acts", header={"hook_point": "blocks.0.hook_resid_post"}, d_model=4,
-                         shard_tokens=8)
+    writer = ShardWriter(
+        tmp_path / "acts",
+        header={"hook_point": "blocks.0.hook_resid_post"},
+        d_model=4,
+        shard_tokens=8,
+    )
     # The kernel's always-full device stands in the second shard's temporary name.
     (tmp_path / "acts" / ".shard_00001.safetensors.tmp").symlink_to("/dev/full")
     sink = BackgroundWriter({0: writer})
-    rows = lambda n: dict(activations=torch.randn(n, 4), example_index=torch.zeros(n), position=torch.arange(n),
-                          token_id=torch.zeros(n))
-    with pytest.raises(OSError, match=r"cannot write activation shard .*shard_00001.safetensors: the disk is full"):
+    rows = lambda n: dict(
+        activations=torch.randn(n, 4),
+        example_index=torch.zeros(n),
+        position=torch.arange(n),
+        token_id=torch.zeros(n),
+    )
+    with pytest.raises(
+        OSError, match=r"cannot write activation shard .*shard_00001.safetensors: the disk is full"
+    ):
         for _ in range(3):
             sink.put({0: rows(8)})
         sink.close()
@@ -174,7 +209,10 @@ def test_not_enough_free_space_fails_before_the_first_batch(tmp_path):
     from sae_reasoning.activations.capture import _check_free_space
 
     free = shutil.disk_usage(tmp_path).free
-    with pytest.raises(OSError, match=r"capture m: the activations need about .* GiB in .* but only .* GiB are free"):
+    with pytest.raises(
+        OSError,
+        match=r"capture m: the activations need about .* GiB in .* but only .* GiB are free",
+    ):
         _check_free_space(tmp_path, 2 * free, "m")
     _check_free_space(tmp_path, 1 << 20, "m")
 
@@ -198,9 +236,14 @@ def test_manifest_states_the_massive_activation_rule_and_the_batching(tmp_path, 
 
 def test_a_prompt_over_the_context_window_is_named_before_any_batch(tmp_path, handle):
     prompts = tiny_prompts()
-    prompts.loc[3, "prompt"] = prompts.loc[3, "prompt"].replace("What is", "What is " + "one plus " * 700)
-    with pytest.raises(ValueError, match=r"tiny_llama: prompt arith-003 \(arith\) is \d+ tokens with its answer, "
-                                         r"over the model's context of 2048"):
+    prompts.loc[3, "prompt"] = prompts.loc[3, "prompt"].replace(
+        "What is", "What is " + "one plus " * 700
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"tiny_llama: prompt arith-003 \(arith\) is \d+ tokens with its answer, "
+        r"over the model's context of 2048",
+    ):
         CaptureJob(handle, prompts, layers=[1]).run(tmp_path)
     assert not any(tmp_path.rglob("*.safetensors"))
 
@@ -219,7 +262,8 @@ def test_a_short_shared_block_runs_inline_and_is_still_left_out(tmp_path, handle
         ids = torch.tensor([bench.prefix + ex.question + ex.answers[0]])
         ref = capture_residuals(lm.model, ids, None, [1])[1][0]
         mine = (meta.example_index == ex.row).to_numpy().copy()
-        torch.testing.assert_close(rows[torch.from_numpy(mine)], ref[meta.position[mine].to_numpy()],
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            rows[torch.from_numpy(mine)], ref[meta.position[mine].to_numpy()], atol=1e-4, rtol=1e-4
+        )
     assert meta.position.min() == len(bench.prefix)
     assert store.manifest["shared_block"]["n_tokens"] == len(bench.prefix)

@@ -10,20 +10,32 @@ from sae_reasoning.activations import (
     MassiveActivationFilter,
     ShardWriter,
 )
-from sae_reasoning.activations import store as store_mod
+from sae_reasoning.activations import digests as store_mod
 
 HOOK = "blocks.1.hook_resid_post"
 
 
-def write_store(root, bench="b", n_examples=10, seq=20, d=8, dtype="float32", shard_tokens=50, seed=0):
+def write_store(
+    root, bench="b", n_examples=10, seq=20, d=8, dtype="float32", shard_tokens=50, seed=0
+):
     g = torch.Generator().manual_seed(seed)
-    w = ShardWriter(root / bench / HOOK, header={"model": "m", "benchmark": bench, "hook_point": HOOK},
-                    d_model=d, dtype=dtype, shard_tokens=shard_tokens)
+    w = ShardWriter(
+        root / bench / HOOK,
+        header={"model": "m", "benchmark": bench, "hook_point": HOOK},
+        d_model=d,
+        dtype=dtype,
+        shard_tokens=shard_tokens,
+    )
     rows = []
     for i in range(n_examples):
         a = torch.randn(seq, d, generator=g)
         a[0] *= 200  # a massive activation at the first position
-        w.add(a, example_index=torch.full((seq,), i), position=torch.arange(seq), token_id=torch.arange(seq))
+        w.add(
+            a,
+            example_index=torch.full((seq,), i),
+            position=torch.arange(seq),
+            token_id=torch.arange(seq),
+        )
         rows.append(a)
     w.close()
     return torch.cat(rows)
@@ -100,12 +112,19 @@ def test_an_old_manifest_with_only_sha256_is_still_checked(tmp_path):
     for e in m["shards"]:
         e.pop("xxh3_128", None)
     (folder / "manifest.json").write_text(json.dumps(m))
-    got = torch.cat(list(ActivationSet.open(tmp_path).iter_batches(HOOK, 50, shuffle=False, exclude=None)))
+    got = torch.cat(
+        list(ActivationSet.open(tmp_path).iter_batches(HOOK, 50, shuffle=False, exclude=None))
+    )
     torch.testing.assert_close(got, rows)
     _flip_data_area(folder / "shard_00000.safetensors")
     store_mod.forget_verified()
-    with pytest.raises(store_mod.CorruptShardError,
-                       match=rf"manifest.json records sha256 {m['shards'][0]['sha256']}, the file has [0-9a-f]{{64}}"):
+    with pytest.raises(
+        store_mod.CorruptShardError,
+        match=(
+            rf"manifest.json records sha256 {m['shards'][0]['sha256']}, "
+            r"the file has [0-9a-f]{64}"
+        ),
+    ):
         ActivationStore(folder).shard(0)
 
 
@@ -116,21 +135,29 @@ def test_a_corrupted_header_is_an_error_naming_its_file(tmp_path):
     data = bytearray(path.read_bytes())
     data[12] = 0xFF  # inside the JSON header: invalid UTF-8
     path.write_bytes(bytes(data))
-    with pytest.raises(store_mod.CorruptShardError, match=rf"activation shard {re.escape(str(path))} is corrupted"):
+    with pytest.raises(
+        store_mod.CorruptShardError, match=rf"activation shard {re.escape(str(path))} is corrupted"
+    ):
         ActivationStore(folder).shard(1)
     # Unverified reads still name the file when the header cannot be parsed.
-    with pytest.raises(store_mod.CorruptShardError,
-                       match=rf"activation shard {re.escape(str(path))}: cannot read its safetensors header "
-                             r"\(.*invalid UTF-8.*\); delete "):
+    with pytest.raises(
+        store_mod.CorruptShardError,
+        match=rf"activation shard {re.escape(str(path))}: cannot read its safetensors header "
+        r"\(.*invalid UTF-8.*\); delete ",
+    ):
         ActivationStore(folder, verify=False).shard(1)
 
 
-def test_an_intact_store_reads_as_before_and_each_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
+def test_an_intact_store_reads_as_before_and_each_shard_is_hashed_once_per_process(
+    tmp_path, monkeypatch
+):
     rows = write_store(tmp_path)
     store_mod.forget_verified()
     hashed = []
     real = store_mod.digest_file
-    monkeypatch.setattr(store_mod, "digest_file", lambda path, algo: hashed.append(path.name) or real(path, algo))
+    monkeypatch.setattr(
+        store_mod, "digest_file", lambda path, algo: hashed.append(path.name) or real(path, algo)
+    )
     acts = ActivationSet.open(tmp_path)
     for _ in range(3):  # epochs
         got = torch.cat(list(acts.iter_batches(HOOK, 50, shuffle=False, exclude=None)))
@@ -180,7 +207,7 @@ def test_bad_d_model_and_dtype(tmp_path):
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 4097])
 def test_exact_median_in_chunks_equals_torch_median(n):
-    from sae_reasoning.activations.store import exact_median
+    from sae_reasoning.activations.norms import exact_median
 
     g = torch.Generator().manual_seed(n)
     values = torch.randn(n, generator=g).exp() * 100

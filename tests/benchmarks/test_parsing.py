@@ -2,12 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sae_reasoning.benchmarks.answers import answers_match, clean_generation, extract_answer
 from sae_reasoning.benchmarks.parsing import (
     NORMALIZED_COLUMNS,
-    answers_match,
-    clean_generation,
     coerce_choices,
-    extract_answer,
     extract_boxed,
     gsm8k_solution,
     normalize_math_answer,
@@ -102,23 +100,27 @@ def test_normalize_gsm8k_table():
 
 
 def test_normalize_math_table():
-    raw = pd.DataFrame({
-        "problem": ["What is 1/2 + 1/4?", "Simplify x."],
-        "solution": [r"It is $\boxed{\frac{3}{4}}$.", r"$\boxed{x}$"],
-        "level": ["Level 1", "Level 2"],
-        "type": ["Prealgebra", "Algebra"],
-    })
+    raw = pd.DataFrame(
+        {
+            "problem": ["What is 1/2 + 1/4?", "Simplify x."],
+            "solution": [r"It is $\boxed{\frac{3}{4}}$.", r"$\boxed{x}$"],
+            "level": ["Level 1", "Level 2"],
+            "type": ["Prealgebra", "Algebra"],
+        }
+    )
     out = normalize_raw(raw, "math")
     assert out["answer"].tolist() == ["3/4", "x"]
     assert out["answer_type"].tolist() == ["numeric", "text"]
 
 
 def test_normalize_logic_table_with_and_without_choices():
-    raw = pd.DataFrame({
-        "question": ["Is it so?", "Which?", "How many?"],
-        "answer": ["yes.", "B", "4"],
-        "choices": [["Yes", "No"], ["red", "blue", "green"], None],
-    })
+    raw = pd.DataFrame(
+        {
+            "question": ["Is it so?", "Which?", "How many?"],
+            "answer": ["yes.", "B", "4"],
+            "choices": [["Yes", "No"], ["red", "blue", "green"], None],
+        }
+    )
     out = normalize_raw(raw, "logic")
     assert out["answer"].tolist() == ["Yes", "blue", "4"]
     assert out["answer_type"].tolist() == ["choice", "choice", "numeric"]
@@ -129,10 +131,12 @@ def test_normalize_logic_table_with_and_without_choices():
 
 
 def test_malformed_gsm8k_rows_are_all_named():
-    raw = pd.DataFrame({
-        "question": ["ok", "no marker", "", "not a number"],
-        "answer": ["#### 1", "the answer is 3", "#### 2", "#### three"],
-    })
+    raw = pd.DataFrame(
+        {
+            "question": ["ok", "no marker", "", "not a number"],
+            "answer": ["#### 1", "the answer is 3", "#### 2", "#### three"],
+        }
+    )
     with pytest.raises(ValueError) as err:
         normalize_raw(raw, "gsm8k")
     msg = str(err.value)
@@ -153,26 +157,39 @@ def test_error_lists_only_the_first_few_rows():
 
 
 def test_malformed_math_row_names_row():
-    raw = pd.DataFrame({
-        "problem": ["p", "p2"],
-        "solution": [r"\boxed{1}", "the answer is 2"],
-        "level": ["Level 1"] * 2,
-        "type": ["Algebra"] * 2,
-    })
+    raw = pd.DataFrame(
+        {
+            "problem": ["p", "p2"],
+            "solution": [r"\boxed{1}", "the answer is 2"],
+            "level": ["Level 1"] * 2,
+            "type": ["Algebra"] * 2,
+        }
+    )
     with pytest.raises(ValueError, match=r"math_raw row 1: solution has no \\boxed"):
         normalize_raw(raw, "math")
 
 
 def test_unbalanced_boxed_is_malformed():
-    raw = pd.DataFrame({"problem": ["p"], "solution": [r"\boxed{\frac{1}{2}"],
-                        "level": ["Level 1"], "type": ["Algebra"]})
+    raw = pd.DataFrame(
+        {
+            "problem": ["p"],
+            "solution": [r"\boxed{\frac{1}{2}"],
+            "level": ["Level 1"],
+            "type": ["Algebra"],
+        }
+    )
     with pytest.raises(ValueError, match="math_raw row 0: .*unbalanced"):
         normalize_raw(raw, "math")
 
 
 def test_logic_answer_not_among_choices():
-    raw = pd.DataFrame({"question": ["q", "q2"], "answer": ["Yes", "Maybe"],
-                        "choices": [["Yes", "No"], ["Yes", "No"]]})
+    raw = pd.DataFrame(
+        {
+            "question": ["q", "q2"],
+            "answer": ["Yes", "Maybe"],
+            "choices": [["Yes", "No"], ["Yes", "No"]],
+        }
+    )
     with pytest.raises(ValueError, match=r"logic_raw row 1: answer 'Maybe' is not among choices"):
         normalize_raw(raw, "logic")
 
@@ -216,21 +233,32 @@ def test_clean_generation_cuts_at_newline():
 
 
 def test_normalized_rows_carry_template_and_solution():
-    raw = pd.DataFrame({
-        "question": ["q1", "q2", "q3"],
-        "answer": ["Step one.\n\nStep two: 3 + 4 = 7\n#### 7", "#### 2", "x\n#### 3"],
-        "template": ["t1", None, 12],
-    })
+    raw = pd.DataFrame(
+        {
+            "question": ["q1", "q2", "q3"],
+            "answer": ["Step one.\n\nStep two: 3 + 4 = 7\n#### 7", "#### 2", "x\n#### 3"],
+            "template": ["t1", None, 12],
+        }
+    )
     rows = normalize_raw(raw, "gsm8k")
     assert list(rows.columns) == NORMALIZED_COLUMNS
     assert rows["template"].tolist()[0] == "t1" and pd.isna(rows["template"].tolist()[1])
-    assert rows["template"].tolist()[2] == "12"                     # ids are text
+    assert rows["template"].tolist()[2] == "12"  # ids are text
     assert rows["solution"].tolist()[0] == "Step one.\nStep two: 3 + 4 = 7"  # no blank lines
-    assert pd.isna(rows["solution"].tolist()[1])                    # "#### 2": no worked part
+    assert pd.isna(rows["solution"].tolist()[1])  # "#### 2": no worked part
     # no template column: null; MATH and logic have no separable solution
     assert normalize_raw(raw.drop(columns="template"), "gsm8k")["template"].isna().all()
-    math = normalize_raw(pd.DataFrame({"problem": ["p"], "solution": ["so $\\boxed{4}$"],
-                                       "level": ["Level 1"], "type": ["Algebra"]}), "math")
+    math = normalize_raw(
+        pd.DataFrame(
+            {
+                "problem": ["p"],
+                "solution": ["so $\\boxed{4}$"],
+                "level": ["Level 1"],
+                "type": ["Algebra"],
+            }
+        ),
+        "math",
+    )
     assert math["solution"].isna().all() and math["template"].isna().all()
 
 
@@ -245,14 +273,14 @@ def test_gsm8k_solution():
     [
         (" 3 + 4 = 7 apples.\n#### 7\n", "numeric", "7"),
         (" first 2, then 5.\n#### 1,000 apples\n#### 9", "numeric", "1,000 apples"),  # first marker
-        (" 12 - 3 = 9 so she has 9 left.", "numeric", "9"),       # no marker: the last number
+        (" 12 - 3 = 9 so she has 9 left.", "numeric", "9"),  # no marker: the last number
         (" he pays $1,234.50 in total", "numeric", "1,234.50"),
         (" x = -3", "numeric", "-3"),
         (" half of it is 3/4", "numeric", "3/4"),
         (" no number at all ####", "numeric", None),
         (" nothing", "numeric", None),
         (" they are cousins.\n#### Yes", "choice", "Yes"),
-        (" so the answer is\nNo", "choice", "No"),                # no marker: the last line
+        (" so the answer is\nNo", "choice", "No"),  # no marker: the last line
         ("", "text", None),
     ],
 )
@@ -273,5 +301,7 @@ def test_empty_raw_table_says_so(raw):
     # an empty file loads as a table without rows (and without columns): issue 14 item 8
     with pytest.raises(ValueError, match=r"^gsm8k: the raw table is empty \(dataset `my_gsm`\)"):
         normalize_raw(raw, "gsm8k", name="my_gsm")
-    with pytest.raises(ValueError, match=r"^math: the raw table is empty; the benchmark needs at least one row$"):
+    with pytest.raises(
+        ValueError, match=r"^math: the raw table is empty; the benchmark needs at least one row$"
+    ):
         normalize_raw(pd.DataFrame(), "math")

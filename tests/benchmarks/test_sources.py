@@ -39,11 +39,11 @@ def test_gsm_symbolic_rows_carry_their_template():
     entries = list(data)
     templates = [entry_template("gsm_symbolic", data, e) for e in entries]
     assert all(t is not None and t.startswith("gsm_symbolic:") for t in templates)
-    assert len(set(templates)) < len(templates)        # some templates repeat in 60 rows
+    assert len(set(templates)) < len(templates)  # some templates repeat in 60 rows
     by_template: dict[str, set] = {}
     for t, e in zip(templates, entries):
         by_template.setdefault(t, set()).add(tuple(sorted(e["metadata"]["variables"])))
-    assert all(len(v) == 1 for v in by_template.values())   # one template: one variable set
+    assert all(len(v) == 1 for v in by_template.values())  # one template: one variable set
     assert len({next(iter(v)) for v in by_template.values()}) > 0.8 * len(by_template)
     # other tasks have no templates
     gcd = reasoning_gym.create_dataset("gcd", size=3, seed=0)
@@ -73,7 +73,7 @@ def test_tasks_without_templates_have_no_template_column():
     assert "template" not in generate_native("logic", "syllogism", size=4, seed=1).columns
     # a mixed GSM8K stand-in: rows of the template-free task get null
     mixed = generate_native("gsm8k", {"gsm_symbolic": {}, "basic_arithmetic": {}}, size=10, seed=1)
-    arithmetic = mixed["answer"].str.startswith("####")     # no worked solution
+    arithmetic = mixed["answer"].str.startswith("####")  # no worked solution
     assert arithmetic.any() and (~arithmetic).any()
     assert mixed.loc[arithmetic, "template"].isna().all()
     assert mixed.loc[~arithmetic, "template"].notna().all()
@@ -95,10 +95,18 @@ def test_math_stand_in_fills_level_and_type():
 
 
 def test_math_levels_grow_with_difficulty():
-    easy = generate_native("math", {"basic_arithmetic": {"min_terms": 2, "max_terms": 2,
-                                                         "min_digits": 1, "max_digits": 1}}, 10, 0)
-    hard = generate_native("math", {"basic_arithmetic": {"min_terms": 5, "max_terms": 5,
-                                                         "min_digits": 3, "max_digits": 3}}, 10, 0)
+    easy = generate_native(
+        "math",
+        {"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}},
+        10,
+        0,
+    )
+    hard = generate_native(
+        "math",
+        {"basic_arithmetic": {"min_terms": 5, "max_terms": 5, "min_digits": 3, "max_digits": 3}},
+        10,
+        0,
+    )
     assert set(easy["level"]) == {"Level 1"}
     assert set(hard["level"]) == {"Level 5"}
 
@@ -118,8 +126,14 @@ def test_logic_task_without_known_choices_is_open():
     assert set(normalize_raw(raw, "logic")["answer_type"]) == {"numeric"}
 
 
-@pytest.mark.parametrize("benchmark,tasks", [("gsm8k", "gsm_symbolic"), ("math", MATH_MIX),
-                                             ("logic", ["syllogism", "family_relationships"])])
+@pytest.mark.parametrize(
+    "benchmark,tasks",
+    [
+        ("gsm8k", "gsm_symbolic"),
+        ("math", MATH_MIX),
+        ("logic", ["syllogism", "family_relationships"]),
+    ],
+)
 def test_generation_is_deterministic_in_the_seed(benchmark, tasks):
     a = generate_native(benchmark, tasks, size=20, seed=7)
     b = generate_native(benchmark, tasks, size=20, seed=7)
@@ -144,11 +158,21 @@ def test_balance_answers_evens_out_labels():
 
 
 def test_one_task_under_several_labels():
-    raw = generate_native("math", {
-        "easy": {"task": "basic_arithmetic", "min_terms": 2, "max_terms": 2, "max_digits": 1},
-        "hard": {"task": "basic_arithmetic", "min_terms": 5, "max_terms": 5,
-                 "min_digits": 3, "max_digits": 3},
-    }, size=10, seed=0)
+    raw = generate_native(
+        "math",
+        {
+            "easy": {"task": "basic_arithmetic", "min_terms": 2, "max_terms": 2, "max_digits": 1},
+            "hard": {
+                "task": "basic_arithmetic",
+                "min_terms": 5,
+                "max_terms": 5,
+                "min_digits": 3,
+                "max_digits": 3,
+            },
+        },
+        size=10,
+        seed=0,
+    )
     assert raw["level"].value_counts().to_dict() == {"Level 1": 5, "Level 5": 5}
     assert set(raw["type"]) == {"Prealgebra"}
 
@@ -182,17 +206,31 @@ def test_as_dataframe_accepts_hf_objects():
 
 
 def test_load_hf_dataframe_reads_local_jsonl_and_parquet(tmp_path):
-    frame = pd.DataFrame({"question": ["q1", "q2"], "answer": ["#### 1", "#### 2"],
-                          "extra": [1, 2]})
+    frame = pd.DataFrame(
+        {"question": ["q1", "q2"], "answer": ["#### 1", "#### 2"], "extra": [1, 2]}
+    )
     frame.to_json(tmp_path / "g.jsonl", orient="records", lines=True)
     frame.to_parquet(tmp_path / "g.parquet")
-    from_json = load_hf_dataframe("json", data_files=str(tmp_path / "g.jsonl"), split="train",
-                                  columns=["question", "answer"],
-                                  cache_dir=str(tmp_path / "cache"))
+    from_json = load_hf_dataframe(
+        "json",
+        data_files=str(tmp_path / "g.jsonl"),
+        split="train",
+        columns=["question", "answer"],
+        cache_dir=str(tmp_path / "cache"),
+    )
     pd.testing.assert_frame_equal(from_json, frame[["question", "answer"]])
-    from_parquet = load_hf_dataframe("parquet", data_files={"test": str(tmp_path / "g.parquet")},
-                                     split="test", cache_dir=str(tmp_path / "cache"))
+    from_parquet = load_hf_dataframe(
+        "parquet",
+        data_files={"test": str(tmp_path / "g.parquet")},
+        split="test",
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert from_parquet["answer"].tolist() == ["#### 1", "#### 2"]
     with pytest.raises(ValueError, match="no column"):
-        load_hf_dataframe("json", data_files=str(tmp_path / "g.jsonl"), split="train",
-                          columns=["problem"], cache_dir=str(tmp_path / "cache"))
+        load_hf_dataframe(
+            "json",
+            data_files=str(tmp_path / "g.jsonl"),
+            split="train",
+            columns=["problem"],
+            cache_dir=str(tmp_path / "cache"),
+        )

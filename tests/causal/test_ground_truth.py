@@ -5,23 +5,26 @@ import networkx as nx
 import pytest
 import torch
 
-from sae_reasoning.causal.analysis import CausalConfig, analyse_hook, statistics_of, subset
+from sae_reasoning.causal.analysis import CausalConfig, analyse_hook, statistics_of
 from sae_reasoning.causal.circuits import circuit_graph, find_circuit
+from sae_reasoning.causal.selection import subset
 from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import capture_residuals, hook_point
 from sae_reasoning.sae import SAEConfig, build_sae
 from sae_reasoning.scoring import encode_prompts
 from tests.prompts_fixture import tiny_prompts
 
-LAYER, TRUE = 1, 5      # the SAE's layer; the index of the feature that carries the answer
+LAYER, TRUE = 1, 5  # the SAE's layer; the index of the feature that carries the answer
 
 
 @pytest.fixture(scope="module")
 def planted(tiny_model_dirs):
-    lm = ModelHandle(ModelSpec("planted", str(tiny_model_dirs["llama"]), converted_cache=None)).load("cpu")
+    lm = ModelHandle(
+        ModelSpec("planted", str(tiny_model_dirs["llama"]), converted_cache=None)
+    ).load("cpu")
     model, d = lm.model, lm.d_model
     # Blocks above the SAE write nothing: the final residual is the one at the SAE's layer.
-    for block in model.model.layers[LAYER + 1:]:
+    for block in model.model.layers[LAYER + 1 :]:
         torch.nn.init.zeros_(block.self_attn.o_proj.weight)
         torch.nn.init.zeros_(block.mlp.down_proj.weight)
     u = torch.randn(d, generator=torch.Generator().manual_seed(1234))
@@ -38,10 +41,10 @@ def planted(tiny_model_dirs):
     d_sae = 4 * d
     sae = build_sae(SAEConfig(d_in=d, d_sae=d_sae, hook_name=hook_point(LAYER), hook_layer=LAYER))
     g = torch.Generator().manual_seed(1)
-    proj = torch.eye(d) - torch.outer(u, u)       # every other feature ignores u entirely
+    proj = torch.eye(d) - torch.outer(u, u)  # every other feature ignores u entirely
     with torch.no_grad():
-        sae.W_enc.copy_(proj @ torch.randn(d, d_sae, generator=g) / d ** 0.5)
-        sae.W_dec.copy_(torch.randn(d_sae, d, generator=g) @ proj / d ** 0.5)
+        sae.W_enc.copy_(proj @ torch.randn(d, d_sae, generator=g) / d**0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d, generator=g) @ proj / d**0.5)
         sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
         sae.b_dec.zero_()
         # The planted feature: always on (bias), reads u, writes u.
@@ -56,10 +59,22 @@ def planted(tiny_model_dirs):
 
 def test_the_planted_feature_is_ranked_first_and_is_the_circuit(planted):
     lm, sae, encoded, stats = planted
-    cfg = CausalConfig(top_k=4, n_random_controls=20, n_null_features=20, n_random_sets=2, n_random_directions=2,
-                       batch_size=8, n_boot=200, circuit_fraction=0.8, circuit_mode="zero", modes=("zero", "mean"))
+    cfg = CausalConfig(
+        top_k=4,
+        n_random_controls=20,
+        n_null_features=20,
+        n_random_sets=2,
+        n_random_directions=2,
+        batch_size=8,
+        n_boot=200,
+        circuit_fraction=0.8,
+        circuit_mode="zero",
+        modes=("zero", "mean"),
+    )
     select, heldout = subset(encoded, "select", 99, 0), subset(encoded, "heldout", 99, 0)
-    eff, ranking, summary, circuit = analyse_hook(lm, sae, hook_point(LAYER), select, heldout, stats, cfg)
+    eff, ranking, summary, circuit = analyse_hook(
+        lm, sae, hook_point(LAYER), select, heldout, stats, cfg
+    )
 
     # Attribution on the select split and exact ablation on the held-out split agree.
     top = ranking[0]
@@ -75,14 +90,22 @@ def test_the_planted_feature_is_ranked_first_and_is_the_circuit(planted):
     sig = summary["significance"]
     assert sig["controls"]["tested"] == 20 and sig["controls"]["important"] <= 3
     assert sig["n_null_features"] == 20 and sig["candidates"]["important"] >= 1
-    assert all(not r["important"] for r in ranking[1:] if abs(r["delta_logprob"]) < r["null_threshold_logprob"])
+    assert all(
+        not r["important"]
+        for r in ranking[1:]
+        if abs(r["delta_logprob"]) < r["null_threshold_logprob"]
+    )
 
     # Controls are far weaker than the top-K set, which holds the planted feature, and the
     # paired tests say so.
     c = summary["controls"]
     assert all(x["delta_logprob"] > top["delta_logprob"] / 5 for x in c["random_feature_sets"])
-    assert all(x["delta_logprob"] > c["top_k_set"]["delta_logprob"] / 3 for x in c["random_directions"])
-    assert len(c["comparisons"]) == 4 and all(x["hi"] < 0 and x["p"] < 0.05 for x in c["comparisons"])
+    assert all(
+        x["delta_logprob"] > c["top_k_set"]["delta_logprob"] / 3 for x in c["random_directions"]
+    )
+    assert len(c["comparisons"]) == 4 and all(
+        x["hi"] < 0 and x["p"] < 0.05 for x in c["comparisons"]
+    )
     assert 0 <= summary["error_term"]["error_share"] <= 1
     assert summary["splice_identity_max_abs_logprob_change"] < 1e-4
 
@@ -95,18 +118,26 @@ def test_the_planted_feature_is_ranked_first_and_is_the_circuit(planted):
     assert kept["withheld"] is None and kept["faithfulness"] > 0.8 and kept["completeness"] < 0.2
     assert kept["faithfulness_ci"][0] <= kept["faithfulness"] <= kept["faithfulness_ci"][1]
     assert kept["faithfulness"] == pytest.approx(
-        1 - s["heldout_delta_circuit_only"]["delta_logprob"] / s["heldout_delta_all"])
+        1 - s["heldout_delta_circuit_only"]["delta_logprob"] / s["heldout_delta_all"]
+    )
     # Marks et al.'s default ablates the error term in the empty circuit and the circuit alone.
     # This planted SAE's other features are random, so its error term carries the rest of the
     # residual, and the circuit alone without it is not faithful: the variants must differ.
     ablated = s["error_ablated"]
     m_empty = s["heldout_delta_all_and_error"]
-    assert m_empty != pytest.approx(s["heldout_delta_all"]) and ablated["denominator"] == pytest.approx(-m_empty)
+    assert m_empty != pytest.approx(s["heldout_delta_all"]) and ablated[
+        "denominator"
+    ] == pytest.approx(-m_empty)
     assert ablated["faithfulness"] == pytest.approx(
-        1 - s["heldout_delta_circuit_only_error_ablated"]["delta_logprob"] / m_empty)
+        1 - s["heldout_delta_circuit_only_error_ablated"]["delta_logprob"] / m_empty
+    )
     assert ablated["completeness"] == pytest.approx(
-        1 - s["heldout_delta_circuit_ablated"]["delta_logprob"] / m_empty)
-    assert s["faithfulness"] == ablated["faithfulness"] and s["completeness"] == ablated["completeness"]
+        1 - s["heldout_delta_circuit_ablated"]["delta_logprob"] / m_empty
+    )
+    assert (
+        s["faithfulness"] == ablated["faithfulness"]
+        and s["completeness"] == ablated["completeness"]
+    )
 
     # Statistics sit beside every effect; single features get BH q-values.
     single = eff[eff.role.isin(["candidate", "control", "null"]) & (eff.benchmark != "all")]
@@ -129,10 +160,26 @@ def test_a_model_whose_answer_ignores_the_residual_has_no_important_feature(plan
     with torch.no_grad():
         head.zero_()
     try:
-        cfg = CausalConfig(top_k=4, n_random_controls=4, n_null_features=20, n_random_sets=1,
-                           n_random_directions=1, batch_size=8, n_boot=200, circuit_mode="zero", modes=("zero",))
-        eff, ranking, summary, _ = analyse_hook(lm, sae, hook_point(LAYER), subset(encoded, "select", 99, 0),
-                                                subset(encoded, "heldout", 99, 0), stats, cfg)
+        cfg = CausalConfig(
+            top_k=4,
+            n_random_controls=4,
+            n_null_features=20,
+            n_random_sets=1,
+            n_random_directions=1,
+            batch_size=8,
+            n_boot=200,
+            circuit_mode="zero",
+            modes=("zero",),
+        )
+        eff, ranking, summary, _ = analyse_hook(
+            lm,
+            sae,
+            hook_point(LAYER),
+            subset(encoded, "select", 99, 0),
+            subset(encoded, "heldout", 99, 0),
+            stats,
+            cfg,
+        )
     finally:
         with torch.no_grad():
             head.copy_(saved)
@@ -151,8 +198,18 @@ def test_circuit_search_narrows_to_adjacent_sizes(planted, refine):
     order = live[:5] + [TRUE] + live[5:]
     select = subset(encoded, "select", 99, 0)
     estimate = torch.zeros(sae.cfg.d_sae)
-    search = find_circuit(lm, sae, LAYER, select, order, estimate, fraction=0.8, refine=refine,
-                          mode="zero", batch_size=8)
+    search = find_circuit(
+        lm,
+        sae,
+        LAYER,
+        select,
+        order,
+        estimate,
+        fraction=0.8,
+        refine=refine,
+        mode="zero",
+        batch_size=8,
+    )
     assert search.found and search.features == order[:6]
     assert search.checked[6] >= 0.8 > search.checked[5]
     assert all(share < 0.8 for k, share in search.checked.items() if k < 6)

@@ -26,8 +26,10 @@ def prompts_table() -> pd.DataFrame:
     """arith (6: 3 select), logic (4 choice: 2 select), bare (no few-shot block: the question
     starts at position 0; 4: 2 select)."""
     bare = tiny_prompts(n_open=4, n_choice=0).assign(
-        benchmark="bare", id=lambda d: d.id.str.replace("arith", "bare"),
-        prompt=lambda d: d.prompt.str.replace(SHOTS, "", regex=False))
+        benchmark="bare",
+        id=lambda d: d.id.str.replace("arith", "bare"),
+        prompt=lambda d: d.prompt.str.replace(SHOTS, "", regex=False),
+    )
     return pd.concat([tiny_prompts(n_open=6, n_choice=4), bare], ignore_index=True)
 
 
@@ -35,7 +37,9 @@ def prompts_table() -> pd.DataFrame:
 def setup(tiny_model_dirs):
     from sae_reasoning.models import ModelHandle, ModelSpec
 
-    lm = ModelHandle(ModelSpec("refs", str(tiny_model_dirs["llama"]), converted_cache=None)).load("cpu")
+    lm = ModelHandle(ModelSpec("refs", str(tiny_model_dirs["llama"]), converted_cache=None)).load(
+        "cpu"
+    )
     sae = random_sae(seed=3)
     encoded = encode_prompts(lm.tokenizer, prompts_table())
     refs = AblationReferences.build(lm, sae, LAYER, encoded, batch_size=2, positions="all")
@@ -52,10 +56,12 @@ def clean_features(lm, sae, bench, ex):
         err = x - sae.decode(f)
     n_p, n_q, n_a = len(bench.prefix), len(ex.question), len(ex.answers[ex.gold])
     last = n_p + n_q - 1
-    pos = {"prefix": list(range(1, n_p)),
-           "question": [p for p in range(n_p, last) if p != 0],
-           "last_prompt": [last] if last != 0 else [],
-           "answer": list(range(last + 1, last + 1 + n_a))}
+    pos = {
+        "prefix": list(range(1, n_p)),
+        "question": [p for p in range(n_p, last) if p != 0],
+        "last_prompt": [last] if last != 0 else [],
+        "answer": list(range(last + 1, last + 1 + n_a)),
+    }
     from_end = {o: last - 1 - o for o in range(n_q - 1) if last - 1 - o != 0}
     return {"f": f, "err": err, "pos": pos, "from_end": from_end, "last": last}
 
@@ -70,8 +76,11 @@ def brute_force_means(lm, sae, encoded, split="select"):
             for t in TYPES:
                 feats[t].append(c["f"][c["pos"][t]])
                 errs[t].append(c["err"][c["pos"][t]])
-        out[bench.name] = {t: (torch.cat(feats[t]).mean(0), torch.cat(errs[t]).mean(0)) for t in TYPES
-                           if sum(len(v) for v in feats[t])}
+        out[bench.name] = {
+            t: (torch.cat(feats[t]).mean(0), torch.cat(errs[t]).mean(0))
+            for t in TYPES
+            if sum(len(v) for v in feats[t])
+        }
     return out
 
 
@@ -95,9 +104,13 @@ def test_mean_references_are_the_select_means_of_each_benchmark_and_position_typ
             rows.append(c["f"][[p for t in TYPES for p in c["pos"][t]]])
     torch.testing.assert_close(refs.pooled_mean(), torch.cat(rows).mean(0), atol=1e-5, rtol=1e-5)
     # positions='answer': only what the answer pass needs, the same values.
-    answer_only = AblationReferences.build(lm, sae, LAYER, encoded, batch_size=3, positions="answer")
+    answer_only = AblationReferences.build(
+        lm, sae, LAYER, encoded, batch_size=3, positions="answer"
+    )
     for t in ("last_prompt", "answer"):
-        torch.testing.assert_close(answer_only.mean("logic", t), refs.mean("logic", t), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            answer_only.mean("logic", t), refs.mean("logic", t), atol=1e-6, rtol=1e-6
+        )
     with pytest.raises(ValueError, match="positions='all'"):
         answer_only.mean("logic", "question")
     assert refs.summary()["benchmarks"]["arith"]["n_examples"] == 3
@@ -107,12 +120,18 @@ def test_references_never_read_the_heldout_split(setup):
     lm, sae, encoded, refs = setup
     prompts = prompts_table()
     held = prompts.split == "heldout"
-    changed = prompts.assign(prompt=prompts.prompt.where(~held, prompts.prompt.map(ask)),
-                             target=prompts.target.where(~held | (prompts.answer_type == "choice"), " 99"),
-                             answer=prompts.answer.where(~held | (prompts.answer_type == "choice"), "99"))
+    changed = prompts.assign(
+        prompt=prompts.prompt.where(~held, prompts.prompt.map(ask)),
+        target=prompts.target.where(~held | (prompts.answer_type == "choice"), " 99"),
+        answer=prompts.answer.where(~held | (prompts.answer_type == "choice"), "99"),
+    )
     enc = encode_prompts(lm.tokenizer, changed)
-    assert [len(e.question) for b in enc for e in b.examples] != [len(e.question) for b in encoded for e in b.examples]
-    refs = AblationReferences.build(lm, sae, LAYER, encoded, batch_size=2, positions="all")   # same threads as below
+    assert [len(e.question) for b in enc for e in b.examples] != [
+        len(e.question) for b in encoded for e in b.examples
+    ]
+    refs = AblationReferences.build(
+        lm, sae, LAYER, encoded, batch_size=2, positions="all"
+    )  # same threads as below
     same = AblationReferences.build(lm, sae, LAYER, enc, batch_size=2, positions="all")
     for b in refs.benchmarks:
         for t in refs.benchmarks[b].means:
@@ -122,15 +141,17 @@ def test_references_never_read_the_heldout_split(setup):
     sel = prompts.index[(prompts.split == "select") & (prompts.benchmark == "arith")][0]
     moved = prompts.copy()
     moved.loc[sel, "prompt"] = ask(moved.loc[sel, "prompt"])
-    other = AblationReferences.build(lm, sae, LAYER, encode_prompts(lm.tokenizer, moved), batch_size=2,
-                                     positions="all")
+    other = AblationReferences.build(
+        lm, sae, LAYER, encode_prompts(lm.tokenizer, moved), batch_size=2, positions="all"
+    )
     assert (other.mean("arith", "question") - refs.mean("arith", "question")).abs().max() > 1e-4
     assert torch.equal(other.mean("logic", "question"), refs.mean("logic", "question"))
 
 
 def _read_back(lm, sae, encoded, fn, feats, batch_size):
     """(example id, segment, column) -> the features `feats` after the hook, read back from the
-    residual before and after it (recording hooks around the splice): f' = f + delta @ pinv(W_dec[S]).
+    residual before and after it (recording hooks around the splice):
+    f' = f + delta @ pinv(W_dec[S]).
     Answer pass: gold rows, columns 0..len(answer); question segment: its real tokens."""
     pinv = torch.linalg.pinv(sae.W_dec[feats].detach())
     out = {}
@@ -140,8 +161,12 @@ def _read_back(lm, sae, encoded, fn, feats, batch_size):
 
     for batch in iter_answer_batches(lm, encoded, batch_size, record_layer=LAYER):
         cond = condition(lm.model, LAYER, fn)
-        with torch.no_grad(), recording(lm.model, [LAYER], stop=False) as before, cond(batch, "answer"), \
-                recording(lm.model, [LAYER], stop=False) as after:
+        with (
+            torch.no_grad(),
+            recording(lm.model, [LAYER], stop=False) as before,
+            cond(batch, "answer"),
+            recording(lm.model, [LAYER], stop=False) as after,
+        ):
             batch.run(lm.model)
         with torch.no_grad():
             got = solve(before[LAYER], after[LAYER])
@@ -162,15 +187,17 @@ def _read_back(lm, sae, encoded, fn, feats, batch_size):
 def test_mean_ablation_sets_the_feature_to_its_benchmark_and_type_mean(setup):
     lm, sae, encoded, refs = setup
     spread = torch.stack([refs.mean(b, "answer") for b in refs.benchmarks]).std(0)
-    feat = int(spread.argmax())         # a feature whose answer means differ between benchmarks
-    got = _read_back(lm, sae, encoded, FeatureAblation(sae, [feat], "mean", references=refs), [feat], 3)
+    feat = int(spread.argmax())  # a feature whose answer means differ between benchmarks
+    got = _read_back(
+        lm, sae, encoded, FeatureAblation(sae, [feat], "mean", references=refs), [feat], 3
+    )
     by_id = {e.id: (b.name, e) for b in encoded for e in b.examples}
     checked = set()
     for (ex_id, segment, c), value in got.items():
         b, ex = by_id[ex_id]
         kind = segment if segment == "question" else ("last_prompt" if c == 0 else "answer")
         if kind == "question" and b == "bare" and c == 0:
-            continue        # position 0: exempt in scoring (the hook's value there is never used)
+            continue  # position 0: exempt in scoring (the hook's value there is never used)
         assert float(value) == pytest.approx(float(refs.mean(b, kind)[feat]), abs=1e-4)
         checked.add((b, kind))
     assert len(checked) == 3 * 3
@@ -210,7 +237,9 @@ def test_resample_draws_another_select_example_of_the_benchmark_at_the_aligned_p
     lm, sae, encoded, refs = setup
     bank = _aligned(lm, sae, encoded)
     # Features that fire at most select positions: their values tell the donors apart.
-    every = torch.stack([v for b in bank.values() for e in b.values() for kind in e.values() for v in kind.values()])
+    every = torch.stack(
+        [v for b in bank.values() for e in b.values() for kind in e.values() for v in kind.values()]
+    )
     feats = torch.argsort((every > 0).float().mean(0), descending=True)[:6].tolist()
     fn = FeatureAblation(sae, feats, "resample", references=refs, seed=11)
     got = _read_back(lm, sae, encoded, fn, feats, 2)
@@ -224,7 +253,7 @@ def test_resample_draws_another_select_example_of_the_benchmark_at_the_aligned_p
             h = len(ex.question) - 1
             kind, off = "question", h - 1 - c
             if b == "bare" and c == 0:
-                continue        # position 0: exempt
+                continue  # position 0: exempt
         # Another select example of the benchmark, never the recipient itself. (Where the
         # prompts agree up to the position, e.g. the question's first tokens, so do the values:
         # several examples match and the donor is not identified.)
@@ -237,16 +266,27 @@ def test_resample_draws_another_select_example_of_the_benchmark_at_the_aligned_p
     assert {i.split("-")[0] for i, _, _ in donors} == {"arith", "logic", "bare"}
     assert any(by_id[i][1].split == "select" for i, _, _ in donors)
     assert len(set(donors.values())) > 3
-    # One donor per example where it has the position: the last prompt token's and answer offset 0's.
-    pairs = [(d, donors[ex_id, "last_prompt", 0]) for (ex_id, kind, off), d in donors.items()
-             if kind == "answer" and off == 0 and (ex_id, "last_prompt", 0) in donors]
+    # One donor per example where it has the position: the last prompt token's and answer
+    # offset 0's.
+    pairs = [
+        (d, donors[ex_id, "last_prompt", 0])
+        for (ex_id, kind, off), d in donors.items()
+        if kind == "answer" and off == 0 and (ex_id, "last_prompt", 0) in donors
+    ]
     assert len(pairs) > 5 and all(a == b for a, b in pairs)
     # Deterministic and independent of the batch composition; the seed matters.
     again = _read_back(lm, sae, encoded, fn, feats, 3)
     assert again.keys() == got.keys()
     for k in got:
         torch.testing.assert_close(again[k], got[k], atol=1e-4, rtol=1e-4)
-    other = _read_back(lm, sae, encoded, FeatureAblation(sae, feats, "resample", references=refs, seed=12), feats, 2)
+    other = _read_back(
+        lm,
+        sae,
+        encoded,
+        FeatureAblation(sae, feats, "resample", references=refs, seed=12),
+        feats,
+        2,
+    )
     assert any(not torch.allclose(other[k], got[k], atol=1e-4) for k in got)
 
 
@@ -261,14 +301,20 @@ def test_the_error_term_is_ablated_with_the_same_references(setup):
         feats = [1, 2, 3]
         fa = FeatureAblation(sae, feats, "mean", references=refs)
         out = WithErrorAblated(fa, sae, "mean", refs).at(batch, "question")(x)
-        torch.testing.assert_close(out, fa.at(batch, "question")(x) - e + truth["arith"]["question"][1],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            out,
+            fa.at(batch, "question")(x) - e + truth["arith"]["question"][1],
+            atol=1e-5,
+            rtol=1e-5,
+        )
         # Zero: every feature and the error gone, only the decoder bias is left.
         everything = FeatureAblation(sae, torch.arange(sae.cfg.d_sae), "zero")
         out = WithErrorAblated(everything, sae, "zero").at(batch, "question")(x)
         torch.testing.assert_close(out, sae.b_dec.expand_as(out), atol=1e-5, rtol=1e-5)
         # Resample, nothing else ablated: the reconstruction plus a donor's error, never its own.
-        out = WithErrorAblated(FeatureAblation(sae, [], "zero", seed=5), sae, "resample", refs).at(batch, "question")(x)
+        out = WithErrorAblated(FeatureAblation(sae, [], "zero", seed=5), sae, "resample", refs).at(
+            batch, "question"
+        )(x)
         donor_err = out - sae.decode(sae.encode(x))
     errs = _aligned(lm, sae, encoded[:1], "err")["arith"]
     assert {e.split for e in batch.examples} == {"select", "heldout"}

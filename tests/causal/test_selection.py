@@ -16,39 +16,52 @@ def encoded(tiny_lms):
 
 
 def _baseline(prompts, correct):
-    return pd.DataFrame({"row": range(len(prompts)), "benchmark": prompts["benchmark"], "correct": correct})
+    return pd.DataFrame(
+        {"row": range(len(prompts)), "benchmark": prompts["benchmark"], "correct": correct}
+    )
 
 
 def test_a_benchmark_at_chance_is_skipped_with_the_reason(encoded):
     prompts, enc = encoded
     # arith: 18/20 correct (constant answer 1/20): above chance; logic: 10/20 with chance 0.5: not.
     correct = [i >= 2 for i in range(20)] + [i % 2 == 0 for i in range(20)]
-    select, heldout, facts = select_examples(enc, prompts, _baseline(prompts, correct), CausalConfig())
+    select, heldout, facts = select_examples(
+        enc, prompts, _baseline(prompts, correct), CausalConfig()
+    )
     assert [b.name for b in select] == [b.name for b in heldout] == ["arith"]
     assert facts["analysed"] == ["arith"]
-    assert "not above chance" in facts["skipped"]["logic"] and "binomial" in facts["skipped"]["logic"]
+    assert (
+        "not above chance" in facts["skipped"]["logic"] and "binomial" in facts["skipped"]["logic"]
+    )
     assert facts["chance"]["logic"]["p_value"] > 0.05 and facts["chance"]["arith"]["above_chance"]
 
 
 def test_require_above_chance_off_keeps_every_benchmark(encoded):
     prompts, enc = encoded
     correct = [False] * 40
-    select, _, facts = select_examples(enc, prompts, _baseline(prompts, correct),
-                                       CausalConfig(require_above_chance=False))
+    select, _, facts = select_examples(
+        enc, prompts, _baseline(prompts, correct), CausalConfig(require_above_chance=False)
+    )
     assert {b.name for b in select} == {"arith", "logic"} and facts["skipped"] == {}
 
 
 def test_nothing_above_chance_analyses_nothing_and_says_why(encoded):
     prompts, enc = encoded
-    select, heldout, facts = select_examples(enc, prompts, _baseline(prompts, [False] * 40), CausalConfig())
+    select, heldout, facts = select_examples(
+        enc, prompts, _baseline(prompts, [False] * 40), CausalConfig()
+    )
     assert select == [] and heldout == [] and set(facts["skipped"]) == {"arith", "logic"}
 
 
 def test_examples_correct_keeps_only_what_the_clean_model_solves(encoded):
     prompts, enc = encoded
     correct = [i % 4 != 1 for i in range(40)]
-    select, heldout, _ = select_examples(enc, prompts, _baseline(prompts, correct),
-                                         CausalConfig(examples="correct", require_above_chance=False))
+    select, heldout, _ = select_examples(
+        enc,
+        prompts,
+        _baseline(prompts, correct),
+        CausalConfig(examples="correct", require_above_chance=False),
+    )
     rows = [e.row for b in select + heldout for e in b.examples]
     assert rows and all(correct[r] for r in rows)
     assert len(rows) == sum(correct)
@@ -66,11 +79,13 @@ def test_circuit_quality_has_cis_and_is_withheld_when_the_denominator_is_not_cle
 
     rng = np.random.default_rng(0)
     empty = -2.0 + 0.3 * rng.standard_normal(40)
-    only = 0.1 * empty + 0.05 * rng.standard_normal(40)     # the circuit alone keeps 90% of the effect
-    ablated = 0.9 * empty                                    # ablating it removes 90%
+    only = 0.1 * empty + 0.05 * rng.standard_normal(40)  # the circuit alone keeps 90% of the effect
+    ablated = 0.9 * empty  # ablating it removes 90%
     q = circuit_quality(only, ablated, empty, None, n_boot=500)
     assert q["withheld"] is None
-    assert q["faithfulness"] == pytest.approx(0.9, abs=0.03) and q["completeness"] == pytest.approx(0.1, abs=0.01)
+    assert q["faithfulness"] == pytest.approx(0.9, abs=0.03) and q["completeness"] == pytest.approx(
+        0.1, abs=0.01
+    )
     assert q["faithfulness_ci"][0] < q["faithfulness"] < q["faithfulness_ci"][1]
     # A whole-SAE effect indistinguishable from 0: no ratio is reported, and the reason is given.
     noise = rng.standard_normal(40)

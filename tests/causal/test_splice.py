@@ -13,10 +13,14 @@ LAYER = 1
 
 def random_sae(d_in=D_MODEL, d_sae=4 * D_MODEL, seed=0):
     g = torch.Generator().manual_seed(seed)
-    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=f"blocks.{LAYER}.hook_resid_post", hook_layer=LAYER))
+    sae = build_sae(
+        SAEConfig(
+            d_in=d_in, d_sae=d_sae, hook_name=f"blocks.{LAYER}.hook_resid_post", hook_layer=LAYER
+        )
+    )
     with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5)
-        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_in ** 0.5)
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_in**0.5)
         sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
     return sae
 
@@ -106,10 +110,18 @@ def test_attribution_at_all_positions_predicts_small_exact_effects(tiny_lms, mod
 
     lm = tiny_lms["llama"]
     sae = random_sae(seed=1)
-    encoded = encode_prompts(lm.tokenizer, tiny_prompts(n_open=5, n_choice=3))   # 2 batches on one block
+    encoded = encode_prompts(
+        lm.tokenizer, tiny_prompts(n_open=5, n_choice=3)
+    )  # 2 batches on one block
     mean = torch.rand(sae.cfg.d_sae)
-    est = estimate(attribution_terms(lm, sae, LAYER, encoded, batch_size=2, positions="all"), mode, {"mean": mean})
-    est_answer = estimate(attribution_terms(lm, sae, LAYER, encoded, batch_size=2), mode, {"mean": mean})
+    est = estimate(
+        attribution_terms(lm, sae, LAYER, encoded, batch_size=2, positions="all"),
+        mode,
+        {"mean": mean},
+    )
+    est_answer = estimate(
+        attribution_terms(lm, sae, LAYER, encoded, batch_size=2), mode, {"mean": mean}
+    )
     top = torch.argsort(est.abs(), descending=True)[:3].tolist()
     eps = 1e-2
     target = mean if mode == "mean" else torch.zeros_like(mean)
@@ -119,7 +131,9 @@ def test_attribution_at_all_positions_predicts_small_exact_effects(tiny_lms, mod
             return f_sel + eps * (target[self.features] - f_sel)
 
     conditions = {f"m{i}": condition(lm.model, LAYER, Toward(sae, [i], "zero")) for i in top}
-    scores = score_conditions(lm, encoded, conditions, batch_size=3, progress=None, start_layer=LAYER, positions="all")
+    scores = score_conditions(
+        lm, encoded, conditions, batch_size=3, progress=None, start_layer=LAYER, positions="all"
+    )
     off = 0.0
     for i in top:
         exact = (scores[f"m{i}"].gold_logprob - scores["clean"].gold_logprob).mean() / eps

@@ -1,13 +1,21 @@
 """Each statistic against a case small enough to check by hand, or against its coverage."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from sae_reasoning.causal.stats import (
-    bh_qvalues, bootstrap_ci, importance_calls, mcnemar_exact, min_null_size, null_rank,
-    paired_difference, paired_effect, sign_flip_pvalue, sign_flip_pvalues, summarize_calls,
+    bh_qvalues,
+    bootstrap_ci,
+    importance_calls,
+    mcnemar_exact,
+    min_null_size,
+    null_rank,
+    paired_difference,
+    paired_effect,
+    sign_flip_pvalue,
+    sign_flip_pvalues,
+    summarize_calls,
 )
 
 
@@ -37,7 +45,7 @@ def test_sign_flip_exact_pvalue():
 
 def test_mcnemar_exact_on_discordant_pairs():
     clean = [1, 1, 1, 1, 1, 1, 0, 0]
-    ablated = [0, 0, 0, 0, 0, 1, 1, 0]   # b = 5 lost, c = 1 gained
+    ablated = [0, 0, 0, 0, 0, 1, 1, 0]  # b = 5 lost, c = 1 gained
     p, b, c = mcnemar_exact(clean, ablated)
     assert (b, c) == (5, 1)
     # Two-sided binomial, n=6, k=5: P(X<=1) + P(X>=5) = (1 + 6 + 6 + 1) / 64.
@@ -67,8 +75,11 @@ def test_paired_effect_reports_cis_and_pvalues():
 def _clustered(rng, n_sets, n_clusters=30, size=5, mean=0.3, cluster_sd=1.0):
     """n_sets data sets on the same examples: a shared effect per cluster (template) + noise."""
     labels = np.repeat(np.arange(n_clusters), size)
-    d = (mean + cluster_sd * rng.standard_normal((n_sets, n_clusters))[:, labels]
-         + rng.standard_normal((n_sets, len(labels))))
+    d = (
+        mean
+        + cluster_sd * rng.standard_normal((n_sets, n_clusters))[:, labels]
+        + rng.standard_normal((n_sets, len(labels)))
+    )
     return d, labels
 
 
@@ -116,7 +127,7 @@ def test_batched_sign_flips_match_one_at_a_time():
     batch = sign_flip_pvalues(d, clusters=labels, n_perm=500, seed=3)
     one = [sign_flip_pvalue(x, clusters=labels, n_perm=500, seed=3) for x in d]
     np.testing.assert_allclose(batch, one)
-    exact = sign_flip_pvalues(d[:, :40], clusters=labels[:40])   # 8 clusters: all 256 patterns
+    exact = sign_flip_pvalues(d[:, :40], clusters=labels[:40])  # 8 clusters: all 256 patterns
     one = [sign_flip_pvalue(x, clusters=labels[:40]) for x in d[:, :40]]
     np.testing.assert_allclose(exact, one)
 
@@ -144,10 +155,11 @@ def test_paired_difference():
 def test_paired_effect_with_clusters():
     out = paired_effect([0.0] * 6, [-1.0] * 6, [1] * 6, [0] * 6, clusters=[0, 0, 1, 1, 2, 2])
     assert out["p_logprob"] == pytest.approx(2 / 8)
-    assert out["p_accuracy"] == pytest.approx(2 / 64)          # McNemar: rows as independent
+    assert out["p_accuracy"] == pytest.approx(2 / 64)  # McNemar: rows as independent
     assert out["p_accuracy_cluster"] == pytest.approx(2 / 8)
-    assert paired_effect([0.0] * 6, [-1.0] * 6, [1] * 6, [0] * 6)["p_accuracy_cluster"] == \
-        pytest.approx(2 / 64)
+    assert paired_effect([0.0] * 6, [-1.0] * 6, [1] * 6, [0] * 6)[
+        "p_accuracy_cluster"
+    ] == pytest.approx(2 / 64)
 
 
 def test_null_rank_is_the_conformal_rank():
@@ -157,10 +169,13 @@ def test_null_rank_is_the_conformal_rank():
 
 def _calls_table() -> pd.DataFrame:
     rows = [  # role, feature, delta, p, mode, benchmark
-        ("candidate", 1, -1.0, 0.01, "zero", "a"), ("candidate", 2, -0.15, 0.02, "zero", "a"),
-        ("candidate", 3, -0.6, 0.03, "zero", "b"), ("candidate", 4, -0.9, 0.5, "zero", "b"),
+        ("candidate", 1, -1.0, 0.01, "zero", "a"),
+        ("candidate", 2, -0.15, 0.02, "zero", "a"),
+        ("candidate", 3, -0.6, 0.03, "zero", "b"),
+        ("candidate", 4, -0.9, 0.5, "zero", "b"),
         ("candidate", 5, -2.0, 0.001, "mean", "a"),
-        ("control", 11, 0.2, 0.001, "zero", "a"), ("control", 12, -0.7, 0.2, "zero", "b"),
+        ("control", 11, 0.2, 0.001, "zero", "a"),
+        ("control", 12, -0.7, 0.2, "zero", "b"),
     ]
     rows += [("null", 100 + i, (-1) ** i * 0.01 * (i + 1), 0.5, "zero", "a") for i in range(19)]
     rows += [("null", 200 + i, 0.1 * (i + 1), 0.5, "zero", "b") for i in range(5)]
@@ -175,7 +190,7 @@ def test_importance_calls_pools_bh_and_thresholds_per_group():
     # .005 .025 .0333 .0375 .5. Candidate 3 is significant only because of the pooling (in
     # its own group b, BH of (.03, .5) gives .06).
     np.testing.assert_allclose(c.loc[[5, 1, 2, 3, 4], "q"], [0.005, 0.025, 0.1 / 3, 0.0375, 0.5])
-    np.testing.assert_allclose(c.loc[[11, 12], "q"], [0.002, 0.2])     # controls: own family
+    np.testing.assert_allclose(c.loc[[11, 12], "q"], [0.002, 0.2])  # controls: own family
     # Group zero/a: 19 nulls |delta| .01 .. .19, rank ceil(.95 * 20) = 19 -> .19.
     # Group zero/b: 5 nulls .1 .. .5, rank capped at 5 -> .5, flagged too small.
     # Group mean/a: no nulls -> no threshold, nothing important.
@@ -183,15 +198,18 @@ def test_importance_calls_pools_bh_and_thresholds_per_group():
     assert c.loc[3, "null_threshold"] == pytest.approx(0.5) and c.loc[3, "null_too_small"]
     assert np.isnan(c.loc[5, "null_threshold"]) and c.loc[5, "n_null"] == 0
     assert c.significant[c.significant].index.tolist() == [1, 2, 3, 5, 11]
-    assert c.important[c.important].index.tolist() == [1, 3, 11]   # 2 too small, 5 no nulls
+    assert c.important[c.important].index.tolist() == [1, 3, 11]  # 2 too small, 5 no nulls
     assert (calls.index == _calls_table().index).all()
 
 
 def test_summarize_calls_counts():
     s = summarize_calls(importance_calls(_calls_table()))
     assert (s["alpha"], s["null_quantile"]) == (0.05, 0.95)
-    counts = [s[f"{r}_{k}"] for r in ("candidates", "controls")
-              for k in ("tested", "significant", "important")]
+    counts = [
+        s[f"{r}_{k}"]
+        for r in ("candidates", "controls")
+        for k in ("tested", "significant", "important")
+    ]
     assert counts == [5, 4, 2, 2, 1, 1]
     assert s["null_size"] == {"zero/a/logprob": 19, "zero/b/logprob": 5, "mean/a/logprob": 0}
     assert s["null_too_small"] == ["mean/a/logprob", "zero/b/logprob"]

@@ -17,7 +17,10 @@ import pytest
 import torch
 
 from sae_reasoning.causal.token_injection import (
-    NO_CONTEXTS, _word_starts, neutral_corpus, token_injection,
+    NO_CONTEXTS,
+    _word_starts,
+    neutral_corpus,
+    token_injection,
 )
 from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import capture_residuals, hook_point
@@ -25,8 +28,8 @@ from sae_reasoning.sae import SAEConfig, build_sae
 from tests.prompts_fixture import tiny_prompts
 
 LAYER = 1
-TOKEN, CONTEXT, RANDOM, SILENT = 0, 1, 2, 3      # planted features; SILENT never fires
-SCALE = 10.0                                     # encoder gain: activations of order 1
+TOKEN, CONTEXT, RANDOM, SILENT = 0, 1, 2, 3  # planted features; SILENT never fires
+SCALE = 10.0  # encoder gain: activations of order 1
 
 
 def _residuals(lm, texts):
@@ -46,26 +49,39 @@ def _contexts(lm, sae, ids, mask, resid, n=5):
     out = {}
     for feat in range(sae.cfg.d_sae):
         vals, flat = f[..., feat].flatten().topk(n)
-        out[feat] = [{"activation": float(v), "token": lm.tokenizer.decode([int(ids.flatten()[i])]),
-                      "token_id": int(ids.flatten()[i]), "text": "", "example_index": int(i) // ids.shape[1],
-                      "position": int(i) % ids.shape[1]} for v, i in zip(vals, flat) if v > 0]
+        out[feat] = [
+            {
+                "activation": float(v),
+                "token": lm.tokenizer.decode([int(ids.flatten()[i])]),
+                "token_id": int(ids.flatten()[i]),
+                "text": "",
+                "example_index": int(i) // ids.shape[1],
+                "position": int(i) % ids.shape[1],
+            }
+            for v, i in zip(vals, flat)
+            if v > 0
+        ]
     return out
 
 
 @pytest.fixture(scope="module")
 def planted(tiny_model_dirs):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)      # tiny tensors on a shared 2-core box
-    lm = ModelHandle(ModelSpec("planted", str(tiny_model_dirs["llama"]), converted_cache=None)).load("cpu")
+    torch.set_num_threads(1)  # tiny tensors on a shared 2-core box
+    lm = ModelHandle(
+        ModelSpec("planted", str(tiny_model_dirs["llama"]), converted_cache=None)
+    ).load("cpu")
     yes = lm.tokenizer(" yes", add_special_tokens=False)["input_ids"]
     assert len(yes) == 1
     yes = yes[0]
     prompts = tiny_prompts(n_open=10, n_choice=8)
     ids, mask, resid = _residuals(lm, (prompts.prompt + prompts.target).tolist())
     corpus = neutral_corpus()
-    build, held_out = corpus[: len(corpus) // 2], corpus[len(corpus) // 2:]
+    build, held_out = corpus[: len(corpus) // 2], corpus[len(corpus) // 2 :]
     # " yes" in plain prose, after the third word: the contrast for the context direction.
-    n_ids, n_mask, n_resid = _residuals(lm, [" ".join(s.split()[:3] + ["yes"] + s.split()[3:]) for s in build])
+    n_ids, n_mask, n_resid = _residuals(
+        lm, [" ".join(s.split()[:3] + ["yes"] + s.split()[3:]) for s in build]
+    )
 
     is_yes = mask & (ids == yes)
     token_dir = _unit(resid[is_yes].mean(0) - resid[mask].mean(0))
@@ -73,7 +89,9 @@ def planted(tiny_model_dirs):
     context_dir = _unit(context_dir - (context_dir @ token_dir) * token_dir)
     both = token_dir + context_dir
 
-    sae = build_sae(SAEConfig(d_in=lm.d_model, d_sae=4, hook_name=hook_point(LAYER), hook_layer=LAYER))
+    sae = build_sae(
+        SAEConfig(d_in=lm.d_model, d_sae=4, hook_name=hook_point(LAYER), hook_layer=LAYER)
+    )
     rival = torch.cat([resid[mask & ~is_yes], n_resid[n_mask & (n_ids == yes)]])
     with torch.no_grad():
         sae.W_dec.copy_(torch.randn(4, lm.d_model, generator=torch.Generator().manual_seed(0)))
@@ -83,7 +101,9 @@ def planted(tiny_model_dirs):
             assert (resid[is_yes] @ w).min() > cut > (others @ w).max()
             sae.W_enc[:, feat] = SCALE * w
             sae.b_enc[feat] = -SCALE * cut
-        sae.W_enc[:, RANDOM] = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1)) * SCALE
+        sae.W_enc[:, RANDOM] = (
+            torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1)) * SCALE
+        )
         sae.W_enc[:, SILENT] = 0
         sae.b_enc[SILENT] = -1.0
     contexts = _contexts(lm, sae, ids, mask, resid)
@@ -100,7 +120,9 @@ def test_planted_token_feature_is_token_driven_and_context_feature_is_not(plante
     print({f: {k: v for k, v in r.items() if k != "tokens"} for f, r in out.items()})
     assert tok["tokens"] == ctx["tokens"] == [" yes"]
     assert tok["n_injections"] == ctx["n_injections"] == 24
-    assert tok["token_driven"] is True and tok["survival"] > 0.7   # top-5 contexts are the strongest " yes"
+    assert (
+        tok["token_driven"] is True and tok["survival"] > 0.7
+    )  # top-5 contexts are the strongest " yes"
     assert ctx["token_driven"] is False and ctx["survival"] < 0.2
     # Without the token the prose barely moves either feature.
     assert tok["neutral_baseline"] < 0.1 * tok["injected_activation"]
@@ -112,12 +134,18 @@ def test_random_feature_is_finite_and_a_silent_feature_has_no_label(planted):
     out = token_injection(lm, sae, LAYER, contexts, corpus=held_out, n_sentences=8, n_tokens=2)
     rnd = out[RANDOM]
     assert 1 <= len(rnd["tokens"]) <= 2 and rnd["n_injections"] == 8 * len(rnd["tokens"])
-    assert all(math.isfinite(rnd[k]) for k in ("benchmark_activation", "injected_activation",
-                                               "neutral_baseline", "survival"))
+    assert all(
+        math.isfinite(rnd[k])
+        for k in ("benchmark_activation", "injected_activation", "neutral_baseline", "survival")
+    )
     assert rnd["token_driven"] == (rnd["survival"] >= 0.5)
     silent = out[SILENT]
-    assert silent["token_driven"] is None and silent["reason"] == NO_CONTEXTS and silent["n_injections"] == 0
-    assert out[TOKEN]["token_driven"] is True     # every feature gets its own answer in one call
+    assert (
+        silent["token_driven"] is None
+        and silent["reason"] == NO_CONTEXTS
+        and silent["n_injections"] == 0
+    )
+    assert out[TOKEN]["token_driven"] is True  # every feature gets its own answer in one call
 
 
 def test_deterministic_batch_invariant_and_token_id_optional(planted):
@@ -127,11 +155,17 @@ def test_deterministic_batch_invariant_and_token_id_optional(planted):
     assert token_injection(lm, sae, LAYER, feats, corpus=held_out, n_sentences=12, seed=3) == ref
     # Batches of 5 pad differently; a feature asked alone gets the same answer; without the
     # stored token_id the decoded token is re-encoded (" yes" round-trips to the same id).
-    stripped = {f: [{k: v for k, v in e.items() if k != "token_id"} for e in es] for f, es in feats.items()}
-    for other in (token_injection(lm, sae, LAYER, stripped, corpus=held_out, n_sentences=12, seed=3,
-                                  batch_size=5),
-                  token_injection(lm, sae, LAYER, {CONTEXT: feats[CONTEXT]}, corpus=held_out,
-                                  n_sentences=12, seed=3)):
+    stripped = {
+        f: [{k: v for k, v in e.items() if k != "token_id"} for e in es] for f, es in feats.items()
+    }
+    for other in (
+        token_injection(
+            lm, sae, LAYER, stripped, corpus=held_out, n_sentences=12, seed=3, batch_size=5
+        ),
+        token_injection(
+            lm, sae, LAYER, {CONTEXT: feats[CONTEXT]}, corpus=held_out, n_sentences=12, seed=3
+        ),
+    ):
         for f, r in other.items():
             assert r["tokens"] == ref[f]["tokens"] and r["token_driven"] == ref[f]["token_driven"]
             assert r["survival"] == pytest.approx(ref[f]["survival"], rel=1e-4, abs=1e-6)

@@ -22,10 +22,13 @@ def toy_set(tmp_path):
 
 def remote_files(fs, root):
     """{path relative to root: bytes} of every file an fsspec filesystem holds under root."""
-    return {p[len(root) + 1:]: fs.cat_file(p) for p in sorted(fs.find(root))}
+    return {p[len(root) + 1 :]: fs.cat_file(p) for p in sorted(fs.find(root))}
 
 
 def local_files(root):
     """{path relative to root: bytes} of a local folder, leaving out hidden paths."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }

@@ -55,10 +55,17 @@ def test_bad_arguments_raise_dataset_error():
 
 
 def test_from_catalog_config():
-    catalog = DataCatalog.from_config({
-        "logic_raw": {"type": TYPE, "benchmark": "logic", "size": 6, "seed": 1,
-                      "tasks": {"syllogism": {}}},
-    })
+    catalog = DataCatalog.from_config(
+        {
+            "logic_raw": {
+                "type": TYPE,
+                "benchmark": "logic",
+                "size": 6,
+                "seed": 1,
+                "tasks": {"syllogism": {}},
+            },
+        }
+    )
     frame = catalog.load("logic_raw")
     assert list(frame.columns) == ["question", "answer", "choices", "source"]
     assert len(frame) == 6
@@ -69,14 +76,25 @@ def test_gsm8k_rows_carry_templates_through_normalisation():
     assert list(frame.columns) == ["question", "answer", "template", "source"]
     rows = normalize_raw(frame, "gsm8k")
     assert rows["template"].tolist() == frame["template"].tolist()
-    assert rows["template"].nunique() < len(rows)          # templates repeat
+    assert rows["template"].nunique() < len(rows)  # templates repeat
     assert rows["solution"].notna().all()
 
 
 CORPUS_TASKS = {
     "gsm8k": {"tasks": "gsm_symbolic", "size": 6},
-    "math": {"tasks": {"add": {"task": "basic_arithmetic", "min_terms": 2, "max_terms": 2, "min_digits": 1,
-                               "max_digits": 1, "operators": ["+"]}}, "size": 40},
+    "math": {
+        "tasks": {
+            "add": {
+                "task": "basic_arithmetic",
+                "min_terms": 2,
+                "max_terms": 2,
+                "min_digits": 1,
+                "max_digits": 1,
+                "operators": ["+"],
+            }
+        },
+        "size": 40,
+    },
     "logic": {"tasks": {"syllogism": {}}, "size": 4},
 }
 
@@ -85,12 +103,17 @@ def test_corpus_is_deterministic_in_its_seed_and_mixes_benchmarks():
     from sae_reasoning.datasets.reasoning_gym import ReasoningGymCorpusDataset
 
     a = ReasoningGymCorpusDataset(benchmarks=CORPUS_TASKS, seed=7).load()
-    pd.testing.assert_frame_equal(a, ReasoningGymCorpusDataset(benchmarks=CORPUS_TASKS, seed=7).load())
-    assert a["question"].tolist() != ReasoningGymCorpusDataset(benchmarks=CORPUS_TASKS, seed=8).load()["question"].tolist()
+    pd.testing.assert_frame_equal(
+        a, ReasoningGymCorpusDataset(benchmarks=CORPUS_TASKS, seed=7).load()
+    )
+    assert (
+        a["question"].tolist()
+        != ReasoningGymCorpusDataset(benchmarks=CORPUS_TASKS, seed=8).load()["question"].tolist()
+    )
     assert list(a.columns) == ["benchmark", "question", "answer", "source"] and len(a) == 50
-    assert a["benchmark"].tolist() != sorted(a["benchmark"])          # shuffled together
+    assert a["benchmark"].tolist() != sorted(a["benchmark"])  # shuffled together
     gsm = a[a["benchmark"] == "gsm8k"]["answer"]
-    assert gsm.str.contains("\n#### ").all() and (gsm.str.len() > 40).all()   # worked solutions
+    assert gsm.str.contains("\n#### ").all() and (gsm.str.len() > 40).all()  # worked solutions
     assert not a[a["benchmark"] == "math"]["answer"].str.contains("####").any()
 
 
@@ -101,13 +124,21 @@ def test_corpus_texts_never_repeat_an_evaluation_question():
     from sae_reasoning.datasets.reasoning_gym import ReasoningGymCorpusDataset
 
     corpus = ReasoningGymCorpusDataset(benchmarks={"math": CORPUS_TASKS["math"]}, seed=1001).load()
-    examples = normalize_raw(ReasoningGymDataset(benchmark="math", tasks=CORPUS_TASKS["math"]["tasks"],
-                                                 size=40, seed=1).load(), "math")
+    examples = normalize_raw(
+        ReasoningGymDataset(
+            benchmark="math", tasks=CORPUS_TASKS["math"]["tasks"], size=40, seed=1
+        ).load(),
+        "math",
+    )
     overlap = set(corpus["question"]) & set(examples["question"])
-    assert overlap   # the test means something
+    assert overlap  # the test means something
     source = CorpusSource(corpus, exclude=EvaluationFilter(examples["question"]))
     texts = list(source.texts())
-    assert source.exclude.n_dropped == corpus["question"].isin(overlap).sum() == len(corpus) - len(texts)
+    assert (
+        source.exclude.n_dropped
+        == corpus["question"].isin(overlap).sum()
+        == len(corpus) - len(texts)
+    )
     assert not any(f"Question: {q}\n" in t for q in examples["question"] for t in texts)
 
 

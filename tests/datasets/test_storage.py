@@ -28,6 +28,7 @@ from tests.datasets.conftest import local_files, remote_files
 from tests.prompts_fixture import tiny_prompts
 from tests.sae.conftest import HOOK
 from tests.sae.test_train import TINY
+from tests.store_helpers import capture_and_save, score_and_save, train_and_save
 
 HOOK1 = "blocks.1.hook_resid_post"
 
@@ -49,9 +50,16 @@ def _one_thread(one_torch_thread):
 
 # -- locations ------------------------------------------------------------------------------
 def test_protocol_follows_the_path(tmp_path, mem):
-    for make in (lambda p: ActivationStoreDataset(path=p), lambda p: SAEDataset(p),
-                 lambda p: ScoresDataset(filepath=p)):
-        local, url, memory = make(str(tmp_path / "x")), make(f"file://{tmp_path}/x"), make("memory:///b/x")
+    for make in (
+        lambda p: ActivationStoreDataset(path=p),
+        lambda p: SAEDataset(p),
+        lambda p: ScoresDataset(filepath=p),
+    ):
+        local, url, memory = (
+            make(str(tmp_path / "x")),
+            make(f"file://{tmp_path}/x"),
+            make("memory:///b/x"),
+        )
         assert local._protocol == url._protocol == "file" and memory._protocol == "memory"
         assert local._path == url._path == tmp_path / "x"  # file:// is used in place, no staging
         assert "memory:///b/x" in str(memory._describe())
@@ -61,19 +69,28 @@ def test_protocol_follows_the_path(tmp_path, mem):
 
 def test_file_url_writes_in_place(tmp_path, spec):
     ds = ActivationStoreDataset(path=f"file://{tmp_path}/acts")
-    ds.save(CaptureJob(ModelHandle(spec), tiny_prompts(), layers=[1]))
+    capture_and_save(ds, CaptureJob(ModelHandle(spec), tiny_prompts(), layers=[1]))
     assert (tmp_path / "acts" / "arith" / HOOK1 / "manifest.json").is_file()
     assert ds.exists() and ds.load().benchmarks == ["arith", "logic"]
 
 
 def test_catalog_entries_take_credentials_and_fs_args(tmp_path, mem):
     catalog = DataCatalog.from_config(
-        {"scores": {"type": "sae_reasoning.datasets.scores.ScoresDataset",
-                    "filepath": "memory:///b/m/scores.parquet", "credentials": "mem",
-                    "fs_args": {"skip_instance_cache": True}},
-         "acts": {"type": "sae_reasoning.datasets.activations.ActivationStoreDataset",
-                  "path": "memory:///b/acts/m", "local_cache": str(tmp_path / "stage")}},
-        credentials={"mem": {}})
+        {
+            "scores": {
+                "type": "sae_reasoning.datasets.scores.ScoresDataset",
+                "filepath": "memory:///b/m/scores.parquet",
+                "credentials": "mem",
+                "fs_args": {"skip_instance_cache": True},
+            },
+            "acts": {
+                "type": "sae_reasoning.datasets.activations.ActivationStoreDataset",
+                "path": "memory:///b/acts/m",
+                "local_cache": str(tmp_path / "stage"),
+            },
+        },
+        credentials={"mem": {}},
+    )
     catalog.save("scores", pd.DataFrame({"a": [1, 2]}))
     assert catalog.load("scores")["a"].tolist() == [1, 2]
     assert mem.exists("/b/m/scores.parquet") and not catalog.exists("acts")
@@ -84,7 +101,9 @@ def test_a_protocol_whose_package_is_missing_is_named_at_construction(monkeypatc
         monkeypatch.setitem(sys.modules, "s3fs", None)  # `import s3fs` raises ImportError
         registry = sys.modules["fsspec.registry"]._registry  # fsspec keeps the imported class
         monkeypatch.delitem(registry, "s3", raising=False)
-    with pytest.raises(DatasetError, match=r"s3://bucket/acts/m: the s3:// protocol needs .*pip install s3fs"):
+    with pytest.raises(
+        DatasetError, match=r"s3://bucket/acts/m: the s3:// protocol needs .*pip install s3fs"
+    ):
         ActivationStoreDataset(path="s3://bucket/acts/m")
     with pytest.raises(DatasetError, match=r"nosuch://x/y: fsspec does not know the protocol"):
         ScoresDataset(filepath="nosuch://x/y")
@@ -95,10 +114,11 @@ def test_a_url_that_cannot_take_files_fails_before_the_model_loads(tmp_path, spe
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("acts/readme.txt", "read-only")
     handle = ModelHandle(spec)
-    ds = ActivationStoreDataset(path="zip:///acts", fs_args={"fo": str(archive)},
-                                local_cache=str(tmp_path / "stage"))
+    ds = ActivationStoreDataset(
+        path="zip:///acts", fs_args={"fo": str(archive)}, local_cache=str(tmp_path / "stage")
+    )
     with pytest.raises(DatasetError, match=r"activation store zip:///acts is not writable"):
-        ds.save(CaptureJob(handle, tiny_prompts(), layers=[1]))
+        capture_and_save(ds, CaptureJob(handle, tiny_prompts(), layers=[1]))
     assert handle._loaded is None
 
 
@@ -109,11 +129,11 @@ def capture_equals_a_local_capture_and_is_reused(tmp_path, spec, url, stored, **
     prompts = tiny_prompts()
     job = dict(layers=[1, 2], batch_tokens=60, shard_tokens=40)
     local = ActivationStoreDataset(path=str(tmp_path / "local"))
-    local.save(CaptureJob(ModelHandle(spec), prompts, **job))
+    capture_and_save(local, CaptureJob(ModelHandle(spec), prompts, **job))
 
     remote = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "stage"), **ds_args)
     assert not remote.exists()
-    remote.save(CaptureJob(ModelHandle(spec), prompts, **job))
+    capture_and_save(remote, CaptureJob(ModelHandle(spec), prompts, **job))
     assert remote.exists()
     # The URL holds exactly the local capture's files: no staging or probe names left.
     assert stored() == local_files(tmp_path / "local")
@@ -134,20 +154,21 @@ def capture_equals_a_local_capture_and_is_reused(tmp_path, spec, url, stored, **
     # A second save, from a machine with nothing staged, reuses: no forward pass, no shard download.
     fresh = ModelHandle(spec)
     again = ActivationStoreDataset(path=url, local_cache=str(tmp_path / "stage2"), **ds_args)
-    again.save(CaptureJob(fresh, prompts, **job))
+    capture_and_save(again, CaptureJob(fresh, prompts, **job))
     assert fresh._loaded is None
     assert {p.name for p in (tmp_path / "stage2").rglob("*") if p.is_file()} == {"manifest.json"}
     assert stored() == local_files(tmp_path / "local")
 
 
 def test_capture_into_memory_url_equals_a_local_capture_and_is_reused(tmp_path, mem, spec):
-    capture_equals_a_local_capture_and_is_reused(tmp_path, spec, "memory:///bucket/acts/tiny",
-                                                 lambda: remote_files(mem, "/bucket/acts/tiny"))
+    capture_equals_a_local_capture_and_is_reused(
+        tmp_path, spec, "memory:///bucket/acts/tiny", lambda: remote_files(mem, "/bucket/acts/tiny")
+    )
 
 
 def test_changed_shard_on_the_url_is_downloaded_again(tmp_path, mem, spec):
     remote = ActivationStoreDataset(path="memory:///b/acts", local_cache=str(tmp_path / "stage"))
-    remote.save(CaptureJob(ModelHandle(spec), tiny_prompts(), layers=[1]))
+    capture_and_save(remote, CaptureJob(ModelHandle(spec), tiny_prompts(), layers=[1]))
     shard = tmp_path / "stage" / "arith" / HOOK1 / "shard_00000.safetensors"
     good = shard.read_bytes()
     # the save recorded the uploaded shards as verified: the next load does not hash them
@@ -160,7 +181,7 @@ def test_changed_shard_on_the_url_is_downloaded_again(tmp_path, mem, spec):
 def test_an_interrupted_capture_keeps_the_url_and_resumes_from_staging(tmp_path, mem, spec, caplog):
     url, stage = "memory:///b/acts", str(tmp_path / "stage")
     ds = ActivationStoreDataset(path=url, local_cache=stage)
-    ds.save(CaptureJob(ModelHandle(spec), tiny_prompts(), layers=[1]))
+    capture_and_save(ds, CaptureJob(ModelHandle(spec), tiny_prompts(), layers=[1]))
     before = remote_files(mem, "/b/acts")
 
     changed = tiny_prompts(n_open=40, n_choice=0)  # a new job: arith is captured again
@@ -179,28 +200,33 @@ def test_an_interrupted_capture_keeps_the_url_and_resumes_from_staging(tmp_path,
     hook = transformer_blocks(handle.load().model)[0].register_forward_hook(interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
-            ds.save(CaptureJob(handle, changed, **job))
+            capture_and_save(ds, CaptureJob(handle, changed, **job))
     finally:
         hook.remove()
     assert remote_files(mem, "/b/acts") == before  # the earlier complete capture is untouched
 
     with caplog.at_level("INFO"):
-        ActivationStoreDataset(path=url, local_cache=stage).save(CaptureJob(handle, changed, **job))
+        capture_and_save(
+            ActivationStoreDataset(path=url, local_cache=stage), CaptureJob(handle, changed, **job)
+        )
     assert "resuming after" in caplog.text
     after = remote_files(mem, "/b/acts")
     assert {k: v for k, v in after.items() if k.startswith("arith/")} == local_files(reference)
-    assert {k: v for k, v in after.items() if k.startswith("logic/")} == \
-        {k: v for k, v in before.items() if k.startswith("logic/")}
+    assert {k: v for k, v in after.items() if k.startswith("logic/")} == {
+        k: v for k, v in before.items() if k.startswith("logic/")
+    }
 
 
 def test_a_failed_upload_is_finished_from_staging_without_capturing_again(tmp_path, mem, spec):
     url, stage = "memory:///b/acts", str(tmp_path / "stage")
     prompts = tiny_prompts()
     ds = ActivationStoreDataset(path=url, local_cache=stage)
-    ds.save(CaptureJob(ModelHandle(spec), prompts, layers=[1]))
+    capture_and_save(ds, CaptureJob(ModelHandle(spec), prompts, layers=[1]))
     mem.rm("/b/acts/logic", recursive=True)  # as if its upload had never happened
     fresh = ModelHandle(spec)
-    ActivationStoreDataset(path=url, local_cache=stage).save(CaptureJob(fresh, prompts, layers=[1]))
+    capture_and_save(
+        ActivationStoreDataset(path=url, local_cache=stage), CaptureJob(fresh, prompts, layers=[1])
+    )
     assert fresh._loaded is None
     assert mem.exists(f"/b/acts/logic/{HOOK1}/shard_00000.safetensors")
 
@@ -215,7 +241,10 @@ def interrupted_publish_is_completed_and_partial_upload_ignored(s, tmp_path):
         fs.pipe_file(path, data)
 
     v1, v2 = tmp_path / "v1", tmp_path / "v2"
-    for folder, files in ((v1, {"a": b"1", "b": b"1", "sub/c": b"1"}), (v2, {"a": b"2", "sub/c": b"2"})):
+    for folder, files in (
+        (v1, {"a": b"1", "b": b"1", "sub/c": b"1"}),
+        (v2, {"a": b"2", "sub/c": b"2"}),
+    ):
         for name, data in files.items():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
@@ -243,7 +272,9 @@ def interrupted_publish_is_completed_and_partial_upload_ignored(s, tmp_path):
 
 @pytest.mark.parametrize("protocol", ["memory", "dir"])  # dir: real folders, as sftp or hdfs
 def test_an_interrupted_publish_is_completed_and_a_partial_upload_ignored(tmp_path, mem, protocol):
-    fs_args = {"path": str(tmp_path / "remote"), "target_protocol": "file"} if protocol == "dir" else {}
+    fs_args = (
+        {"path": str(tmp_path / "remote"), "target_protocol": "file"} if protocol == "dir" else {}
+    )
     s = Storage(f"{protocol}:///b/root", fs_args=fs_args, local_cache=str(tmp_path / "stage"))
     interrupted_publish_is_completed_and_partial_upload_ignored(s, tmp_path)
 
@@ -256,11 +287,15 @@ def sae_round_trip_and_reuse(tmp_path, toy_set, caplog, url, stored, **ds_args):
     """Train into `url` and reuse from it; `stored()` as in capture_equals_a_local_capture..."""
     ds = SAEDataset(url, local_cache=str(tmp_path / "stage"), **ds_args)
     assert not ds.exists()
-    ds.save({HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
+    train_and_save(ds, {HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
     assert ds.exists()
     first = stored()
-    assert set(first) == {"saes.json", f"{HOOK}/cfg.json", f"{HOOK}/sae_weights.safetensors",
-                          f"{HOOK}/training_summary.json"}  # checkpoints stay in staging
+    assert set(first) == {
+        "saes.json",
+        f"{HOOK}/cfg.json",
+        f"{HOOK}/sae_weights.safetensors",
+        f"{HOOK}/training_summary.json",
+    }  # checkpoints stay in staging
     assert (tmp_path / "stage" / HOOK / "checkpoints").is_dir()
 
     trained = SAEDataset(str(tmp_path / "stage")).load()[HOOK]
@@ -272,32 +307,44 @@ def sae_round_trip_and_reuse(tmp_path, toy_set, caplog, url, stored, **ds_args):
 
     again = SAEDataset(url, local_cache=str(tmp_path / "stage2"), **ds_args)
     with caplog.at_level(logging.INFO, logger="sae_reasoning"):
-        again.save({HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
+        train_and_save(again, {HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
     assert f"reusing SAE {url}/{HOOK}" in caplog.text
-    assert not (tmp_path / "stage2" / HOOK).exists()  # decided from the URL: nothing trained or fetched
+    assert not (
+        tmp_path / "stage2" / HOOK
+    ).exists()  # decided from the URL: nothing trained or fetched
     assert stored() == first
 
     # A plain SAE is written as is; the index lists both.
-    again.save({HOOK: SAETrainingJob(toy_set, HOOK, CFG), "blocks.0.hook_resid_post": loaded})
-    assert set(SAEDataset(url, local_cache=str(tmp_path / "y"), **ds_args).load()) == \
-        {HOOK, "blocks.0.hook_resid_post"}
+    train_and_save(
+        again, {HOOK: SAETrainingJob(toy_set, HOOK, CFG), "blocks.0.hook_resid_post": loaded}
+    )
+    assert set(SAEDataset(url, local_cache=str(tmp_path / "y"), **ds_args).load()) == {
+        HOOK,
+        "blocks.0.hook_resid_post",
+    }
 
 
 def test_sae_round_trip_and_reuse_through_a_url(tmp_path, mem, toy_set, caplog):
-    sae_round_trip_and_reuse(tmp_path, toy_set, caplog, "memory:///b/sae/toy",
-                             lambda: remote_files(mem, "/b/sae/toy"))
+    sae_round_trip_and_reuse(
+        tmp_path, toy_set, caplog, "memory:///b/sae/toy", lambda: remote_files(mem, "/b/sae/toy")
+    )
 
 
 def test_failed_training_keeps_the_sae_at_the_url(tmp_path, mem, toy_set):
     from tests.sae.test_train import NaNAt
 
     url = "memory:///b/sae/toy"
-    SAEDataset(url, local_cache=str(tmp_path / "stage")).save({HOOK: SAETrainingJob(toy_set, HOOK, CFG)})
+    train_and_save(
+        SAEDataset(url, local_cache=str(tmp_path / "stage")),
+        {HOOK: SAETrainingJob(toy_set, HOOK, CFG)},
+    )
     before = remote_files(mem, "/b/sae/toy")
     changed = TrainingConfig(**{**TINY, "l1_coefficient": 2.0}, training_tokens=10 * 128)
     with pytest.raises(Exception):
-        SAEDataset(url, local_cache=str(tmp_path / "stage")).save(
-            {HOOK: SAETrainingJob(NaNAt(toy_set, 7), HOOK, changed)})
+        train_and_save(
+            SAEDataset(url, local_cache=str(tmp_path / "stage")),
+            {HOOK: SAETrainingJob(NaNAt(toy_set, 7), HOOK, changed)},
+        )
     assert remote_files(mem, "/b/sae/toy") == before
 
 
@@ -307,34 +354,42 @@ def scores_round_trip_and_fingerprint_reuse(spec, caplog, url, stored, **ds_args
     ds = ScoresDataset(filepath=url, **ds_args)
     assert not ds.exists()
     prompts = tiny_prompts()
-    ds.save(BaselineJob(ModelHandle(spec), prompts, generate_tokens=3))
+    score_and_save(ds, BaselineJob(ModelHandle(spec), prompts, generate_tokens=3))
     first = ds.load()
     assert ds.exists() and len(first) == len(prompts) and "gold_logprob" in first.columns
     table = stored()
 
     fresh = ModelHandle(spec)
     with caplog.at_level("INFO"):
-        ScoresDataset(filepath=url, **ds_args).save(BaselineJob(fresh, prompts, generate_tokens=3))
+        score_and_save(
+            ScoresDataset(filepath=url, **ds_args), BaselineJob(fresh, prompts, generate_tokens=3)
+        )
     assert "reusing" in caplog.text and fresh._loaded is None
     assert stored() == table
 
     changed = prompts.copy()
     changed.loc[0, "target"] = " 99"
-    ds.save(BaselineJob(ModelHandle(spec), changed, generate_tokens=3))
+    score_and_save(ds, BaselineJob(ModelHandle(spec), changed, generate_tokens=3))
     assert ds.load().loc[0, "gold_logprob"] != first.loc[0, "gold_logprob"]
     assert stored() != table
 
 
 def test_scores_round_trip_and_fingerprint_reuse_through_a_url(mem, spec, caplog):
-    scores_round_trip_and_fingerprint_reuse(spec, caplog, "memory:///b/m/baseline_scores.parquet",
-                                            lambda: mem.cat_file("/b/m/baseline_scores.parquet"))
+    scores_round_trip_and_fingerprint_reuse(
+        spec,
+        caplog,
+        "memory:///b/m/baseline_scores.parquet",
+        lambda: mem.cat_file("/b/m/baseline_scores.parquet"),
+    )
 
 
 def test_a_failing_scores_job_keeps_the_table_at_the_url(tmp_path, mem):
     ds = ScoresDataset(filepath="memory:///b/scores.parquet")
     ds.save(pd.DataFrame({"a": [1, 2]}))
-    broken = ModelHandle(ModelSpec("missing", str(tmp_path / "no_such_model"), converted_cache=None))
+    broken = ModelHandle(
+        ModelSpec("missing", str(tmp_path / "no_such_model"), converted_cache=None)
+    )
     with pytest.raises(Exception, match="missing"):
-        ds.save(BaselineJob(broken, tiny_prompts()))
+        score_and_save(ds, BaselineJob(broken, tiny_prompts()))
     assert ds.load()["a"].tolist() == [1, 2]
     assert mem.ls("/b", detail=False) == ["/b/scores.parquet"]

@@ -12,8 +12,11 @@ def forward_known_batch(model) -> int:
     import torch
 
     lm = model.load("cpu")
-    enc = lm.tokenizer(["What is 3 + 4?", "yes", "how many apples does Tom have left"],
-                       return_tensors="pt", padding=True)
+    enc = lm.tokenizer(
+        ["What is 3 + 4?", "yes", "how many apples does Tom have left"],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         lm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     return int(enc["attention_mask"].sum())

@@ -11,15 +11,22 @@ def test_contexts_share_tensors_and_combine_takes_the_lower_layers(tiny_lms):
         _, ctx = forward(lm.model, ids, torch.ones_like(ids), keep=True)
     wide = ctx.expand(3)
     # Views: a batch-1 context repeated costs nothing until a pass extends it.
-    assert all(w.keys.data_ptr() == c.keys.data_ptr() for w, c in zip(wide.cache.layers, ctx.cache.layers))
+    assert all(
+        w.keys.data_ptr() == c.keys.data_ptr() for w, c in zip(wide.cache.layers, ctx.cache.layers)
+    )
     q, mask = pad_right([[7, 8], [3], [4, 6]], lm.tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
         _, a = forward(lm.model, q, mask, wide, keep=True)
         _, b = forward(lm.model, q + 1, mask, wide, keep=True)
     both = combine(a, b, 1)
-    assert [layer.keys is src.keys for layer, src in zip(both.cache.layers, [*a.cache.layers[:2], *b.cache.layers[2:]])] \
-        == [True] * len(both.cache.layers)
-    # The leaves of cut_above gather the gradient of passes on top; backward through the originals takes it on.
+    assert [
+        layer.keys is src.keys
+        for layer, src in zip(both.cache.layers, [*a.cache.layers[:2], *b.cache.layers[2:]])
+    ] == [True] * len(both.cache.layers)
+    # The leaves of cut_above gather the gradient of passes on top; backward through the
+    # originals takes it on.
     leafy, originals, leaves = cut_above(a, 1)
-    assert len(leaves) == 2 * (len(a.cache.layers) - 2) and all(leaf.requires_grad for leaf in leaves)
+    assert len(leaves) == 2 * (len(a.cache.layers) - 2) and all(
+        leaf.requires_grad for leaf in leaves
+    )
     assert isinstance(leafy, Context) and leafy.cache.layers[0].keys is a.cache.layers[0].keys

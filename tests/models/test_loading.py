@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from sae_reasoning.models.loading import ModelHandle, ModelLoadError, ModelSpec, load_model, looks_like_path
+from sae_reasoning.models.loading import (
+    ModelHandle,
+    ModelLoadError,
+    ModelSpec,
+    load_model,
+    looks_like_path,
+)
 from sae_reasoning.preflight import check_model
 
 
-@pytest.mark.parametrize("src", ["data/06_models/no_such_model", "./no_such_model", "/nowhere/at/all"])
+@pytest.mark.parametrize(
+    "src", ["data/06_models/no_such_model", "./no_such_model", "/nowhere/at/all"]
+)
 def test_missing_model_folder_is_named_without_hub_message(tmp_path, src):
     spec = ModelSpec("mine", src, converted_cache=None)
     for call in (ModelHandle(spec).config, lambda: load_model(spec, "cpu")):
@@ -20,10 +28,13 @@ def test_missing_model_folder_is_named_without_hub_message(tmp_path, src):
 
 
 def test_missing_folder_in_preflight_result():
-    result = check_model(ModelHandle(ModelSpec("mine", "models/tiny/v1", converted_cache=None)),
-                         {"layers": [0]})
+    result = check_model(
+        ModelHandle(ModelSpec("mine", "models/tiny/v1", converted_cache=None)), {"layers": [0]}
+    )
     assert result["ok"] is False
-    assert result["error"].startswith("model 'mine': the folder models/tiny/v1 does not exist (relative to ")
+    assert result["error"].startswith(
+        "model 'mine': the folder models/tiny/v1 does not exist (relative to "
+    )
 
 
 def test_hub_ids_are_not_paths():

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from sae_reasoning.sae import sparse_ops
-from sae_reasoning.sae.model import SAEConfig, TrainHParams, build_sae, canonical_architecture
+from sae_reasoning.sae import SAEConfig, TrainHParams, build_sae, sparse_ops
+from sae_reasoning.sae.model import canonical_architecture
 from sae_reasoning.sae.saelens_format import load_sae, save_sae
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"]
@@ -15,8 +15,16 @@ ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"]
 
 def random_sae(arch, d_in=12, d_sae=40, k=4, seed=0):
     meta = {"matryoshka_widths": [5, 10, 20]} if arch.startswith("matryoshka") else {}
-    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, dtype="float64",
-                              k=k if "topk" in arch else None, metadata=meta))
+    sae = build_sae(
+        SAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            architecture=arch,
+            dtype="float64",
+            k=k if "topk" in arch else None,
+            metadata=meta,
+        )
+    )
     g = torch.Generator().manual_seed(seed)
     sae.initialize_weights(g, encoder_scale=1.0)
     with torch.no_grad():
@@ -70,8 +78,10 @@ def naive_loss(sae, x, l1=0.7, dead=None, k_aux=5, aux_coef=0.5):
         aux = torch.where(dead, pre, -torch.inf).topk(k_aux, dim=-1)
         f_aux = torch.zeros_like(pre).scatter(-1, aux.indices, torch.relu(aux.values))
         scale = min(int(dead.sum()) / k_aux, 1.0)
-        loss = loss + aux_coef * scale * ((f_aux @ sae.W_dec - (x - x_hat).detach()) ** 2
-                                          ).sum(-1).mean()
+        loss = (
+            loss
+            + aux_coef * scale * ((f_aux @ sae.W_dec - (x - x_hat).detach()) ** 2).sum(-1).mean()
+        )
     return loss
 
 
@@ -96,7 +106,7 @@ def test_fast_gradients_equal_plain_autograd(arch, with_dead):
 def test_sparse_ops_match_dense_products():
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(9, 30, generator=g) < 0.2
-    mask[4] = False                                          # an empty row
+    mask[4] = False  # an empty row
     codes = sparse_ops.Codes.from_mask(mask)
     vals = torch.randn(codes.nnz, generator=g, dtype=torch.float64, requires_grad=True)
     W = torch.randn(30, 7, generator=g, dtype=torch.float64, requires_grad=True)
@@ -143,8 +153,9 @@ def test_jumprelu_threshold_gets_the_step_pseudo_gradient():
     out = sae.training_loss(x, hp)
     out.loss.backward()
     # mse: x_hat = 0 so dL/df = 0; L0 term: -(1/eps) * 2 tokens in the band / 4 tokens
-    torch.testing.assert_close(sae.threshold.grad, torch.tensor([-(1 / 0.1) * 2 / 4],
-                                                                dtype=torch.float64))
+    torch.testing.assert_close(
+        sae.threshold.grad, torch.tensor([-(1 / 0.1) * 2 / 4], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -5,26 +5,44 @@ import pytest
 import torch
 
 from sae_reasoning.activations.store import ActivationSet
-from sae_reasoning.sae import SAETrainingJob, TrainingConfig, evaluate_sae, train_sae
+from sae_reasoning.sae import (
+    SAEConfig,
+    SAETrainingJob,
+    TrainHParams,
+    TrainingConfig,
+    build_sae,
+    evaluate_sae,
+    train_sae,
+)
 from sae_reasoning.sae.calibration import TopValues, calibrate_topk_threshold, shared_threshold
-from sae_reasoning.sae.model import SAEConfig, TrainHParams, build_sae
+from sae_reasoning.sae.checkpoints import latest_checkpoint, load_checkpoint
+from sae_reasoning.sae.fingerprint import TRAINER_VERSION
 from sae_reasoning.sae.saelens_format import load_sae, save_sae
-from sae_reasoning.sae.train import TRAINER_VERSION, latest_checkpoint, load_checkpoint
 from sae_reasoning.sae.training_job import write_sae_folder
 from tests.sae.conftest import HOOK, planted_data, write_store
 
 # 40 steps of 256 tokens: the regime where the plain EMA (rate 0.01, from 0) had only
 # reached 1 - 0.99^40 = 33% of its value
-SHORT = dict(k=4, expansion_factor=4, batch_size=256, training_tokens=40 * 256, min_steps=1,
-             init_sample_tokens=2048, calibration_tokens=4096, dead_window_tokens=2048,
-             exclude_first_position=False, max_norm_ratio=None, progress=False)
+SHORT = dict(
+    k=4,
+    expansion_factor=4,
+    batch_size=256,
+    training_tokens=40 * 256,
+    min_steps=1,
+    init_sample_tokens=2048,
+    calibration_tokens=4096,
+    dead_window_tokens=2048,
+    exclude_first_position=False,
+    max_norm_ratio=None,
+    progress=False,
+)
 
 
 def test_shared_threshold_by_hand():
-    top = torch.tensor([5.0, 3.0, 4.0])            # the 3 largest of some pre-activations
-    assert shared_threshold(top, 2) == 3.5         # exactly 5 and 4 exceed it
-    assert shared_threshold(torch.tensor([2.0, -1.0, -3.0]), 2) == 0.0   # f > 0 needs pre > 0
-    assert shared_threshold(torch.tensor([2.0, 1.0]), 2) == 0.0          # fewer entries than kN
+    top = torch.tensor([5.0, 3.0, 4.0])  # the 3 largest of some pre-activations
+    assert shared_threshold(top, 2) == 3.5  # exactly 5 and 4 exceed it
+    assert shared_threshold(torch.tensor([2.0, -1.0, -3.0]), 2) == 0.0  # f > 0 needs pre > 0
+    assert shared_threshold(torch.tensor([2.0, 1.0]), 2) == 0.0  # fewer entries than kN
 
 
 def test_top_values_stream_equals_a_full_sort():
@@ -44,7 +62,7 @@ def test_calibrated_sae_has_inference_l0_k_on_the_calibration_tokens():
     x = torch.randn(1000, 16, generator=g)
     info = calibrate_topk_threshold(sae, iter(x.split(300)), max_tokens=900)  # 300, 300, 300
     assert info["calibration_tokens"] == 900 and info["inference_l0_train"] == 5.0
-    assert evaluate_sae(sae, [x[:900]])["l0"] == 5.0                      # the encode path
+    assert evaluate_sae(sae, [x[:900]])["l0"] == 5.0  # the encode path
     assert float(sae.topk_threshold) == info["topk_threshold"] > 0
 
 
@@ -54,7 +72,7 @@ def test_bias_corrected_ema_and_its_counter_survive_a_state_dict_round_trip():
     mins = torch.linspace(1.0, 2.0, 10, dtype=torch.float64)
     straight = build_sae(cfg)
     straight.after_step(torch.tensor([3.0, 1.5]), hp)
-    assert float(straight.topk_threshold) == pytest.approx(1.5)   # the min itself, not 0.01 * it
+    assert float(straight.topk_threshold) == pytest.approx(1.5)  # the min itself, not 0.01 * it
     straight = build_sae(cfg)
     for m in mins:
         straight.after_step(torch.stack([m, m + 1]), hp)
@@ -66,8 +84,7 @@ def test_bias_corrected_ema_and_its_counter_survive_a_state_dict_round_trip():
     for m in mins[5:]:
         resumed.after_step(torch.stack([m, m + 1]), hp)
     assert int(resumed.topk_threshold_steps) == 10
-    assert float(resumed.topk_threshold) == pytest.approx(float(straight.topk_threshold),
-                                                          rel=1e-12)
+    assert float(resumed.topk_threshold) == pytest.approx(float(straight.topk_threshold), rel=1e-12)
     # what the bias correction divides out: 1 - 0.99^t of the plain EMA's weight
     w = 0.01 * 0.99 ** torch.arange(9, -1, -1, dtype=torch.float64)
     assert float(straight.topk_threshold) == pytest.approx(float((w * mins).sum() / w.sum()))
@@ -93,7 +110,7 @@ def test_short_run_saves_an_sae_with_inference_l0_k(tmp_path, planted, arch):
     example = torch.arange(len(x)) // 10
     train, heldout = x[example % 10 != 0], x[example % 10 == 0]
     folder = tmp_path / "sae"
-    save_sae(sae, folder)                       # as SAELens saves BatchTopK: jumprelu
+    save_sae(sae, folder)  # as SAELens saves BatchTopK: jumprelu
     saved = load_sae(folder)
     assert saved.cfg.architecture == "jumprelu"
     assert saved.cfg.metadata["inference_l0_train"] == s["inference_l0_train"]
@@ -108,13 +125,14 @@ def test_short_run_saves_an_sae_with_inference_l0_k(tmp_path, planted, arch):
     steps = int(sae.topk_threshold_steps)
     plain = s["topk_threshold_ema"] * (1 - (1 - cfg.topk_threshold_lr) ** steps)
     saved.threshold.data.fill_(plain)
-    assert evaluate_sae(saved, [train])["l0"] > 4 * 4      # measured: 39 / 38, not 4
+    assert evaluate_sae(saved, [train])["l0"] > 4 * 4  # measured: 39 / 38, not 4
 
 
 def test_resume_keeps_the_bias_correction_counter(tmp_path, planted):
     acts, _ = planted
-    cfg = TrainingConfig(architecture="batchtopk", **{**SHORT, "training_tokens": 8 * 256},
-                         checkpoint_every=100)
+    cfg = TrainingConfig(
+        architecture="batchtopk", **{**SHORT, "training_tokens": 8 * 256}, checkpoint_every=100
+    )
     straight = train_sae(acts, HOOK, cfg)
     ckpts = tmp_path / "ckpt"
     train_sae(acts, HOOK, cfg, checkpoint_dir=ckpts, stop_at_step=5)
@@ -131,9 +149,12 @@ def test_saes_with_uncalibrated_thresholds_are_retrained(tmp_path, planted):
     job = SAETrainingJob(acts, HOOK, cfg)
     assert TRAINER_VERSION >= 3 and job.inputs["trainer_version"] == TRAINER_VERSION
     assert "calibration_tokens" in cfg.semantic_dict()
-    assert "calibration_tokens" not in TrainingConfig().semantic_dict()   # relu: no threshold
+    assert "calibration_tokens" not in TrainingConfig().semantic_dict()  # relu: no threshold
     old_inputs = {**job.inputs, "trainer_version": 2}
     sae = build_sae(SAEConfig(d_in=32, d_sae=128, architecture="batchtopk", k=4))
-    write_sae_folder(tmp_path / "s", sae, {"fingerprint": "from-trainer-2", "finished": True,
-                                           "fingerprint_inputs": old_inputs})
+    write_sae_folder(
+        tmp_path / "s",
+        sae,
+        {"fingerprint": "from-trainer-2", "finished": True, "fingerprint_inputs": old_inputs},
+    )
     assert job.reuse_reason(tmp_path / "s") == f"trainer version 2 -> {TRAINER_VERSION}"

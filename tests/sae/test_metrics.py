@@ -35,18 +35,18 @@ def test_hand_computed_metrics():
 def test_default_dense_threshold_is_ten_percent():
     acc = MetricsAccumulator(d_sae=4)
     acc.update(X, X_HAT, F)
-    assert acc.compute()["dense_fraction"] == pytest.approx(0.5)   # latents 0 and 3 (> 0.2 tokens)
+    assert acc.compute()["dense_fraction"] == pytest.approx(0.5)  # latents 0 and 3 (> 0.2 tokens)
 
 
 def test_batching_does_not_change_the_result():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(50, 3, generator=g) * 4 + 10   # large mean: variance must be about the mean
+    x = torch.randn(50, 3, generator=g) * 4 + 10  # large mean: variance must be about the mean
     x_hat = x + 0.5 * torch.randn(50, 3, generator=g)
     f = torch.relu(torch.randn(50, 6, generator=g))
     whole, parts = MetricsAccumulator(6), MetricsAccumulator(6)
     whole.update(x, x_hat, f)
     for i in range(0, 50, 7):
-        parts.update(x[i:i + 7], x_hat[i:i + 7], f[i:i + 7])
+        parts.update(x[i : i + 7], x_hat[i : i + 7], f[i : i + 7])
     a, b = whole.compute(), parts.compute()
     for k in METRIC_NAMES:
         assert a[k] == pytest.approx(b[k], rel=1e-9), k

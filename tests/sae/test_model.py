@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sae_reasoning.sae.model import SAEConfig, StandardSAE, build_sae, canonical_architecture
+from sae_reasoning.sae import SAEConfig, StandardSAE, build_sae
+from sae_reasoning.sae.model import canonical_architecture
 
 
 def tiny_sae() -> StandardSAE:

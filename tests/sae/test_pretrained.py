@@ -67,7 +67,9 @@ def test_resid_pre_tensor_equals_previous_resid_post(tiny_lms, family):
     def block_input(_module, args, kwargs):
         seen["in"] = (args[0] if args else kwargs["hidden_states"]).clone()
 
-    handle = transformer_blocks(lm.model)[2].register_forward_pre_hook(block_input, with_kwargs=True)
+    handle = transformer_blocks(lm.model)[2].register_forward_pre_hook(
+        block_input, with_kwargs=True
+    )
     try:
         with torch.no_grad():
             lm.model(input_ids=ids, use_cache=False)
@@ -78,16 +80,32 @@ def test_resid_pre_tensor_equals_previous_resid_post(tiny_lms, family):
 
 
 def test_parse_sae_sources_by_layer_or_hook_and_clear_errors():
-    got = parse_sae_sources({"sae_source": {1: {"path": "/x"}, "blocks.4.hook_resid_pre":
-                                            {"release": "r", "sae_id": "s"}}}, HOOKS, "toy")
+    got = parse_sae_sources(
+        {
+            "sae_source": {
+                1: {"path": "/x"},
+                "blocks.4.hook_resid_pre": {"release": "r", "sae_id": "s"},
+            }
+        },
+        HOOKS,
+        "toy",
+    )
     assert got == {HOOKS[0]: SAESource(path="/x"), HOOKS[1]: SAESource(release="r", sae_id="s")}
     assert parse_sae_sources({"layers": [1]}, HOOKS) == {}
-    cases = [({2: {"path": "/x"}}, r"models\.toy\.sae_source\[2\].*blocks\.2\.hook_resid_post.*not one of"),
-             ({"blocks.3.hook_mlp_out": {"path": "/x"}}, r"sae_source\['blocks\.3\.hook_mlp_out'\].*residual"),
-             ({1: {"path": "/x", "release": "r", "sae_id": "s"}}, "either `path`"),
-             ({1: {"release": "r"}}, "both `release` and `sae_id`"),
-             ({1: "gpt2-small-res-jb"}, "expected"),
-             ({1: {"path": "/x"}, "blocks.2.hook_resid_pre": {"path": "/y"}}, "already has a source")]
+    cases = [
+        (
+            {2: {"path": "/x"}},
+            r"models\.toy\.sae_source\[2\].*blocks\.2\.hook_resid_post.*not one of",
+        ),
+        (
+            {"blocks.3.hook_mlp_out": {"path": "/x"}},
+            r"sae_source\['blocks\.3\.hook_mlp_out'\].*residual",
+        ),
+        ({1: {"path": "/x", "release": "r", "sae_id": "s"}}, "either `path`"),
+        ({1: {"release": "r"}}, "both `release` and `sae_id`"),
+        ({1: "gpt2-small-res-jb"}, "expected"),
+        ({1: {"path": "/x"}, "blocks.2.hook_resid_pre": {"path": "/y"}}, "already has a source"),
+    ]
     for raw, match in cases:
         with pytest.raises(SAESourceError, match=match):
             parse_sae_sources({"sae_source": raw}, HOOKS, "toy")
@@ -103,14 +121,27 @@ def test_registry_sae_through_saelens_matches_its_encode_decode(hf_cache):
     x = torch.randn(200, D_IN, generator=torch.Generator().manual_seed(1)) * 3 + 1.5
     xc = x - x.mean(-1, keepdim=True)
     torch.testing.assert_close(ours.encode(x), theirs.encode(xc), rtol=1e-5, atol=1e-5)
-    assert (ours.encode(x) > 0).any()   # the comparison is not vacuous
-    torch.testing.assert_close(ours.decode(ours.encode(x)), theirs.decode(theirs.encode(xc)),
-                               rtol=1e-5, atol=1e-5)
-    folder = hf_cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / COMMIT / "blocks.2.hook_resid_pre"
+    assert (ours.encode(x) > 0).any()  # the comparison is not vacuous
+    torch.testing.assert_close(
+        ours.decode(ours.encode(x)), theirs.decode(theirs.encode(xc)), rtol=1e-5, atol=1e-5
+    )
+    folder = (
+        hf_cache
+        / f"models--{REPO_ID.replace('/', '--')}"
+        / "snapshots"
+        / COMMIT
+        / "blocks.2.hook_resid_pre"
+    )
     assert prov["commit"] == COMMIT and prov["repo_id"] == REPO_ID
-    assert prov["files"]["sae_weights.safetensors"] == hashlib.sha256(
-        (folder / "sae_weights.safetensors").read_bytes()).hexdigest()
-    assert (prov["d_in"], prov["d_sae"], prov["hook_name"]) == (D_IN, D_SAE, "blocks.2.hook_resid_pre")
+    assert (
+        prov["files"]["sae_weights.safetensors"]
+        == hashlib.sha256((folder / "sae_weights.safetensors").read_bytes()).hexdigest()
+    )
+    assert (prov["d_in"], prov["d_sae"], prov["hook_name"]) == (
+        D_IN,
+        D_SAE,
+        "blocks.2.hook_resid_pre",
+    )
     assert prov["sae_lens_version"] == sae_lens.__version__ and prov["adjustments"]
 
 
@@ -119,7 +150,7 @@ def test_centring_fold_is_exact_for_every_input():
 
     sae = random_sae("relu")
     with torch.no_grad():
-        sae.b_dec.add_(0.7)   # an uncentred b_dec: b_enc must absorb its mean
+        sae.b_dec.add_(0.7)  # an uncentred b_dec: b_enc must absorb its mean
     x = torch.randn(30, sae.d_in, dtype=sae.dtype) + 2.0
     want = sae.encode(x - x.mean(-1, keepdim=True))
     assert not torch.allclose(sae.encode(x), want)
@@ -135,16 +166,25 @@ def test_job_writes_provenance_then_reuses_and_checks_width(hf_cache, tmp_path, 
     summary = json.loads((folder / "training_summary.json").read_text())
     assert summary["fingerprint"] == job.fingerprint and summary["source"]["release"] == RELEASE
     assert summary["source"]["hook_point"] == "blocks.1.hook_resid_post"
-    assert json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.2.hook_resid_pre"
+    assert (
+        json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"]
+        == "blocks.2.hook_resid_pre"
+    )
     weights = (folder / "sae_weights.safetensors").read_bytes()
     with caplog.at_level("INFO", logger="sae_reasoning"):
-        again = PretrainedSAEJob("blocks.1.hook_resid_post", source, d_model=D_IN, model="gpt2").run(folder)
+        again = PretrainedSAEJob(
+            "blocks.1.hook_resid_post", source, d_model=D_IN, model="gpt2"
+        ).run(folder)
     assert "reusing pretrained SAE" in caplog.text
     assert (folder / "sae_weights.safetensors").read_bytes() == weights
     torch.testing.assert_close(again.W_enc, sae.W_enc)
     with pytest.raises(SAESourceError, match=r"'gpt2'.*d_in is 768 but the model's d_model is 64"):
-        PretrainedSAEJob("blocks.1.hook_resid_post", source, d_model=64, model="gpt2").run(tmp_path / "other")
-    with pytest.raises(SAESourceError, match=r"trained at blocks\.2\.hook_resid_pre.*not blocks\.3"):
+        PretrainedSAEJob("blocks.1.hook_resid_post", source, d_model=64, model="gpt2").run(
+            tmp_path / "other"
+        )
+    with pytest.raises(
+        SAESourceError, match=r"trained at blocks\.2\.hook_resid_pre.*not blocks\.3"
+    ):
         PretrainedSAEJob("blocks.3.hook_resid_post", source, d_model=D_IN).run(tmp_path / "third")
 
 
@@ -153,5 +193,5 @@ def test_unknown_registry_entry_names_the_release(hf_cache):
         load_registry(SAESource(release="no-such-release", sae_id="x"))
     with pytest.raises(SAESourceError, match=r"no sae_id 'blocks\.99"):
         load_registry(SAESource(release=RELEASE, sae_id="blocks.99.hook_resid_pre"))
-    with pytest.raises(SAESourceError, match="local Hugging Face cache"):   # not in the cache
+    with pytest.raises(SAESourceError, match="local Hugging Face cache"):  # not in the cache
         load_registry(SAESource(release=RELEASE, sae_id="blocks.5.hook_resid_pre"))

@@ -14,7 +14,7 @@ from tests.tiny import make_tokenizer
 from tests.tiny_project import copy_project, kedro, make_tiny_env
 
 pytestmark = pytest.mark.slow
-SAE_ID = "blocks.2.hook_resid_pre"   # = the output of block 1
+SAE_ID = "blocks.2.hook_resid_pre"  # = the output of block 1
 HOOK = "blocks.1.hook_resid_post"
 
 
@@ -22,8 +22,16 @@ HOOK = "blocks.1.hook_resid_post"
 def gpt2_768(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt2_768")
     tok = make_tokenizer()
-    cfg = GPT2Config(n_layer=3, n_embd=D_IN, n_head=12, n_positions=1024, vocab_size=len(tok),
-                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = GPT2Config(
+        n_layer=3,
+        n_embd=D_IN,
+        n_head=12,
+        n_positions=1024,
+        vocab_size=len(tok),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -32,11 +40,15 @@ def gpt2_768(tmp_path_factory):
 def test_phase4_with_a_registry_sae_by_config_alone(tmp_path, gpt2_768, monkeypatch):
     cache = tmp_path / "hub"
     write_registry_sae(cache, SAE_ID)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))   # the kedro subprocess inherits it
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # the kedro subprocess inherits it
     project = copy_project(tmp_path / "project")
     source = {SAE_ID: {"release": RELEASE, "sae_id": SAE_ID}}
-    make_tiny_env(project, {"gpt2": gpt2_768}, models={"gpt2_768": ("gpt2", [1])},
-                  overrides={"models": {"gpt2_768": {"sae_source": source}}})
+    make_tiny_env(
+        project,
+        {"gpt2": gpt2_768},
+        models={"gpt2_768": ("gpt2", [1])},
+        overrides={"models": {"gpt2_768": {"sae_source": source}}},
+    )
     run = kedro(project, "--pipeline=phase4", "--env=tiny")
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-6000:]
@@ -45,7 +57,12 @@ def test_phase4_with_a_registry_sae_by_config_alone(tmp_path, gpt2_768, monkeypa
     folder = project / "data/06_models/sae/gpt2_768" / HOOK
     summary = json.loads((folder / "training_summary.json").read_text())
     src = summary["source"]
-    assert (src["kind"], src["release"], src["sae_id"], src["commit"]) == ("registry", RELEASE, SAE_ID, COMMIT)
+    assert (src["kind"], src["release"], src["sae_id"], src["commit"]) == (
+        "registry",
+        RELEASE,
+        SAE_ID,
+        COMMIT,
+    )
     assert src["d_in"] == D_IN and set(src["files"]) >= {"cfg.json", "sae_weights.safetensors"}
     out = project / "data/08_reporting"
     causal = json.loads((out / "causal_test_results.json").read_text())
@@ -56,7 +73,11 @@ def test_phase4_with_a_registry_sae_by_config_alone(tmp_path, gpt2_768, monkeypa
     # A misconfigured source stops the run before capture, naming model, hook and source.
     write_registry_sae(cache, "blocks.3.hook_resid_pre")
     bad = project / "conf/tiny/parameters.yml"
-    bad.write_text(bad.read_text().replace("sae_id: blocks.2.hook_resid_pre", "sae_id: blocks.3.hook_resid_pre"))
+    bad.write_text(
+        bad.read_text().replace(
+            "sae_id: blocks.2.hook_resid_pre", "sae_id: blocks.3.hook_resid_pre"
+        )
+    )
     run = kedro(project, "--pipeline=phase4", "--env=tiny")
     log = run.stdout + run.stderr
     assert run.returncode != 0 and "sae_source check failed" in log

@@ -4,7 +4,7 @@ and the clean cross-entropy is the model's own loss."""
 import pytest
 import torch
 
-from sae_reasoning.sae.model import SAEConfig, build_sae
+from sae_reasoning.sae import SAEConfig, build_sae
 from sae_reasoning.sae.spliced_eval import heldout_texts, spliced_eval
 from tests.prompts_fixture import tiny_prompts
 
@@ -36,11 +36,11 @@ def test_perfect_sae_recovers_everything_zero_sae_nothing(lm, texts):
     assert perfect["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
     assert perfect["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-5)
     assert perfect["kl_div_with_ablation"] > 0.01 and perfect["kl_div_score"] == pytest.approx(1.0)
-    zero = build_sae(SAEConfig(d_in=lm.d_model, d_sae=8))      # all-zero weights: x_hat = 0
+    zero = build_sae(SAEConfig(d_in=lm.d_model, d_sae=8))  # all-zero weights: x_hat = 0
     z = spliced_eval(lm, zero, HOOK, texts, batch_size=2)
     assert z["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
     assert z["kl_div_with_sae"] == pytest.approx(z["kl_div_with_ablation"])
-    assert z["positions_left_clean"] == len(texts)              # position 0 of each prompt
+    assert z["positions_left_clean"] == len(texts)  # position 0 of each prompt
     assert z["n_prompts"] == 5 and z["ce_loss_recovered"] == z["ce_loss_score"]
 
 

@@ -10,17 +10,21 @@ from sae_reasoning.sae import (
     evaluate_sae,
     train_sae,
 )
-from sae_reasoning.sae.train import (
-    count_tokens,
-    geometric_median,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_factor,
-)
+from sae_reasoning.sae.checkpoints import latest_checkpoint, load_checkpoint
+from sae_reasoning.sae.train_setup import geometric_median, lr_factor
+from sae_reasoning.sae.training_data import count_tokens
 from tests.sae.conftest import HOOK, planted_data, write_store
 
-TINY = dict(expansion_factor=4, batch_size=128, lr=3e-3, l1_coefficient=1.0, progress=False,
-            init_sample_tokens=512, checkpoint_every=5, min_steps=1)
+TINY = dict(
+    expansion_factor=4,
+    batch_size=128,
+    lr=3e-3,
+    l1_coefficient=1.0,
+    progress=False,
+    init_sample_tokens=512,
+    checkpoint_every=5,
+    min_steps=1,
+)
 
 
 def test_recovers_a_planted_sparse_dictionary(tmp_path):
@@ -28,18 +32,27 @@ def test_recovers_a_planted_sparse_dictionary(tmp_path):
     x, D = planted_data(20_000)
     write_store(tmp_path, x, shard_tokens=5_000)
     acts = ActivationSet.open(tmp_path)
-    cfg = TrainingConfig(expansion_factor=8, batch_size=256, lr=1e-3, l1_coefficient=1.0, epochs=4,
-                         exclude_first_position=False, max_norm_ratio=None, init_sample_tokens=4096,
-                         dead_window_tokens=5_000, progress=False)
+    cfg = TrainingConfig(
+        expansion_factor=8,
+        batch_size=256,
+        lr=1e-3,
+        l1_coefficient=1.0,
+        epochs=4,
+        exclude_first_position=False,
+        max_norm_ratio=None,
+        init_sample_tokens=4096,
+        dead_window_tokens=5_000,
+        progress=False,
+    )
     result = train_sae(acts, HOOK, cfg)
     W = result.sae.W_dec / result.sae.W_dec.norm(dim=1, keepdim=True)
     best_cos = (D @ W.T).max(dim=1).values
     # measured: 100% of the planted directions at cos >= 0.95 (mean best cos ~0.98)
     assert (best_cos >= 0.9).float().mean() >= 0.9
     log = result.history
-    assert log["mse"][-1] < 0.5 * log["mse"][0]   # (loss starts low: the L1 term warms up)
+    assert log["mse"][-1] < 0.5 * log["mse"][0]  # (loss starts low: the L1 term warms up)
     heldout = x[(torch.arange(len(x)) // 10) % 10 == 0]
-    m = evaluate_sae(result.sae, [heldout])     # raw units: normalisation was folded in
+    m = evaluate_sae(result.sae, [heldout])  # raw units: normalisation was folded in
     assert m["explained_variance"] > 0.8
     assert result.summary["finished"] and result.summary["tokens_seen"] == 4 * (18_000 // 256) * 256
 
@@ -55,7 +68,7 @@ def test_resume_gives_identical_weights(tmp_path, toy_set):
     for k, v in straight.sae.state_dict().items():
         assert torch.equal(resumed.sae.state_dict()[k], v), k
     assert resumed.history == straight.history
-    assert latest_checkpoint(ckpts).name == "step_000000010.pt"   # older checkpoints pruned
+    assert latest_checkpoint(ckpts).name == "step_000000010.pt"  # older checkpoints pruned
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, toy_set):
@@ -113,7 +126,7 @@ def test_heldout_examples_never_reach_training(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 8, generator=g)
     heldout = (torch.arange(2000) // 10) % 10 == 0
-    x[heldout] = float("nan")          # training would fail on any held-out row
+    x[heldout] = float("nan")  # training would fail on any held-out row
     write_store(tmp_path, x)
     acts = ActivationSet.open(tmp_path)
     cfg = TrainingConfig(**TINY, epochs=2, exclude_first_position=False, max_norm_ratio=None)
@@ -148,8 +161,12 @@ def test_geometric_median_ignores_outliers():
 
 
 def test_config_from_params_validates_keys():
-    cfg = TrainingConfig.from_params({"l1_coefficient": "2e-4", "massive_activations":
-                                      {"exclude_first_position": False, "max_norm_ratio": None}})
+    cfg = TrainingConfig.from_params(
+        {
+            "l1_coefficient": "2e-4",
+            "massive_activations": {"exclude_first_position": False, "max_norm_ratio": None},
+        }
+    )
     assert cfg.l1_coefficient == 2e-4 and cfg.exclude.max_norm_ratio is None
     with pytest.raises(ValueError, match="unknown sae_training parameters.*l1_coeff"):
         TrainingConfig.from_params({"l1_coeff": 1.0})
@@ -159,8 +176,15 @@ def test_config_from_params_validates_keys():
 def test_resume_is_exact_for_every_architecture(tmp_path, toy_set, arch):
     # 256 latents, k=2, 128-token batches: many stay silent for the 1-batch dead window,
     # so AuxK runs (TopK family)
-    cfg = TrainingConfig(**TINY, architecture=arch, k=2, d_sae=256, training_tokens=8 * 128,
-                         dead_window_tokens=128, matryoshka_widths=[16, 64])
+    cfg = TrainingConfig(
+        **TINY,
+        architecture=arch,
+        k=2,
+        d_sae=256,
+        training_tokens=8 * 128,
+        dead_window_tokens=128,
+        matryoshka_widths=[16, 64],
+    )
     straight = train_sae(toy_set, HOOK, cfg)
     ckpts = tmp_path / "ckpt"
     train_sae(toy_set, HOOK, cfg, checkpoint_dir=ckpts, stop_at_step=5)
@@ -169,7 +193,7 @@ def test_resume_is_exact_for_every_architecture(tmp_path, toy_set, arch):
         assert torch.equal(resumed.sae.state_dict()[k], v), k
     assert resumed.history == straight.history
     if arch != "jumprelu":
-        assert max(straight.history["aux_loss"]) > 0     # AuxK (or matryoshka prefixes) ran
+        assert max(straight.history["aux_loss"]) > 0  # AuxK (or matryoshka prefixes) ran
     assert straight.summary["architecture"] == arch
 
 

@@ -1,4 +1,5 @@
-"""Residual-stream activations on disk: safetensors shards + manifest, written while the model runs."""
+"""Residual-stream activations on disk: safetensors shards + manifest, written while the model
+runs."""
 
 from sae_reasoning.activations.store import (
     ActivationSet,

@@ -13,17 +13,18 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Batch:
-    items: tuple[int, ...]   # indices into the input sequence list, shortest first
-    width: int               # padded length
-    tokens: int              # real tokens in the batch
+    items: tuple[int, ...]  # indices into the input sequence list, shortest first
+    width: int  # padded length
+    tokens: int  # real tokens in the batch
 
     @property
     def padded_tokens(self) -> int:
         return len(self.items) * self.width
 
 
-def plan_batches(lengths: list[int], batch_tokens: int, max_rows: int | None = None,
-                 context: int = 0) -> list[Batch]:
+def plan_batches(
+    lengths: list[int], batch_tokens: int, max_rows: int | None = None, context: int = 0
+) -> list[Batch]:
     """Sorted, greedily packed batches with len(rows) * (context + width) <= batch_tokens.
 
     `context`: tokens of a cached shared block every row attends to (the few-shot prompt).
@@ -38,8 +39,9 @@ def plan_batches(lengths: list[int], batch_tokens: int, max_rows: int | None = N
     rows: list[int] = []
     for i in order:
         width = lengths[i]  # sorted ascending: the newest row is the widest
-        full = ((len(rows) + 1) * (context + width) > batch_tokens
-                or (max_rows is not None and len(rows) >= max_rows))
+        full = (len(rows) + 1) * (context + width) > batch_tokens or (
+            max_rows is not None and len(rows) >= max_rows
+        )
         if rows and full:
             batches.append(_batch(rows, lengths))
             rows = []

@@ -34,8 +34,8 @@ from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring import context_window, prefix_ids
 
 log = logging.getLogger(__name__)
-CORPUS = "corpus"     # the folder name, and the source name in sae_training.sources
-SHINGLE_WORDS = 8     # words of an evaluation question looked up in free text
+CORPUS = "corpus"  # the folder name, and the source name in sae_training.sources
+SHINGLE_WORDS = 8  # words of an evaluation question looked up in free text
 
 
 def _norm(text: str) -> str:
@@ -70,7 +70,7 @@ class EvaluationFilter:
         words = t.split(" ")
         for n in self._sizes:
             for i in range(len(words) - n + 1):
-                for q in self._by_head.get((n, " ".join(words[i:i + n])), ()):
+                for q in self._by_head.get((n, " ".join(words[i : i + n])), ()):
                     if q in t:
                         return True
         return False
@@ -109,10 +109,14 @@ class CorpusSource:
                 question = row["question"]
                 text = f"{self.question_prefix}{question}\n{self.answer_prefix} {row['answer']}"
             else:
-                raise ValueError(f"sae_corpus row {i}: no {self.text_column!r} column (capture.corpus."
-                                 f"text_column), nor question and answer; columns: {sorted(row)}")
+                raise ValueError(
+                    f"sae_corpus row {i}: no {self.text_column!r} column (capture.corpus."
+                    f"text_column), nor question and answer; columns: {sorted(row)}"
+                )
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"sae_corpus row {i}: empty or non-text {self.text_column!r}: {text!r}")
+                raise ValueError(
+                    f"sae_corpus row {i}: empty or non-text {self.text_column!r}: {text!r}"
+                )
             if not self.exclude.excludes(question, text):
                 yield text
 
@@ -128,20 +132,34 @@ class CorpusSource:
                 h.update(text.encode() + b"\0")
             content = {"texts": h.hexdigest()}
             if self.exclude.n_dropped:
-                log.info("sae_corpus: %d row(s) dropped: their question is an evaluation example's",
-                         self.exclude.n_dropped)
-        return {**content, "text_column": self.text_column, "format": [self.question_prefix, self.answer_prefix],
-                "excluded_questions": self.exclude.digest()}
+                log.info(
+                    "sae_corpus: %d row(s) dropped: their question is an evaluation example's",
+                    self.exclude.n_dropped,
+                )
+        return {
+            **content,
+            "text_column": self.text_column,
+            "format": [self.question_prefix, self.answer_prefix],
+            "excluded_questions": self.exclude.digest(),
+        }
 
 
-def pack_corpus(tokenizer, texts: Iterable[str], context_tokens: int, max_tokens: int | None,
-                prefix: list[int], separator: int | None) -> PackedBenchmark:
+def pack_corpus(
+    tokenizer,
+    texts: Iterable[str],
+    context_tokens: int,
+    max_tokens: int | None,
+    prefix: list[int],
+    separator: int | None,
+) -> PackedBenchmark:
     """Texts joined by `separator` and cut into rows of context_tokens - len(prefix) stored
     tokens (the row's `prefix` runs first, unstored), at most max_tokens in all."""
     width = context_tokens - len(prefix)
     if width < 1:
-        raise ValueError(f"capture.corpus.context_tokens={context_tokens} leaves no room after the "
-                         f"{len(prefix)} start token(s)")
+        raise ValueError(
+            f"capture.corpus.context_tokens={context_tokens} leaves no room after the "
+            f"{len(prefix)} start token(s)"
+        )
     parts, total, pending = [], 0, []
     budget = max_tokens if max_tokens is not None else float("inf")
 
@@ -150,7 +168,7 @@ def pack_corpus(tokenizer, texts: Iterable[str], context_tokens: int, max_tokens
         ids = tokenizer(pending, add_special_tokens=False)["input_ids"]
         sep = [separator] if separator is not None else []
         flat = np.fromiter((t for seq in ids for t in (*seq, *sep)), dtype=np.int32)
-        parts.append(flat[:max(0, int(min(budget - total, len(flat))))])
+        parts.append(flat[: max(0, int(min(budget - total, len(flat))))])
         total += len(parts[-1])
         pending = []
 
@@ -180,8 +198,12 @@ class CorpusCaptureJob(CaptureJob):
     LABEL = "capture corpus"
 
     def __post_init__(self):
-        self.extra = {**self.extra, "context_tokens": self.context_tokens, "max_tokens": self.max_tokens,
-                      "context_size": self.context_tokens}
+        self.extra = {
+            **self.extra,
+            "context_tokens": self.context_tokens,
+            "max_tokens": self.max_tokens,
+            "context_size": self.context_tokens,
+        }
 
     def names(self) -> list[str]:
         return [CORPUS]
@@ -190,29 +212,58 @@ class CorpusCaptureJob(CaptureJob):
         if self.corpus is None:
             raise ValueError(f"capture {self.model.name}: no corpus given")
         if self.context_tokens < 2:
-            raise ValueError(f"capture.corpus.context_tokens must be >= 2, got {self.context_tokens}")
+            raise ValueError(
+                f"capture.corpus.context_tokens must be >= 2, got {self.context_tokens}"
+            )
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"capture.corpus.max_tokens must be >= 1 or null, got {self.max_tokens}")
+            raise ValueError(
+                f"capture.corpus.max_tokens must be >= 1 or null, got {self.max_tokens}"
+            )
 
     def fingerprint(self) -> str:
-        key = {"version": CAPTURE_VERSION, "kind": CORPUS, "model": repr(self.model.spec),
-               "corpus": self.corpus.identity(), "context_tokens": self.context_tokens,
-               "max_tokens": self.max_tokens, "layers": sorted(self.layers), "dtype": self.dtype}
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key = {
+            "version": CAPTURE_VERSION,
+            "kind": CORPUS,
+            "model": repr(self.model.spec),
+            "corpus": self.corpus.identity(),
+            "context_tokens": self.context_tokens,
+            "max_tokens": self.max_tokens,
+            "layers": sorted(self.layers),
+            "dtype": self.dtype,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
     def _pack(self, lm: LanguageModel, todo: list[str]) -> list[PackedBenchmark]:
         limit = context_window(lm.model.config)
         if limit and self.context_tokens > limit:
-            raise ValueError(f"{self.model.name}: capture.corpus.context_tokens={self.context_tokens} is "
-                             f"over the model's context of {limit} tokens")
+            raise ValueError(
+                f"{self.model.name}: capture.corpus.context_tokens={self.context_tokens} is "
+                f"over the model's context of {limit} tokens"
+            )
         tok = lm.tokenizer
         separator = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
-        packed = pack_corpus(tok, self.corpus.texts(), self.context_tokens, self.max_tokens,
-                             prefix_ids(tok, ""), separator)
+        packed = pack_corpus(
+            tok,
+            self.corpus.texts(),
+            self.context_tokens,
+            self.max_tokens,
+            prefix_ids(tok, ""),
+            separator,
+        )
         if len(packed.ids) == 0:
-            raise ValueError(f"capture {self.model.name}: the SAE corpus (sae_corpus) has no text left "
-                             f"after dropping {self.corpus.exclude.n_dropped} evaluation question(s)")
-        log.info("corpus %s: %d tokens in %d rows of %d (%d corpus row(s) dropped: evaluation questions)",
-                 self.model.name, len(packed.ids), len(packed), self.context_tokens,
-                 self.corpus.exclude.n_dropped)
+            raise ValueError(
+                f"capture {self.model.name}: the SAE corpus (sae_corpus) has no text left "
+                f"after dropping {self.corpus.exclude.n_dropped} evaluation question(s)"
+            )
+        log.info(
+            "corpus %s: %d tokens in %d rows of %d "
+            "(%d corpus row(s) dropped: evaluation questions)",
+            self.model.name,
+            len(packed.ids),
+            len(packed),
+            self.context_tokens,
+            self.corpus.exclude.n_dropped,
+        )
         return [packed]

@@ -13,9 +13,7 @@ same way after every shard, so an interrupted capture leaves only complete shard
 Readers memory-map shards and always hand out float32.
 
 Readers verify each shard against its manifest digest the first time the process reads
-it: xxh3_128 (~15 GB/s, recorded since this check exists; xxhash comes with `datasets`),
-else the sha256 every manifest has. A verified shard is remembered by its inode, size
-and times, so later epochs and later opens in the same process do not hash it again.
+it (digests.py). Norm statistics and the massive-activation rule: norms.py.
 """
 
 from __future__ import annotations
@@ -23,53 +21,25 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-try:  # a dependency of `datasets`; without it shards are checked against sha256
-    import xxhash
-except ImportError:  # pragma: no cover - exercised only where xxhash is missing
-    xxhash = None
+from sae_reasoning.activations.digests import CorruptShardError, shard_digests, shard_mismatch
+from sae_reasoning.activations.norms import MassiveActivationFilter, norm_statistics
+from sae_reasoning.atomic import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 META_FIELDS = ("example_index", "position", "token_id")
-
-
-@dataclass(frozen=True)
-class MassiveActivationFilter:
-    """Which rows SAE training leaves out.
-
-    Some models write a huge residual norm at the first position of every sequence
-    (SmolLM2: ~140x the median at layer 15, whatever the token). Those rows would dominate
-    an MSE objective, so by default they are excluded: position 0, and any row whose norm
-    exceeds `max_norm_ratio` times the store's median norm. Set both off to keep all rows.
-    """
-
-    exclude_first_position: bool = True
-    max_norm_ratio: float | None = 10.0
-
-    def keep_mask(self, position: torch.Tensor, norm: torch.Tensor, median_norm: float) -> torch.Tensor:
-        keep = torch.ones_like(norm, dtype=torch.bool)
-        if self.exclude_first_position:
-            keep &= position != 0
-        if self.max_norm_ratio is not None:
-            keep &= norm <= self.max_norm_ratio * median_norm
-        return keep
-
-    def describe(self) -> dict:
-        return asdict(self)
 
 
 def _malloc_trim():
@@ -90,107 +60,8 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-_LOG_BIN = 1e-3  # relative width of the histogram bins exact_median uses
-
-
-def exact_median(chunks: Callable[[], Iterable[torch.Tensor]]) -> float | None:
-    """torch.median (the lower middle value) of values that arrive in chunks, in bounded
-    memory: a log-spaced histogram finds the bin holding the median, a second pass over
-    `chunks()` (called twice) sorts only that bin. For positive values such as norms."""
-    counts: dict[int, int] = {}
-    n = 0
-    for x in chunks():
-        if len(x):
-            bins, c = torch.unique(_log_bin(x), return_counts=True)
-            for b, k in zip(bins.tolist(), c.tolist()):
-                counts[b] = counts.get(b, 0) + k
-            n += len(x)
-    if n == 0:
-        return None
-    k, below = (n - 1) // 2, 0
-    for b in sorted(counts):
-        if below + counts[b] > k:
-            inside = torch.cat([x[_log_bin(x) == b] for x in chunks() if len(x)])
-            return float(inside.sort().values[k - below])
-        below += counts[b]
-    raise AssertionError("unreachable: the counts sum to n")
-
-
-def _log_bin(x: torch.Tensor) -> torch.Tensor:
-    return torch.floor(torch.log(x.double().clamp_min(1e-30)) / _LOG_BIN).long()
-
-
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    return digest_file(path, "sha256")
-
-
-FAST_DIGEST = "xxh3_128"
-
-
-def _hasher(algo: str):
-    return xxhash.xxh3_128() if algo == FAST_DIGEST else hashlib.new(algo)
-
-
-def digest_file(path: Path, algo: str) -> str:
-    h = _hasher(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def shard_digests(data: bytes) -> dict[str, str]:
-    """What a manifest records for a shard: sha256 (storage.py transfers check it) and,
-    where xxhash is installed, the much faster xxh3_128 that readers check."""
-    out = {"sha256": hashlib.sha256(data).hexdigest()}
-    if xxhash is not None:
-        out[FAST_DIGEST] = xxhash.xxh3_128_hexdigest(data)
-    return out
-
-
-def _check_algo(entry: dict) -> str:
-    """The digest a reader checks: xxh3_128 when recorded and available, else sha256
-    (manifests written before xxh3_128 was recorded have only sha256)."""
-    return FAST_DIGEST if xxhash is not None and FAST_DIGEST in entry else "sha256"
-
-
-class CorruptShardError(ValueError):
-    """A shard whose bytes do not match its manifest digest, or whose header is unreadable."""
-
-
-# Shards this process has verified: (device, inode, size, mtime, ctime, algo, digest).
-_VERIFIED: set[tuple] = set()
-
-
-def _stat_key(path: Path, algo: str, digest: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, algo, digest)
-
-
-def shard_mismatch(path: Path, entry: dict, *, cached: bool = True) -> tuple[str, str, str] | None:
-    """(algo, expected, found) when the file does not match its manifest entry, else None.
-    With `cached`, a file this process already verified (unchanged since) is not re-read."""
-    algo = _check_algo(entry)
-    expected = entry[algo]
-    key = _stat_key(path, algo, expected)
-    if cached and key in _VERIFIED:
-        return None
-    found = digest_file(path, algo)
-    if found != expected:
-        return algo, expected, found
-    _VERIFIED.add(key)
-    return None
-
-
-def forget_verified() -> None:
-    """Forget which shards this process verified (benchmarks: time a first read again)."""
-    _VERIFIED.clear()
+    atomic_write_json(path, obj, indent=2, sort_keys=False)
 
 
 class ShardWriter:
@@ -209,7 +80,9 @@ class ShardWriter:
         """`resume`: the manifest of an interrupted capture of the same job, already cut to
         its complete shards (see capture.py); writing continues after them."""
         if dtype not in DTYPES:
-            raise ValueError(f"activation storage dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+            raise ValueError(
+                f"activation storage dtype {dtype!r}: expected one of {sorted(DTYPES)}"
+            )
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not os.access(self.folder, os.W_OK):
@@ -229,9 +102,11 @@ class ShardWriter:
         }
         # One preallocated shard, filled in place: memory stays one shard per hook point
         # however many tokens pass through (pages are committed only as rows arrive).
-        self._buf = {"activations": torch.empty(shard_tokens, d_model, dtype=DTYPES[dtype]),
-                     "norm": torch.empty(shard_tokens, dtype=torch.float32),
-                     **{k: torch.empty(shard_tokens, dtype=torch.int32) for k in META_FIELDS}}
+        self._buf = {
+            "activations": torch.empty(shard_tokens, d_model, dtype=DTYPES[dtype]),
+            "norm": torch.empty(shard_tokens, dtype=torch.float32),
+            **{k: torch.empty(shard_tokens, dtype=torch.int32) for k in META_FIELDS},
+        }
         self._buffered = 0
         write_json_atomic(self.folder / MANIFEST, self.manifest)
 
@@ -239,7 +114,8 @@ class ShardWriter:
         """Append rows [n, d_model] with their per-token metadata (each [n])."""
         if activations.ndim != 2 or activations.shape[1] != self.d_model:
             raise ValueError(
-                f"activations of shape {tuple(activations.shape)} do not match d_model={self.d_model}"
+                f"activations of shape {tuple(activations.shape)} do not match "
+                f"d_model={self.d_model}"
             )
         acts = activations.detach().to("cpu", torch.float32)
         cols = {"activations": acts, "norm": acts.norm(dim=-1)}
@@ -249,7 +125,7 @@ class ShardWriter:
         while start < len(acts):
             take = min(len(acts) - start, self.shard_tokens - self._buffered)
             for k, v in cols.items():
-                self._buf[k][self._buffered:self._buffered + take] = v[start:start + take]
+                self._buf[k][self._buffered : self._buffered + take] = v[start : start + take]
             self._buffered += take
             start += take
             if self._buffered == self.shard_tokens:
@@ -263,19 +139,20 @@ class ShardWriter:
 
         index = len(self.manifest["shards"])
         name = f"shard_{index:05d}.safetensors"
-        tmp = self.folder / f".{name}.tmp"
         data = save(shard)  # bytes in memory: hashed without reading the file back
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.folder / name)
+            atomic_write_bytes(self.folder / name, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             why = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
-            raise OSError(exc.errno, f"cannot write activation shard {self.folder / name}: {why}; "
-                          f"the {index} complete shard(s) before it are kept and a re-run resumes "
-                          "after them") from exc
-        self.manifest["shards"].append({"file": name, "n_tokens": n, "bytes": len(data), **shard_digests(data)})
+            raise OSError(
+                exc.errno,
+                f"cannot write activation shard {self.folder / name}: {why}; "
+                f"the {index} complete shard(s) before it are kept and a re-run resumes "
+                "after them",
+            ) from exc
+        self.manifest["shards"].append(
+            {"file": name, "n_tokens": n, "bytes": len(data), **shard_digests(data)}
+        )
         self.manifest["n_tokens"] += n
         write_json_atomic(self.folder / MANIFEST, self.manifest)
         del data
@@ -285,39 +162,7 @@ class ShardWriter:
         """Write the last partial shard, norm statistics, and mark the folder complete."""
         self._flush(self._buffered)
         store = ActivationStore(self.folder, require_complete=False, verify=False)  # just hashed
-        # Shard by shard, so memory does not grow with the token count.
-        norms = lambda: (s["norm"] for s in store.iter_columns("norm"))
-        firsts = lambda: (s["norm"][s["position"] == 0] for s in store.iter_columns("norm", "position"))
-        median = exact_median(norms) or 0.0
-        first_median = exact_median(firsts)
-        rule = MassiveActivationFilter()
-        n = n_first = n_over = n_excluded = 0
-        total, peak = 0.0, 0.0
-        for cols in store.iter_columns("norm", "position"):
-            norm, position = cols["norm"], cols["position"]
-            n += len(norm)
-            total += float(norm.double().sum())
-            peak = max(peak, float(norm.max())) if len(norm) else peak
-            n_first += int((position == 0).sum())
-            n_over += int((norm > rule.max_norm_ratio * median).sum())
-            n_excluded += int((~rule.keep_mask(position, norm, median)).sum())
-        self.manifest["norm_stats"] = {
-            "median": median,
-            "mean": total / n if n else 0.0,
-            "max": peak,
-            "first_position_median": first_median,
-            "first_position_ratio_to_median": first_median / median if first_median is not None and median else None,
-        }
-        self.manifest["massive_activations"] = {
-            # Stated here so a reader of the files knows which rows training leaves out.
-            "rule": "SAE training and feature statistics leave out rows at position 0 "
-                    "(exclude_first_position) and rows whose norm exceeds max_norm_ratio x "
-                    "norm_stats.median; set by the massive_activations parameters",
-            "default": rule.describe(),
-            "n_first_position": n_first,
-            "n_over_max_norm_ratio": n_over,
-            "n_excluded_by_default": n_excluded,
-        }
+        self.manifest.update(norm_statistics(store))
         self.manifest.update(extra)
         self.manifest["complete"] = True
         write_json_atomic(self.folder / MANIFEST, self.manifest)
@@ -348,9 +193,11 @@ class ActivationStore:
         # fingerprint matches, without reading shards: re-running alone would keep this one.
         bench = self.folder.parent
         target = bench if bench.name == self.manifest.get("benchmark") else self.folder
-        return (f"delete {target} and run `kedro run --pipeline=capture` again to re-capture it "
-                "(capture reuses a folder whose manifest is complete and whose fingerprint matches "
-                "without reading its shards, so the folder has to go first)")
+        return (
+            f"delete {target} and run `kedro run --pipeline=capture` again to re-capture it "
+            "(capture reuses a folder whose manifest is complete and whose fingerprint matches "
+            "without reading its shards, so the folder has to go first)"
+        )
 
     def _check(self, i: int, *, cached: bool = True) -> Path:
         entry = self.manifest["shards"][i]
@@ -360,7 +207,8 @@ class ActivationStore:
             algo, expected, found = bad
             raise CorruptShardError(
                 f"activation shard {path} is corrupted: {MANIFEST} records {algo} {expected}, "
-                f"the file has {found}; {self._remedy()}")
+                f"the file has {found}; {self._remedy()}"
+            )
         return path
 
     @contextmanager
@@ -371,8 +219,10 @@ class ActivationStore:
         try:
             f = safe_open(str(path), framework="pt")
         except SafetensorError as exc:
-            raise CorruptShardError(f"activation shard {path}: cannot read its safetensors header "
-                                    f"({exc}); {self._remedy()}") from exc
+            raise CorruptShardError(
+                f"activation shard {path}: cannot read its safetensors header "
+                f"({exc}); {self._remedy()}"
+            ) from exc
         with f:
             yield f
 
@@ -433,8 +283,11 @@ class ActivationStore:
         """(activations, keep-mask-applied example_index) per shard, in order."""
         for i in range(len(self.manifest["shards"])):
             s = self.shard(i)
-            keep = (exclude.keep_mask(s["position"], s["norm"], self.median_norm)
-                    if exclude else torch.ones(len(s["norm"]), dtype=torch.bool))
+            keep = (
+                exclude.keep_mask(s["position"], s["norm"], self.median_norm)
+                if exclude
+                else torch.ones(len(s["norm"]), dtype=torch.bool)
+            )
             yield s["activations"][keep], s["example_index"][keep]
 
 
@@ -451,7 +304,7 @@ class ActivationSet:
         self.stores = stores
 
     @classmethod
-    def open(cls, root: str | Path, *, verify: bool = True) -> "ActivationSet":
+    def open(cls, root: str | Path, *, verify: bool = True) -> ActivationSet:
         """`verify`: check each shard's digest before its first read (ActivationStore)."""
         root = Path(root)
         stores: dict[str, dict[str, ActivationStore]] = {}
@@ -470,11 +323,16 @@ class ActivationSet:
     def hook_points(self) -> list[str]:
         return sorted({h for per in self.stores.values() for h in per})
 
-    def for_hook(self, hook_point: str, benchmarks: list[str] | None = None) -> list[ActivationStore]:
+    def for_hook(
+        self, hook_point: str, benchmarks: list[str] | None = None
+    ) -> list[ActivationStore]:
         chosen = benchmarks or self.benchmarks
         missing = [b for b in chosen if hook_point not in self.stores.get(b, {})]
         if missing:
-            raise KeyError(f"no activations for hook point {hook_point!r} on benchmarks {missing} in {self.root}")
+            raise KeyError(
+                f"no activations for hook point {hook_point!r} on benchmarks {missing} "
+                f"in {self.root}"
+            )
         return [self.stores[b][hook_point] for b in chosen]
 
     def selection(self, select: Selection, benchmarks: list[str] | None = None):
@@ -483,7 +341,9 @@ class ActivationSet:
         if isinstance(select, Mapping):
             unknown = sorted(set(select) - set(self.benchmarks))
             if unknown:
-                raise KeyError(f"no activation folders {unknown} in {self.root}; found {self.benchmarks}")
+                raise KeyError(
+                    f"no activation folders {unknown} in {self.root}; found {self.benchmarks}"
+                )
             names = [b for b in (benchmarks or list(select)) if b in select]
             return names, select.get
         return list(benchmarks or self.benchmarks), lambda _: select
@@ -524,33 +384,62 @@ class ActivationSet:
         gen = torch.Generator().manual_seed(seed)
         names, select_of = self.selection(select_examples, benchmarks)
         stores = self.for_hook(hook_point, names)
-        shards = [(s, i, select_of(b)) for b, s in zip(names, stores) for i in range(len(s.manifest["shards"]))]
+        shards = [
+            (s, i, select_of(b))
+            for b, s in zip(names, stores)
+            for i in range(len(s.manifest["shards"]))
+        ]
         if shuffle:
             shards = [shards[j] for j in torch.randperm(len(shards), generator=gen).tolist()]
-        pending: list[torch.Tensor] = []
-        n_pending = 0
-
-        def drain(final: bool):
-            nonlocal pending, n_pending
-            buf = torch.cat(pending) if pending else torch.empty(0, stores[0].d_model)
-            if shuffle:
-                buf = buf[torch.randperm(len(buf), generator=gen)]
-            n_out = len(buf) if final else (len(buf) - buffer_tokens // 2)
-            n_out = (n_out // batch_size) * batch_size if not final or drop_last else n_out
-            for start in range(0, n_out, batch_size):
-                yield buf[start:start + batch_size]
-            rest = buf[n_out:]
-            pending, n_pending = ([rest] if len(rest) else []), len(rest)
-
+        buf = _RowBuffer(
+            stores[0].d_model, batch_size, buffer_tokens, gen if shuffle else None, drop_last
+        )
         for store, i, select in shards:
             s = store.shard(i)
-            keep = (exclude.keep_mask(s["position"], s["norm"], store.median_norm) if exclude
-                    else torch.ones(len(s["norm"]), dtype=torch.bool))
+            keep = (
+                exclude.keep_mask(s["position"], s["norm"], store.median_norm)
+                if exclude
+                else torch.ones(len(s["norm"]), dtype=torch.bool)
+            )
             if select is not None:
                 keep &= select(s["example_index"])
-            rows = s["activations"][keep]
-            pending.append(rows)
-            n_pending += len(rows)
-            if n_pending >= buffer_tokens:
-                yield from drain(final=False)
-        yield from drain(final=True)
+            buf.add(s["activations"][keep])
+            if buf.n_pending >= buffer_tokens:
+                yield from buf.drain(final=False)
+        yield from buf.drain(final=True)
+
+
+class _RowBuffer:
+    """Rows waiting to become batches. A drain shuffles what it holds (with `gen`; None: in
+    order) and yields whole batches, keeping half a buffer back to mix with later shards;
+    the final drain yields the rest (a short last batch unless drop_last)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        batch_size: int,
+        buffer_tokens: int,
+        gen: torch.Generator | None,
+        drop_last: bool,
+    ):
+        self.d_model, self.batch_size, self.buffer_tokens = d_model, batch_size, buffer_tokens
+        self.gen, self.drop_last = gen, drop_last
+        self.pending: list[torch.Tensor] = []
+        self.n_pending = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        self.pending.append(rows)
+        self.n_pending += len(rows)
+
+    def drain(self, final: bool) -> Iterator[torch.Tensor]:
+        buf = torch.cat(self.pending) if self.pending else torch.empty(0, self.d_model)
+        if self.gen is not None:
+            buf = buf[torch.randperm(len(buf), generator=self.gen)]
+        n_out = len(buf) if final else (len(buf) - self.buffer_tokens // 2)
+        n_out = (
+            (n_out // self.batch_size) * self.batch_size if not final or self.drop_last else n_out
+        )
+        for start in range(0, n_out, self.batch_size):
+            yield buf[start : start + self.batch_size]
+        rest = buf[n_out:]
+        self.pending, self.n_pending = ([rest] if len(rest) else []), len(rest)

@@ -7,14 +7,12 @@ Usable without Kedro, e.g. in a notebook::
     rows = normalize_raw(raw, "math")
 """
 
+from sae_reasoning.benchmarks.answers import answers_match, clean_generation, extract_answer
 from sae_reasoning.benchmarks.parsing import (
     ANSWER_MARKER,
     ANSWER_TYPES,
     BENCHMARKS,
     NATIVE_COLUMNS,
-    answers_match,
-    clean_generation,
-    extract_answer,
     extract_boxed,
     normalize_raw,
     parse_gsm8k_answer,

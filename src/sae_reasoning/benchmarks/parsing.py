@@ -1,4 +1,4 @@
-"""Parse raw benchmark rows into one normalised shape, and score answers against it.
+"""Parse raw benchmark rows into one normalised shape (answers are scored in answers.py).
 
 Each benchmark arrives in its native columns (see ``NATIVE_COLUMNS``). ``normalize_raw``
 turns such a table into rows of ``question``, ``answer`` (the final answer, normalised,
@@ -10,8 +10,9 @@ provides one: GSM8K's text before ``####``; null otherwise). Every row is checke
 anything is returned; malformed rows raise one ``ValueError`` that names the catalog
 entry, the (0-based, positional) row number and the problem.
 
-The same normalisation is used for scoring (``answers_match``), so a model's output and
-the gold answer are compared on equal terms: numbers numerically, text case-insensitively.
+The same normalisation is used for scoring (``answers.answers_match``), so a model's
+output and the gold answer are compared on equal terms: numbers numerically, text
+case-insensitively.
 """
 
 from __future__ import annotations
@@ -34,12 +35,20 @@ NATIVE_COLUMNS: dict[str, tuple[str, ...]] = {
 
 ANSWER_TYPES = ("numeric", "text", "choice")
 
-# Extra raw columns a benchmark table may carry on top of its native ones.
-OPTIONAL_COLUMNS = ("template", "source")   # source: where rows come from, e.g. "reasoning-gym gsm_symbolic"
+# Extra raw columns a benchmark table may carry on top of its native ones (source: where
+# rows come from, e.g. "reasoning-gym gsm_symbolic").
+OPTIONAL_COLUMNS = ("template", "source")
 
 # Columns of a normalised table (``normalize_raw``).
 NORMALIZED_COLUMNS = [
-    "source_index", "question", "answer", "answer_type", "choices", "template", "solution", "source",
+    "source_index",
+    "question",
+    "answer",
+    "answer_type",
+    "choices",
+    "template",
+    "solution",
+    "source",
 ]
 
 # The final-answer marker of worked solutions (GSM8K's ``#### 42``), in prompts and in
@@ -115,6 +124,7 @@ def format_number(value: Fraction, fraction: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- GSM8K
+
 
 def parse_gsm8k_answer(solution: Any) -> str:
     """The final number of a GSM8K worked solution (``... #### 1,234`` -> ``"1234"``)."""
@@ -221,7 +231,7 @@ def normalize_math_answer(boxed: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- logic
 
 
-def _clean_text_answer(text: Any) -> str:
+def clean_text_answer(text: Any) -> str:
     s = re.sub(r"\s+", " ", str(text)).strip()
     return s.rstrip(".").strip()
 
@@ -244,7 +254,7 @@ def coerce_choices(value: Any) -> list[str]:
     if not isinstance(value, Sequence) and not hasattr(value, "tolist"):
         raise RowError(f"choices must be a list of strings, got {type(value).__name__}")
     items = value.tolist() if hasattr(value, "tolist") else list(value)
-    choices = [_clean_text_answer(c) for c in items]
+    choices = [clean_text_answer(c) for c in items]
     if any(not c for c in choices):
         raise RowError("choices contain an empty string")
     if len(set(c.lower() for c in choices)) != len(choices):
@@ -254,7 +264,7 @@ def coerce_choices(value: Any) -> list[str]:
 
 def match_choice(answer: Any, choices: Sequence[str]) -> str | None:
     """The choice an answer names (case/space/full-stop insensitive; or its letter A, B..)."""
-    a = _clean_text_answer(answer).lower()
+    a = clean_text_answer(answer).lower()
     for c in choices:
         if c.lower() == a:
             return c
@@ -276,7 +286,7 @@ def normalize_logic_answer(answer: Any, choices: Sequence[str]) -> tuple[str, st
     value = parse_number(answer)
     if value is not None:
         return format_number(value), "numeric"
-    return _clean_text_answer(answer), "text"
+    return clean_text_answer(answer), "text"
 
 
 # --------------------------------------------------------------------------- tables
@@ -312,7 +322,10 @@ def _optional_text(value: Any) -> str | None:
 
 
 def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
-    extra = {"template": _optional_text(row.get("template")), "source": _optional_text(row.get("source"))}
+    extra = {
+        "template": _optional_text(row.get("template")),
+        "source": _optional_text(row.get("source")),
+    }
     if benchmark == "gsm8k":
         question = _question_text(row["question"], "question")
         if _is_missing(row["answer"]):
@@ -333,8 +346,13 @@ def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
         if _is_missing(row["solution"]):
             raise RowError("solution is empty")
         answer, answer_type = normalize_math_answer(extract_boxed(row["solution"]))
-        return {"question": question, "answer": answer, "answer_type": answer_type, "choices": [],
-                **extra}
+        return {
+            "question": question,
+            "answer": answer,
+            "answer_type": answer_type,
+            "choices": [],
+            **extra,
+        }
     if benchmark == "logic":
         question = _question_text(row["question"], "question")
         if _is_missing(row["answer"]):
@@ -342,7 +360,10 @@ def _normalize_row(benchmark: str, row: dict[str, Any]) -> dict[str, Any]:
         choices = coerce_choices(row.get("choices"))
         answer, answer_type = normalize_logic_answer(row["answer"], choices)
         return {
-            "question": question, "answer": answer, "answer_type": answer_type, "choices": choices,
+            "question": question,
+            "answer": answer,
+            "answer_type": answer_type,
+            "choices": choices,
             **extra,
         }
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
@@ -375,13 +396,18 @@ def normalize_raw(raw: pd.DataFrame, benchmark: str, name: str | None = None) ->
     if len(raw) == 0:
         # An empty file loads as a table without rows (and often without columns): say so,
         # rather than report its columns as missing.
-        raise ValueError(f"{benchmark}: the raw table is empty"
-                         + (f" (dataset `{name}`)" if name else "")
-                         + "; the benchmark needs at least one row")
+        raise ValueError(
+            f"{benchmark}: the raw table is empty"
+            + (f" (dataset `{name}`)" if name else "")
+            + "; the benchmark needs at least one row"
+        )
     name = name or f"{benchmark}_raw"
     check_native_columns(raw, benchmark, name)
     columns = list(NATIVE_COLUMNS[benchmark]) + [
-        c for c in ("choices", *OPTIONAL_COLUMNS) if c in raw.columns and c not in NATIVE_COLUMNS[benchmark]]
+        c
+        for c in ("choices", *OPTIONAL_COLUMNS)
+        if c in raw.columns and c not in NATIVE_COLUMNS[benchmark]
+    ]
     records = raw[columns].to_dict("records")
     rows, errors = [], []
     for i, record in enumerate(records):
@@ -398,59 +424,3 @@ def normalize_raw(raw: pd.DataFrame, benchmark: str, name: str | None = None) ->
             f"(benchmark {benchmark!r}):\n  {shown}{tail}"
         )
     return pd.DataFrame(rows, columns=NORMALIZED_COLUMNS)
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-def clean_generation(text: str) -> str:
-    """A greedy continuation cut to its answer: the text before the first newline."""
-    return str(text).split("\n", 1)[0].strip()
-
-
-def answers_match(prediction: Any, answer: str, answer_type: str) -> bool:
-    """Whether a predicted answer equals the gold one after the same normalisation.
-
-    numeric: compared as numbers (a trailing unit or sentence after the number is
-    ignored: " 42 apples" matches "42"); text: LaTeX/space-normalised, case-insensitive;
-    choice: case-insensitive equality with the choice string.
-    """
-    pred = clean_generation(prediction)
-    if answer_type == "numeric":
-        gold = parse_number(answer)
-        value = parse_number(pred)
-        if value is None:
-            lead = re.match(r"\s*\$?\s*([+-]?[\d,]*\.?\d+(?:\s*/\s*\d+)?)", pred)
-            value = parse_number(lead.group(1)) if lead else None
-        return gold is not None and value is not None and value == gold
-    if answer_type == "choice":
-        return _clean_text_answer(pred).lower() == _clean_text_answer(answer).lower()
-    if answer_type == "text":
-        return normalize_latex(pred).lower() == normalize_latex(answer).lower()
-    raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {ANSWER_TYPES}")
-
-
-# A number in running text: "1,234.5", "-3", "$12", "3/4" (a sign only where it is not a
-# minus between two operands: "12-3" gives 12 and 3).
-_NUMBER_IN_TEXT_RE = re.compile(
-    r"(?<![\w.])[+-]?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
-
-
-def extract_answer(text: Any, answer_type: str = "numeric", marker: str = ANSWER_MARKER) -> str | None:
-    """The final answer a generated worked solution states, or None if it states none.
-
-    The first line after the first ``marker`` (``... #### 42`` -> ``"42"``): in the
-    few-shot format the marker ends a solution, so the first one is the model's answer.
-    Without a marker: the last number in the text (numeric answers), else the last
-    non-empty line. The result is compared with the gold answer by ``answers_match``.
-    """
-    text = "" if text is None else str(text)
-    if marker and marker in text:
-        line = text.split(marker, 1)[1].strip().split("\n", 1)[0].strip()
-        if line:
-            return line
-    if answer_type == "numeric":
-        numbers = _NUMBER_IN_TEXT_RE.findall(text)
-        return numbers[-1].replace("$", "") if numbers else None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else None

@@ -17,7 +17,7 @@ Prompts are plain-text completions, usable by base and instruct models alike::
 ``target`` is the gold continuation (`` 42``). Choice questions also carry
 ``choice_targets`` (one continuation per choice; the prediction is the choice whose
 continuation has the highest summed log-probability); open answers are scored by greedy
-decoding cut at the first newline and compared with ``parsing.answers_match``.
+decoding cut at the first newline and compared with ``answers.answers_match``.
 
 Worked solutions (``prompt_format.worked_solutions``, or per benchmark
 ``benchmarks.<name>.worked_solutions``; only where the rows carry a gold ``solution``,
@@ -58,19 +58,46 @@ from sae_reasoning.benchmarks.parsing import ANSWER_MARKER, BENCHMARKS
 log = logging.getLogger(__name__)
 
 EXAMPLE_COLUMNS = [
-    "id", "benchmark", "question", "answer", "answer_type", "choices", "split",
-    "template", "solution", "source",
+    "id",
+    "benchmark",
+    "question",
+    "answer",
+    "answer_type",
+    "choices",
+    "split",
+    "template",
+    "solution",
+    "source",
 ]
 SHOT_COLUMNS = [
-    "id", "benchmark", "shot", "question", "answer", "answer_type", "choices",
-    "template", "solution", "source",
+    "id",
+    "benchmark",
+    "shot",
+    "question",
+    "answer",
+    "answer_type",
+    "choices",
+    "template",
+    "solution",
+    "source",
 ]
 PROMPT_COLUMNS = [
-    "id", "benchmark", "prompt", "target", "answer", "answer_type", "choices",
-    "choice_targets", "chance", "split", "template", "prompt_format", "generation_prompt", "source",
+    "id",
+    "benchmark",
+    "prompt",
+    "target",
+    "answer",
+    "answer_type",
+    "choices",
+    "choice_targets",
+    "chance",
+    "split",
+    "template",
+    "prompt_format",
+    "generation_prompt",
+    "source",
 ]
-SPLITS = ("select", "heldout")
-PROMPT_FORMATS = ("answer_only", "worked_solution")
+SPLITS = ("select", "heldout")  # assign_split's values: select ranks, heldout measures
 
 DEFAULT_FORMAT = {
     "question_prefix": "Question: ",
@@ -109,6 +136,25 @@ def _balanced_pick(pool: pd.DataFrame, k: int) -> pd.DataFrame:
     return pool.iloc[picked]  # in turn: answers alternate within the prompt
 
 
+def _usable_rows(
+    normalized: pd.DataFrame, benchmark: str, seed: int, max_question_chars: int | None
+) -> pd.DataFrame:
+    """Rows short enough and not repeated, in the benchmark's seeded order."""
+    rows = normalized
+    if max_question_chars:
+        rows = rows[rows["question"].str.len() <= int(max_question_chars)]
+    rows = rows.drop_duplicates(subset="question", keep="first")
+    order = list(range(len(rows)))
+    _rng(seed, benchmark, "order").shuffle(order)
+    return rows.iloc[order].reset_index(drop=True)
+
+
+def _with_ids(frame: pd.DataFrame, benchmark: str) -> pd.DataFrame:
+    frame.insert(0, "benchmark", benchmark)
+    frame.insert(0, "id", [example_id(benchmark, i) for i in frame["source_index"]])
+    return frame
+
+
 def select_rows(
     normalized: pd.DataFrame,
     benchmark: str,
@@ -130,15 +176,11 @@ def select_rows(
     """
     name = name or f"{benchmark}_raw"
     if n_shots < 0 or shot_pool < n_shots:
-        raise ValueError(f"{benchmark}: need 0 <= n_shots <= shot_pool, got "
-                         f"n_shots={n_shots}, shot_pool={shot_pool}")
-    rows = normalized
-    if max_question_chars:
-        rows = rows[rows["question"].str.len() <= int(max_question_chars)]
-    rows = rows.drop_duplicates(subset="question", keep="first")
-    order = list(range(len(rows)))
-    _rng(seed, benchmark, "order").shuffle(order)
-    rows = rows.iloc[order].reset_index(drop=True)
+        raise ValueError(
+            f"{benchmark}: need 0 <= n_shots <= shot_pool, got "
+            f"n_shots={n_shots}, shot_pool={shot_pool}"
+        )
+    rows = _usable_rows(normalized, benchmark, seed, max_question_chars)
     pool, rest = rows.iloc[:shot_pool], rows.iloc[shot_pool:]
     available = len(rest)
     if n_examples is None:
@@ -154,11 +196,8 @@ def select_rows(
         examples = _balanced_pick(rest, int(n_examples))
     else:
         examples = rest.iloc[: int(n_examples)]
-    examples = examples.sort_values("source_index").reset_index(drop=True)
-    shots = _balanced_pick(pool, int(n_shots)).reset_index(drop=True)
-    for frame in (examples, shots):
-        frame.insert(0, "benchmark", benchmark)
-        frame.insert(0, "id", [example_id(benchmark, i) for i in frame["source_index"]])
+    examples = _with_ids(examples.sort_values("source_index").reset_index(drop=True), benchmark)
+    shots = _with_ids(_balanced_pick(pool, int(n_shots)).reset_index(drop=True), benchmark)
     shots.insert(2, "shot", range(len(shots)))
     return examples, shots
 
@@ -193,7 +232,9 @@ def build_examples(
     for benchmark, frame in normalized.items():
         if benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
-        frame = frame.assign(**{c: None for c in ("template", "solution", "source") if c not in frame.columns})
+        frame = frame.assign(
+            **{c: None for c in ("template", "solution", "source") if c not in frame.columns}
+        )
         opts = dict(settings.get(benchmark) or {})
         if opts.get("n_examples", None) == 0:
             continue
@@ -240,7 +281,9 @@ def worked_answer(solution: str, answer: str, fmt: Mapping[str, Any]) -> str:
 
 
 def format_prompt(
-    question: str, choices: list[str], shots: list[tuple[str, list[str], str]],
+    question: str,
+    choices: list[str],
+    shots: list[tuple[str, list[str], str]],
     fmt: Mapping[str, Any] | None = None,
 ) -> str:
     """Few-shot prompt: each ``(question, choices, answer)`` shot answered, then the question.
@@ -258,7 +301,9 @@ def _has_solution(value: Any) -> bool:
 
 
 def worked_solution_benchmarks(
-    examples: pd.DataFrame, shots: pd.DataFrame, fmt: Mapping[str, Any] | None = None,
+    examples: pd.DataFrame,
+    shots: pd.DataFrame,
+    fmt: Mapping[str, Any] | None = None,
     benchmarks: Mapping[str, Any] | None = None,
 ) -> set[str]:
     """The benchmarks whose prompts show worked solutions.
@@ -281,29 +326,42 @@ def worked_solution_benchmarks(
         own = (settings.get(benchmark) or {}).get("worked_solutions")
         if not bool(fmt.get("worked_solutions") if own is None else own):
             continue
-        rows = pd.concat([examples.loc[examples["benchmark"] == benchmark, ["id", "solution"]],
-                          shots.loc[shots["benchmark"] == benchmark, ["id", "solution"]]])
+        rows = pd.concat(
+            [
+                examples.loc[examples["benchmark"] == benchmark, ["id", "solution"]],
+                shots.loc[shots["benchmark"] == benchmark, ["id", "solution"]],
+            ]
+        )
         has = rows["solution"].map(_has_solution)
         if has.all():
             chosen.add(str(benchmark))
         elif own is None and not has.any():
             skipped.append(str(benchmark))
         else:
-            where = ("benchmarks." + str(benchmark) + ".worked_solutions" if own is not None
-                     else "prompt_format.worked_solutions")
+            where = (
+                "benchmarks." + str(benchmark) + ".worked_solutions"
+                if own is not None
+                else "prompt_format.worked_solutions"
+            )
             raise ValueError(
                 f"{where} is true but {int((~has).sum())} of {len(rows)} {benchmark} rows "
                 f"(examples and shots, e.g. {rows.loc[~has, 'id'].iloc[0]}) have no worked "
                 f"solution; worked solutions need the source's gold solution on every row "
-                f"(GSM8K's text before '####'). Set benchmarks.{benchmark}.worked_solutions: false")
+                f"(GSM8K's text before '####'). Set benchmarks.{benchmark}.worked_solutions: false"
+            )
     if skipped:
-        log.warning("prompt_format.worked_solutions: %s provide no worked solutions; their prompts "
-                    "stay answer-only", ", ".join(skipped))
+        log.warning(
+            "prompt_format.worked_solutions: %s provide no worked solutions; their prompts "
+            "stay answer-only",
+            ", ".join(skipped),
+        )
     return chosen
 
 
 def build_prompts(
-    examples: pd.DataFrame, shots: pd.DataFrame, fmt: Mapping[str, Any] | None = None,
+    examples: pd.DataFrame,
+    shots: pd.DataFrame,
+    fmt: Mapping[str, Any] | None = None,
     benchmarks: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """The prompts table (``PROMPT_COLUMNS``): one few-shot prompt per example.
@@ -315,40 +373,50 @@ def build_prompts(
     overlap = set(examples["id"]) & set(shots["id"])
     if overlap:
         raise ValueError(f"few-shot rows also appear as examples: {sorted(overlap)[:5]}")
-    examples = examples.assign(**{c: None for c in ("template", "solution", "source")
-                                  if c not in examples.columns})
-    shots = shots.assign(**{c: None for c in ("template", "solution", "source") if c not in shots.columns})
+    examples = examples.assign(
+        **{c: None for c in ("template", "solution", "source") if c not in examples.columns}
+    )
+    shots = shots.assign(
+        **{c: None for c in ("template", "solution", "source") if c not in shots.columns}
+    )
     worked = worked_solution_benchmarks(examples, shots, fmt, benchmarks)
     shot_lists: dict[str, list[tuple[str, list[str], str]]] = {}
     for benchmark, group in shots.sort_values("shot").groupby("benchmark", sort=False):
         shot_lists[str(benchmark)] = [
             (q, _as_list(c), worked_answer(sol, a, fmt) if benchmark in worked else a)
-            for q, c, a, sol in zip(group["question"], group["choices"], group["answer"],
-                                    group["solution"], strict=True)
+            for q, c, a, sol in zip(
+                group["question"], group["choices"], group["answer"], group["solution"], strict=True
+            )
         ]
     records = []
     for row in examples.to_dict("records"):
         choices = _as_list(row["choices"]) if row["answer_type"] == "choice" else []
-        generation_prompt = format_prompt(row["question"], choices,
-                                          shot_lists.get(row["benchmark"], []), fmt)
+        generation_prompt = format_prompt(
+            row["question"], choices, shot_lists.get(row["benchmark"], []), fmt
+        )
         is_worked = row["benchmark"] in worked
-        records.append({
-            "id": row["id"],
-            "benchmark": row["benchmark"],
-            "prompt": (f"{generation_prompt} {row['solution']}\n{fmt['answer_marker']}"
-                       if is_worked else generation_prompt),
-            "target": f" {row['answer']}",
-            "answer": row["answer"],
-            "answer_type": row["answer_type"],
-            "choices": choices,
-            "choice_targets": [f" {c}" for c in choices],
-            "chance": 1.0 / len(choices) if choices else 0.0,
-            "split": row["split"],
-            "template": _template_or_none(row["template"]),
-            "prompt_format": "worked_solution" if is_worked else "answer_only",
-            "generation_prompt": generation_prompt,
-            "source": _template_or_none(row["source"]),
-        })
+        records.append(
+            {
+                "id": row["id"],
+                "benchmark": row["benchmark"],
+                "prompt": (
+                    f"{generation_prompt} {row['solution']}\n{fmt['answer_marker']}"
+                    if is_worked
+                    else generation_prompt
+                ),
+                "target": f" {row['answer']}",
+                "answer": row["answer"],
+                "answer_type": row["answer_type"],
+                "choices": choices,
+                "choice_targets": [f" {c}" for c in choices],
+                "chance": 1.0 / len(choices) if choices else 0.0,
+                "split": row["split"],
+                "template": _template_or_none(row["template"]),
+                "prompt_format": "worked_solution" if is_worked else "answer_only",
+                "generation_prompt": generation_prompt,
+                "source": _template_or_none(row["source"]),
+            }
+        )
     return pd.DataFrame(records, columns=PROMPT_COLUMNS)
 
 

@@ -44,9 +44,22 @@ LOGIC_CHOICES: dict[str, list[str]] = {
     "syllogism": ["Yes", "No"],
     "circuit_logic": ["0", "1"],
     "family_relationships": [
-        "mother", "father", "sister", "brother", "daughter", "son", "wife", "husband",
-        "grandmother", "grandfather", "aunt", "uncle", "niece", "nephew",
-        "mother-in-law", "father-in-law",
+        "mother",
+        "father",
+        "sister",
+        "brother",
+        "daughter",
+        "son",
+        "wife",
+        "husband",
+        "grandmother",
+        "grandfather",
+        "aunt",
+        "uncle",
+        "niece",
+        "nephew",
+        "mother-in-law",
+        "father-in-law",
     ],
 }
 
@@ -244,42 +257,53 @@ def generate_native(benchmark: str, tasks: Any, size: int, seed: int) -> pd.Data
     if int(size) < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     tasks = normalize_tasks(tasks)
-    unknown = [cfg.get("task", t) for t, cfg in tasks.items()
-               if cfg.get("task", t) not in reasoning_gym.factory.DATASETS]
+    unknown = [
+        cfg.get("task", t)
+        for t, cfg in tasks.items()
+        if cfg.get("task", t) not in reasoning_gym.factory.DATASETS
+    ]
     if unknown:
         raise ValueError(f"unknown reasoning-gym task(s) {unknown}")
     weights = [float(cfg.get("weight", 1.0)) for cfg in tasks.values()]
     rows: list[dict[str, Any]] = []
     for (label, cfg), n in zip(tasks.items(), split_sizes(int(size), weights), strict=True):
-        task = cfg.get("task", label)
-        if n == 0:
-            continue
-        gym_cfg = {k: v for k, v in cfg.items() if k not in RESERVED_TASK_KEYS}
-        balance = bool(cfg.get("balance_answers", False))
-        n_gen = n * BALANCE_OVERSAMPLE if balance else n
-        data = reasoning_gym.create_dataset(
-            task, size=n_gen, seed=task_seed(seed, label), **gym_cfg
-        )
-        entries = balanced_entries(list(data), n) if balance else list(data)
-        task_rows = []
-        for entry in entries:
-            if benchmark == "gsm8k":
-                row = to_gsm8k_row(entry)
-            elif benchmark == "math":
-                row = to_math_row(entry, task, cfg.get("math_type"))
-            else:
-                row = to_logic_row(entry, cfg.get("choices", LOGIC_CHOICES.get(task)))
-            row["template"] = entry_template(task, data, entry)
-            row["source"] = f"reasoning-gym {task}"
-            task_rows.append(row)
-        if benchmark == "math":
-            _fill_levels_by_rank(task_rows)
-        rows.extend(task_rows)
+        if n:
+            rows.extend(_task_rows(benchmark, label, cfg, n, seed))
     random.Random(seed).shuffle(rows)
+    return _native_frame(rows, benchmark)
+
+
+def _task_rows(benchmark: str, label: str, cfg: dict, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` rows of one task (its own seed), in ``benchmark``'s native columns."""
+    import reasoning_gym  # heavy import, kept local
+
+    task = cfg.get("task", label)
+    gym_cfg = {k: v for k, v in cfg.items() if k not in RESERVED_TASK_KEYS}
+    balance = bool(cfg.get("balance_answers", False))
+    n_gen = n * BALANCE_OVERSAMPLE if balance else n
+    data = reasoning_gym.create_dataset(task, size=n_gen, seed=task_seed(seed, label), **gym_cfg)
+    entries = balanced_entries(list(data), n) if balance else list(data)
+    task_rows = []
+    for entry in entries:
+        if benchmark == "gsm8k":
+            row = to_gsm8k_row(entry)
+        elif benchmark == "math":
+            row = to_math_row(entry, task, cfg.get("math_type"))
+        else:
+            row = to_logic_row(entry, cfg.get("choices", LOGIC_CHOICES.get(task)))
+        row["template"] = entry_template(task, data, entry)
+        row["source"] = f"reasoning-gym {task}"
+        task_rows.append(row)
+    if benchmark == "math":
+        _fill_levels_by_rank(task_rows)
+    return task_rows
+
+
+def _native_frame(rows: list[dict[str, Any]], benchmark: str) -> pd.DataFrame:
     columns = list(NATIVE_COLUMNS[benchmark]) + (["choices"] if benchmark == "logic" else [])
     if any(r["template"] is not None for r in rows):
-        columns.append("template")   # optional column: only where some task has templates
-    columns.append("source")         # optional column: what generated each row (named in the report)
+        columns.append("template")  # optional column: only where some task has templates
+    columns.append("source")  # optional column: what generated each row (named in the report)
     frame = pd.DataFrame(rows, columns=columns)
     if benchmark == "math":
         frame["level"] = [f"Level {int(lv)}" for lv in frame["level"]]
@@ -338,8 +362,7 @@ def as_dataframe(data: Any, split: str | None = None, name: str = "raw data") ->
             return frame
         return pd.concat(list(frame), ignore_index=True)  # batched=True form
     raise ValueError(
-        f"{name}: expected a pandas DataFrame or a Hugging Face dataset, "
-        f"got {type(data).__name__}"
+        f"{name}: expected a pandas DataFrame or a Hugging Face dataset, got {type(data).__name__}"
     )
 
 
@@ -365,7 +388,8 @@ def load_hf_dataframe(
     if columns is not None:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
-            raise ValueError(f"load_dataset({path!r}): no column(s) {missing}; "
-                             f"found {list(frame.columns)}")
+            raise ValueError(
+                f"load_dataset({path!r}): no column(s) {missing}; found {list(frame.columns)}"
+            )
         frame = frame[list(columns)]
     return frame

@@ -13,24 +13,41 @@ from contextlib import contextmanager
 import torch
 
 from sae_reasoning.causal.splice import AttributionProbe
-from sae_reasoning.models.cached_forward import cut_above
-from sae_reasoning.models.hooks import patch_residual
-from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring import (
-    POSITIONS, EncodedBenchmark, answer_logprobs, iter_answer_batches, rerun_segment,
+    POSITIONS,
+    EncodedBenchmark,
+    LanguageModel,
+    answer_logprobs,
+    cut_above,
+    iter_answer_batches,
+    patch_residual,
+    rerun_segment,
 )
 
 
-def attribution(lm: LanguageModel, sae, layer: int, benchmarks: list[EncodedBenchmark], batch_size: int,
-                **scoring) -> torch.Tensor:
+def attribution(
+    lm: LanguageModel,
+    sae,
+    layer: int,
+    benchmarks: list[EncodedBenchmark],
+    batch_size: int,
+    **scoring,
+) -> torch.Tensor:
     """Estimated mean change in gold log-prob per example when each feature is zero-ablated."""
     grad_sum, grad_f_sum = attribution_terms(lm, sae, layer, benchmarks, batch_size, **scoring)
     return -grad_f_sum
 
 
-def attribution_terms(lm: LanguageModel, sae, layer: int, benchmarks: list[EncodedBenchmark],
-                      batch_size: int, *, positions: str = "answer",
-                      exclude_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def attribution_terms(
+    lm: LanguageModel,
+    sae,
+    layer: int,
+    benchmarks: list[EncodedBenchmark],
+    batch_size: int,
+    *,
+    positions: str = "answer",
+    exclude_first: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per feature, mean over examples of sum_tokens grad and sum_tokens grad * f.
 
     The estimate for replacing f by a constant c is c * first - second: zero ablation
@@ -46,7 +63,9 @@ def attribution_terms(lm: LanguageModel, sae, layer: int, benchmarks: list[Encod
     probe = AttributionProbe(sae)
     with frozen(lm.model), frozen(sae):
         if positions == "all":
-            n = _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_first, sums)
+            n = _attribute_all_positions(
+                lm, sae, layer, benchmarks, batch_size, exclude_first, sums
+            )
         else:
             for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution"):
                 _attribute_batch(lm, layer, probe, batch, sums)
@@ -79,7 +98,8 @@ def frozen(module: torch.nn.Module):
 
 
 def _add_terms(sums: list[torch.Tensor], probe: AttributionProbe, acted: torch.Tensor) -> None:
-    """Add sum grad and sum grad * f over the positions `acted` ([B, S] bool) of the probe's leaf."""
+    """Add sum grad and sum grad * f over the positions `acted` ([B, S] bool) of the probe's
+    leaf."""
     f = probe.features
     if f is None or f.grad is None:
         return
@@ -103,46 +123,78 @@ def _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_fir
     """
     model = lm.model
     n = 0
-    block = None      # the benchmark's few-shot block under the probe, while its batches run
-
-    def probed(probe):
-        return lambda: patch_residual(model, layer, probe)
-
-    def acted(seg_positions, mask):
-        keep = mask.bool()
-        return keep & (seg_positions != 0) if exclude_first else keep
-
-    for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution", record_layer=layer):
+    block = None  # the benchmark's few-shot block under the probe, while its batches run
+    for batch in iter_answer_batches(
+        lm, benchmarks, batch_size, progress="attribution", record_layer=layer
+    ):
         with torch.enable_grad():
             ctx = None
             if batch.prefix is not None:
                 if block is None:
-                    probe = AttributionProbe(sae)
-                    built = rerun_segment(model, layer, batch.prefix, None, probed(probe), exclude_first=False)
-                    context, originals, leaves = cut_above(built, layer)
-                    block = {"probe": probe, "acted": acted(batch.prefix.positions, batch.prefix.mask),
-                             "context": context, "originals": originals, "leaves": leaves}
+                    block = _probed_block(model, sae, layer, batch.prefix, exclude_first)
                 ctx = block["context"].expand(len(batch.examples))
             q_probe = AttributionProbe(sae)
             if batch.question is not None:
-                ctx = rerun_segment(model, layer, batch.question, ctx, probed(q_probe), exclude_first=False)
+                ctx = rerun_segment(
+                    model,
+                    layer,
+                    batch.question,
+                    ctx,
+                    _probed(model, layer, q_probe),
+                    exclude_first=False,
+                )
             a_probe = AttributionProbe(sae)
             with patch_residual(model, layer, a_probe):
                 logits = batch.run(model, grad=True, context=ctx)
             _, summed, _ = answer_logprobs(batch, logits)
             summed[batch.gold_rows()].sum().backward()
         if batch.question is not None:
-            _add_terms(sums, q_probe, acted(batch.question.positions, batch.question.mask))
-        _add_terms(sums, a_probe, acted(batch.answer_positions(), batch.mask))
+            _add_terms(
+                sums, q_probe, _acted(batch.question.positions, batch.question.mask, exclude_first)
+            )
+        _add_terms(sums, a_probe, _acted(batch.answer_positions(), batch.mask, exclude_first))
         n += len(batch.examples)
         if block is not None and batch.last_of_benchmark:
-            # The block's gradient, summed over the benchmark's batches, back through it once.
-            pairs = [(o, leaf.grad) for o, leaf in zip(block["originals"], block["leaves"]) if leaf.grad is not None]
-            if pairs:
-                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-            _add_terms(sums, block["probe"], block["acted"])
+            _finish_block(sums, block)
             block = None
     return n
+
+
+def _probed(model, layer, probe):
+    return lambda: patch_residual(model, layer, probe)
+
+
+def _acted(seg_positions, mask, exclude_first):
+    keep = mask.bool()
+    return keep & (seg_positions != 0) if exclude_first else keep
+
+
+def _probed_block(model, sae, layer, prefix, exclude_first) -> dict:
+    """The few-shot block rebuilt under a probe, its keys/values above `layer` cut into leaves."""
+    probe = AttributionProbe(sae)
+    built = rerun_segment(
+        model, layer, prefix, None, _probed(model, layer, probe), exclude_first=False
+    )
+    context, originals, leaves = cut_above(built, layer)
+    return {
+        "probe": probe,
+        "acted": _acted(prefix.positions, prefix.mask, exclude_first),
+        "context": context,
+        "originals": originals,
+        "leaves": leaves,
+    }
+
+
+def _finish_block(sums, block) -> None:
+    """The block's gradient, summed over the benchmark's batches, back through it once."""
+    pairs = [
+        (o, leaf.grad)
+        for o, leaf in zip(block["originals"], block["leaves"])
+        if leaf.grad is not None
+    ]
+    if pairs:
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+    _add_terms(sums, block["probe"], block["acted"])
 
 
 def _attribute_batch(lm, layer, probe, batch, sums: list[torch.Tensor]) -> None:

@@ -35,9 +35,23 @@ import pandas as pd
 from sae_reasoning.causal.stats import importance_calls, sign_flip_pvalues
 
 DEFAULTS = dict(
-    n_groups=1, n_clusters=20, cluster_size=5, n_candidates=50, n_true=10, effect=0.5,
-    n_controls=20, n_null=50, cluster_sd=0.5, noise_sd=1.0, tail_df=4.0, hetero=0.5,
-    bias=0.03, alpha=0.05, null_quantile=0.95, n_perm=2000, cluster_aware=True,
+    n_groups=1,
+    n_clusters=20,
+    cluster_size=5,
+    n_candidates=50,
+    n_true=10,
+    effect=0.5,
+    n_controls=20,
+    n_null=50,
+    cluster_sd=0.5,
+    noise_sd=1.0,
+    tail_df=4.0,
+    hetero=0.5,
+    bias=0.03,
+    alpha=0.05,
+    null_quantile=0.95,
+    n_perm=2000,
+    cluster_aware=True,
 )
 
 
@@ -51,8 +65,12 @@ def _effects(rng, mu: np.ndarray, s: dict) -> tuple[np.ndarray, np.ndarray]:
     tails = rng.standard_t(df, (n_feat, n_ex)) / np.sqrt(df / (df - 2))
     per_cluster = rng.standard_normal((n_feat, s["n_clusters"]))[:, labels]
     bias = np.where(mu == 0, s["bias"] * rng.standard_normal(n_feat), 0.0)
-    d = (mu[:, None] * scale + bias[:, None] + s["cluster_sd"] * per_cluster
-         + s["noise_sd"] * scale * tails)
+    d = (
+        mu[:, None] * scale
+        + bias[:, None]
+        + s["cluster_sd"] * per_cluster
+        + s["noise_sd"] * scale * tails
+    )
     return d, labels
 
 
@@ -62,22 +80,36 @@ def study(seed: int, **settings) -> pd.DataFrame:
         raise TypeError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     s = {**DEFAULTS, **settings}
     rng = np.random.default_rng(seed)
-    roles = (["candidate"] * s["n_candidates"] + ["control"] * s["n_controls"]
-             + ["null"] * s["n_null"])
+    roles = (
+        ["candidate"] * s["n_candidates"] + ["control"] * s["n_controls"] + ["null"] * s["n_null"]
+    )
     mu = np.zeros(len(roles))
     mu[: s["n_true"]] = -s["effect"]
     delta, p = [], []
     for g in range(s["n_groups"]):
         d, labels = _effects(rng, mu, s)
         delta.append(d.mean(1))
-        p.append(sign_flip_pvalues(d, clusters=labels if s["cluster_aware"] else None,
-                                   n_perm=s["n_perm"], seed=seed * 1000 + g))
+        p.append(
+            sign_flip_pvalues(
+                d,
+                clusters=labels if s["cluster_aware"] else None,
+                n_perm=s["n_perm"],
+                seed=seed * 1000 + g,
+            )
+        )
     k = s["n_groups"]
-    rows = pd.DataFrame({
-        "role": np.tile(roles, k), "feature": np.tile(np.arange(len(roles)), k),
-        "delta": np.concatenate(delta), "p": np.concatenate(p), "true": np.tile(mu != 0, k),
-        "mode": "zero", "benchmark": np.repeat([f"b{g}" for g in range(k)], len(roles)),
-        "endpoint": "logprob"})
+    rows = pd.DataFrame(
+        {
+            "role": np.tile(roles, k),
+            "feature": np.tile(np.arange(len(roles)), k),
+            "delta": np.concatenate(delta),
+            "p": np.concatenate(p),
+            "true": np.tile(mu != 0, k),
+            "mode": "zero",
+            "benchmark": np.repeat([f"b{g}" for g in range(k)], len(roles)),
+            "endpoint": "logprob",
+        }
+    )
     return importance_calls(rows, alpha=s["alpha"], null_quantile=s["null_quantile"])
 
 
@@ -111,7 +143,8 @@ def simulate(seed: int, **settings) -> dict:
         "fdr_significant": int((cand & sig & ~true).sum()) / max(int((cand & sig).sum()), 1),
         "zero_effect_p_below_alpha": float((c["p"].to_numpy()[zero] < alpha).mean()),
         "null_threshold": float(np.nanmean(c["null_threshold"].to_numpy())),
-        "n_calls": n_calls, "false_calls": false,
+        "n_calls": n_calls,
+        "false_calls": false,
     }
 
 
@@ -130,8 +163,11 @@ def calibrate(n_seeds: int, *, first_seed: int = 0, **settings) -> dict:
         return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else np.nan
 
     out = {}
-    for col, name, se in (("fdr", "mean_fdr", "fdr_se"), ("power", "power", "power_se"),
-                          ("control_fp_rate", "control_fp_rate", "control_fp_se")):
+    for col, name, se in (
+        ("fdr", "mean_fdr", "fdr_se"),
+        ("power", "power", "power_se"),
+        ("control_fp_rate", "control_fp_rate", "control_fp_se"),
+    ):
         out[name], out[se] = mean_se(col)
     for col in ("control_magnitude_rate", "fdr_significant", "zero_effect_p_below_alpha"):
         out[col], out[f"{col}_se"] = mean_se(col)

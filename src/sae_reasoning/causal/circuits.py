@@ -34,19 +34,19 @@ import torch
 
 from sae_reasoning.causal.references import AblationReferences
 from sae_reasoning.causal.splice import FeatureAblation, condition
-from sae_reasoning.scoring import EncodedBenchmark, score_conditions
+from sae_reasoning.scoring import EncodedBenchmark, Scorer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CircuitSearch:
-    features: list[int]           # the circuit, in estimate order
-    fraction: float               # target share of the whole-SAE effect
-    recovered: float | None       # share reached by ablating the circuit (search split)
-    delta_all: float              # effect of ablating every feature (search split)
-    checked: dict[int, float]     # size -> exact recovered share
-    estimate_size: int | None     # size at which the linear attribution estimate reaches the target
+    features: list[int]  # the circuit, in estimate order
+    fraction: float  # target share of the whole-SAE effect
+    recovered: float | None  # share reached by ablating the circuit (search split)
+    delta_all: float  # effect of ablating every feature (search split)
+    checked: dict[int, float]  # size -> exact recovered share
+    estimate_size: int | None  # size at which the linear attribution estimate reaches the target
     found: bool
 
 
@@ -69,29 +69,58 @@ def _sizes_doubling(estimate: int | None, n: int) -> list[int]:
     return sorted(sizes)
 
 
-def _recovered(lm, layer, sae, benchmarks, order, sizes, references, mode, batch_size, progress, scoring=None,
-               seed: int = 0):
+def _recovered(
+    lm,
+    layer,
+    sae,
+    benchmarks,
+    order,
+    sizes,
+    references,
+    mode,
+    batch_size,
+    progress,
+    scoring=None,
+    seed: int = 0,
+):
     """Per size k: mean Δ gold log-prob of ablating the top k of `order` (mean/resample from
     `references`, an AblationReferences of the select split)."""
-    conds = {f"top{k}": condition(lm.model, layer, FeatureAblation(sae, order[:k], mode, references=references,
-                                                                   seed=seed))
-             for k in sizes}
-    scores = score_conditions(lm, benchmarks, conds, batch_size=batch_size, progress=progress, start_layer=layer,
-                              **(scoring or {}))
+    conds = {
+        f"top{k}": condition(
+            lm.model, layer, FeatureAblation(sae, order[:k], mode, references=references, seed=seed)
+        )
+        for k in sizes
+    }
+    scores = Scorer(lm, layer, batch_size=batch_size, **(scoring or {})).score(
+        benchmarks, conds, progress=progress
+    )
     clean = scores["clean"]["gold_logprob"].mean()
     return {k: float(scores[f"top{k}"]["gold_logprob"].mean() - clean) for k in sizes}
 
 
-def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order: list[int],
-                 estimate: torch.Tensor, references: AblationReferences | None = None, *,
-                 fraction: float = 0.8, refine: int = 4, mode: str = "zero", batch_size: int = 16,
-                 scoring: dict | None = None) -> CircuitSearch:
-    """Smallest prefix of `order` whose exact ablation recovers `fraction` of the whole SAE's effect.
+def find_circuit(
+    lm,
+    sae,
+    layer: int,
+    benchmarks: list[EncodedBenchmark],
+    order: list[int],
+    estimate: torch.Tensor,
+    references: AblationReferences | None = None,
+    *,
+    fraction: float = 0.8,
+    refine: int = 4,
+    mode: str = "zero",
+    batch_size: int = 16,
+    scoring: dict | None = None,
+) -> CircuitSearch:
+    """Smallest prefix of `order` whose exact ablation recovers `fraction` of the whole SAE's
+    effect.
 
     `references`: what mean/resample ablation substitute (AblationReferences of the select
     split, built for the same `positions`); not needed for zero ablation.
 
-    `scoring`: score_conditions' keyword arguments for where ablations act (positions=, exclude_first=).
+    `scoring`: score_conditions' keyword arguments for where ablations act (positions=,
+    exclude_first=).
 
     `order`: live features, largest |attribution estimate| first; ablating all of them is
     ablating the whole SAE (dead features never fire).
@@ -99,8 +128,19 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
     n = len(order)
     if n == 0:
         return CircuitSearch([], fraction, None, 0.0, {}, None, False)
-    deltas = _recovered(lm, layer, sae, benchmarks, order, _sizes_doubling(None, n), references, mode,
-                        batch_size, "circuit search", scoring)
+    deltas = _recovered(
+        lm,
+        layer,
+        sae,
+        benchmarks,
+        order,
+        _sizes_doubling(None, n),
+        references,
+        mode,
+        batch_size,
+        "circuit search",
+        scoring,
+    )
     delta_all = deltas[n]
     # The estimate's own guess: the first k whose summed (linear) estimate reaches the
     # target share of the exact whole-SAE effect (None when it never does).
@@ -108,7 +148,10 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
     reached = np.flatnonzero(cumulative <= fraction * delta_all) if delta_all < 0 else []
     est_size = int(reached[0]) + 1 if len(reached) else None
     if delta_all >= 0:
-        log.info("ablating the whole SAE does not lower the gold log-prob (%.4f): no circuit to find", delta_all)
+        log.info(
+            "ablating the whole SAE does not lower the gold log-prob (%.4f): no circuit to find",
+            delta_all,
+        )
         return CircuitSearch([], fraction, None, delta_all, {}, est_size, False)
     share = {k: d / delta_all for k, d in deltas.items()}
     passing = [k for k in sorted(share) if share[k] >= fraction]
@@ -120,14 +163,32 @@ def find_circuit(lm, sae, layer: int, benchmarks: list[EncodedBenchmark], order:
         if rounds == 0 and est_size is not None and lo < est_size < hi:
             between.add(est_size)
         between = sorted(between - {lo, hi})
-        more = _recovered(lm, layer, sae, benchmarks, order, between, references, mode, batch_size,
-                          f"circuit sizes {lo + 1}..{hi - 1}", scoring)
+        more = _recovered(
+            lm,
+            layer,
+            sae,
+            benchmarks,
+            order,
+            between,
+            references,
+            mode,
+            batch_size,
+            f"circuit sizes {lo + 1}..{hi - 1}",
+            scoring,
+        )
         share.update({k: d / delta_all for k, d in more.items()})
         hi = min(k for k in share if share[k] >= fraction)
         lo = max([k for k in share if k < hi], default=0)
         rounds += 1
-    return CircuitSearch([int(f) for f in order[:hi]], fraction, float(share[hi]), float(delta_all),
-                         {int(k): float(v) for k, v in sorted(share.items())}, est_size, True)
+    return CircuitSearch(
+        [int(f) for f in order[:hi]],
+        fraction,
+        float(share[hi]),
+        float(delta_all),
+        {int(k): float(v) for k, v in sorted(share.items())},
+        est_size,
+        True,
+    )
 
 
 ANSWER = "answer"
@@ -140,8 +201,11 @@ def circuit_graph(model: str, circuits: dict[str, dict]) -> nx.DiGraph:
     Edge weight = the feature's attribution estimate (estimated change in gold log-prob
     if the feature is ablated); a single-layer circuit has no feature -> feature edges.
     """
-    g = nx.DiGraph(model=model, metric="mean gold-answer log-probability",
-                   note="features of one SAE feed the answer; ablations keep the SAE error term")
+    g = nx.DiGraph(
+        model=model,
+        metric="mean gold-answer log-probability",
+        note="features of one SAE feed the answer; ablations keep the SAE error term",
+    )
     g.add_node(ANSWER, kind="metric", label="gold answer log-prob")
     for hook, c in circuits.items():
         g.graph[hook] = {k: v for k, v in c.items() if k != "features"}
@@ -152,7 +216,9 @@ def circuit_graph(model: str, circuits: dict[str, dict]) -> nx.DiGraph:
     return g
 
 
-def circuit_quality(d_only, d_ablated, d_empty, clusters, *, n_boot: int = 2000, seed: int = 0) -> dict:
+def circuit_quality(
+    d_only, d_ablated, d_empty, clusters, *, n_boot: int = 2000, seed: int = 0
+) -> dict:
     """Faithfulness and completeness on per-example Δ gold log-prob (condition - clean), with
     bootstrap 95% CIs over examples (template clusters resampled whole).
 
@@ -163,18 +229,26 @@ def circuit_quality(d_only, d_ablated, d_empty, clusters, *, n_boot: int = 2000,
     """
     from sae_reasoning.causal.stats import cluster_sums
 
-    d = np.stack([np.asarray(x, float) for x in (d_only, d_ablated, d_empty)])      # [3, n]
-    sums, sizes = cluster_sums(d, clusters)                                          # [3, G], [G]
+    d = np.stack([np.asarray(x, float) for x in (d_only, d_ablated, d_empty)])  # [3, n]
+    sums, sizes = cluster_sums(d, clusters)  # [3, G], [G]
     idx = np.random.default_rng(seed).integers(0, len(sizes), size=(n_boot, len(sizes)))
-    means = (sums[:, idx].sum(-1) / sizes[idx].sum(-1)).T                            # [n_boot, 3]
+    means = (sums[:, idx].sum(-1) / sizes[idx].sum(-1)).T  # [n_boot, 3]
     denom, denom_b = -d[2].mean(), -means[:, 2]
     lo, hi = np.quantile(denom_b, [0.025, 0.975])
     out = {"denominator": float(denom), "denominator_ci": [float(lo), float(hi)]}
     if lo <= 0 <= hi:
-        reason = (f"withheld: the denominator m(M) - m(0) = {denom:+.3f} has a 95% CI [{lo:+.3f}, {hi:+.3f}] "
-                  "that contains 0")
-        return {**out, "faithfulness": None, "faithfulness_ci": None, "completeness": None,
-                "completeness_ci": None, "withheld": reason}
+        reason = (
+            f"withheld: the denominator m(M) - m(0) = {denom:+.3f} has a 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}] that contains 0"
+        )
+        return {
+            **out,
+            "faithfulness": None,
+            "faithfulness_ci": None,
+            "completeness": None,
+            "completeness_ci": None,
+            "withheld": reason,
+        }
     for name, i in (("faithfulness", 0), ("completeness", 1)):
         point = (d[i].mean() - d[2].mean()) / denom
         boot = (means[:, i] - means[:, 2]) / denom_b

@@ -26,20 +26,34 @@ ENDPOINTS = {"logprob": "gold_logprob", "accuracy": "correct", "logit_diff": "lo
 SINGLE_ROLES = ("candidate", "control", "null")
 
 
-def condition_effects(clean: pd.DataFrame, ablated: pd.DataFrame, clusters: pd.Series, *, n_boot: int,
-                      seed: int) -> pd.DataFrame:
+def condition_effects(
+    clean: pd.DataFrame, ablated: pd.DataFrame, clusters: pd.Series, *, n_boot: int, seed: int
+) -> pd.DataFrame:
     """One row per benchmark and for "all": means, Δ with 95% CIs, p-values per endpoint."""
     m = clean.merge(ablated, on=["row", "benchmark"], suffixes=("_clean", ""))
     m["cluster"] = clusters.reindex(m["row"]).to_numpy()
     rows = []
     for bench, d in pd.concat([m, m.assign(benchmark="all")]).groupby("benchmark"):
         cl = d["cluster"].to_numpy()
-        row = {"benchmark": bench, "n": len(d), "n_clusters": int(pd.Series(cl).nunique()),
-               "clean_accuracy": d["correct_clean"].mean(), "ablated_accuracy": d["correct"].mean(),
-               "clean_logprob": d["gold_logprob_clean"].mean(), "ablated_logprob": d["gold_logprob"].mean(),
-               "kl": d["kl"].mean(),
-               **st.paired_effect(d["gold_logprob_clean"], d["gold_logprob"], d["correct_clean"], d["correct"],
-                                  clusters=cl, n_boot=n_boot, seed=seed)}
+        row = {
+            "benchmark": bench,
+            "n": len(d),
+            "n_clusters": int(pd.Series(cl).nunique()),
+            "clean_accuracy": d["correct_clean"].mean(),
+            "ablated_accuracy": d["correct"].mean(),
+            "clean_logprob": d["gold_logprob_clean"].mean(),
+            "ablated_logprob": d["gold_logprob"].mean(),
+            "kl": d["kl"].mean(),
+            **st.paired_effect(
+                d["gold_logprob_clean"],
+                d["gold_logprob"],
+                d["correct_clean"],
+                d["correct"],
+                clusters=cl,
+                n_boot=n_boot,
+                seed=seed,
+            ),
+        }
         row.update(_logit_diff_effect(d, cl, n_boot, seed))
         rows.append(row)
     return pd.DataFrame(rows).assign(
@@ -49,7 +63,13 @@ def condition_effects(clean: pd.DataFrame, ablated: pd.DataFrame, clusters: pd.S
 
 
 def _logit_diff_effect(d: pd.DataFrame, clusters, n_boot: int, seed: int) -> dict:
-    keys = ("delta_logit_diff", "delta_logit_diff_lo", "delta_logit_diff_hi", "p_logit_diff", "clean_logit_diff")
+    keys = (
+        "delta_logit_diff",
+        "delta_logit_diff_lo",
+        "delta_logit_diff_hi",
+        "p_logit_diff",
+        "clean_logit_diff",
+    )
     if "logit_diff" not in d:
         return dict.fromkeys(keys, np.nan)
     ok = d["logit_diff"].notna() & d["logit_diff_clean"].notna()
@@ -57,24 +77,42 @@ def _logit_diff_effect(d: pd.DataFrame, clusters, n_boot: int, seed: int) -> dic
         return dict.fromkeys(keys, np.nan)
     diff = (d.loc[ok, "logit_diff"] - d.loc[ok, "logit_diff_clean"]).to_numpy()
     lo, hi = st.bootstrap_ci(diff, clusters=clusters[ok.to_numpy()], n_boot=n_boot, seed=seed)
-    return dict(zip(keys, (float(diff.mean()), lo, hi,
-                           st.sign_flip_pvalue(diff, clusters=clusters[ok.to_numpy()], seed=seed),
-                           float(d.loc[ok, "logit_diff_clean"].mean()))))
+    return dict(
+        zip(
+            keys,
+            (
+                float(diff.mean()),
+                lo,
+                hi,
+                st.sign_flip_pvalue(diff, clusters=clusters[ok.to_numpy()], seed=seed),
+                float(d.loc[ok, "logit_diff_clean"].mean()),
+            ),
+        )
+    )
 
 
-def per_example_delta(scores: dict[str, pd.DataFrame], name: str, column: str = "gold_logprob") -> pd.Series:
+def per_example_delta(
+    scores: dict[str, pd.DataFrame], name: str, column: str = "gold_logprob"
+) -> pd.Series:
     """Condition `name` minus clean, per prompts row."""
     a = scores[name].set_index("row")[column]
     c = scores["clean"].set_index("row")[column]
     return (a - c).sort_index()
 
 
-def compare(scores: dict[str, pd.DataFrame], a: str, b: str, clusters: pd.Series, *, n_boot: int,
-            seed: int) -> dict:
-    """Paired test of Δ(a) - Δ(b) in gold log-prob on the same examples (e.g. top-K vs a control)."""
+def compare(
+    scores: dict[str, pd.DataFrame], a: str, b: str, clusters: pd.Series, *, n_boot: int, seed: int
+) -> dict:
+    """Paired test of Δ(a) - Δ(b) in gold log-prob on the same examples (e.g. top-K vs a
+    control)."""
     da, db = per_example_delta(scores, a), per_example_delta(scores, b)
-    res = st.paired_difference(da.to_numpy(), db.reindex(da.index).to_numpy(),
-                               clusters=clusters.reindex(da.index).to_numpy(), n_boot=n_boot, seed=seed)
+    res = st.paired_difference(
+        da.to_numpy(),
+        db.reindex(da.index).to_numpy(),
+        clusters=clusters.reindex(da.index).to_numpy(),
+        n_boot=n_boot,
+        seed=seed,
+    )
     return {"a": a, "b": b, **{k: float(v) for k, v in res.items()}}
 
 
@@ -85,7 +123,9 @@ def family_rows(eff: pd.DataFrame, n_benchmarks: int) -> pd.Series:
     return single & ((eff["benchmark"] != "all") | (n_benchmarks > 1))
 
 
-def add_calls(eff: pd.DataFrame, n_benchmarks: int, *, alpha: float, null_quantile: float) -> tuple[pd.DataFrame, dict]:
+def add_calls(
+    eff: pd.DataFrame, n_benchmarks: int, *, alpha: float, null_quantile: float
+) -> tuple[pd.DataFrame, dict]:
     """q-values, null thresholds and importance per endpoint (columns q_<e>, null_threshold_<e>,
     important_<e>), and `important` = important on any endpoint. Returns (effects, call summary)."""
     eff = eff.reset_index(drop=True).copy()
@@ -95,18 +135,22 @@ def add_calls(eff: pd.DataFrame, n_benchmarks: int, *, alpha: float, null_quanti
         # accuracy: the cluster sign-flip test (McNemar's when every example is its own cluster)
         pcol = "p_accuracy_cluster" if e == "accuracy" else f"p_{e}"
         part = fam[["role", "feature", "mode", "benchmark"]].assign(
-            endpoint=e, delta=fam[f"delta_{e}"], p=fam[pcol], idx=fam.index)
+            endpoint=e, delta=fam[f"delta_{e}"], p=fam[pcol], idx=fam.index
+        )
         long.append(part[part["p"].notna()])
     long = pd.concat(long, ignore_index=True)
-    calls = st.importance_calls(long, alpha=alpha, null_quantile=null_quantile,
-                                group_cols=("mode", "benchmark", "endpoint"))
+    calls = st.importance_calls(
+        long, alpha=alpha, null_quantile=null_quantile, group_cols=("mode", "benchmark", "endpoint")
+    )
     for e in ENDPOINTS:
         c = calls[calls["endpoint"] == e].set_index("idx")
         for col in ("q", "null_threshold", "important"):
             eff[f"{col}_{e}"] = c[col].reindex(eff.index)
     imp = eff[[f"important_{e}" for e in ENDPOINTS]]
-    eff["important"] = imp.fillna(False).astype(bool).any(axis=1).where(eff["role"].isin(SINGLE_ROLES))
-    if n_benchmarks == 1:     # the pooled rows repeat the one benchmark's: carry its calls
+    eff["important"] = (
+        imp.fillna(False).astype(bool).any(axis=1).where(eff["role"].isin(SINGLE_ROLES))
+    )
+    if n_benchmarks == 1:  # the pooled rows repeat the one benchmark's: carry its calls
         cols = [c for c in eff.columns if c.startswith(("q_", "null_threshold_", "important"))]
         one = eff[(eff["benchmark"] != "all")].set_index("condition")[cols]
         pooled = eff["benchmark"] == "all"
@@ -118,21 +162,45 @@ def _per_feature(calls: pd.DataFrame) -> dict:
     """Features (not rows) tested / significant / important per role: a feature counts once,
     when any of its modes, benchmarks or endpoints passes."""
     out = {}
-    for role, name in (("candidate", "candidates"), ("control", "controls"), ("null", "null_features")):
+    for role, name in (
+        ("candidate", "candidates"),
+        ("control", "controls"),
+        ("null", "null_features"),
+    ):
         by = calls[calls["role"] == role].groupby("feature")
-        out[name] = {"tested": int(by.ngroups), "tests": int(by.size().sum()) if by.ngroups else 0,
-                     "significant": int(by["significant"].any().sum()), "important": int(by["important"].any().sum())}
+        out[name] = {
+            "tested": int(by.ngroups),
+            "tests": int(by.size().sum()) if by.ngroups else 0,
+            "significant": int(by["significant"].any().sum()),
+            "important": int(by["important"].any().sum()),
+        }
     return out
 
 
 def effect_dict(row, keys=None) -> dict:
     """JSON-ready effect of one (condition, benchmark) row."""
-    keys = keys or ("n", "delta_logprob", "delta_logprob_lo", "delta_logprob_hi", "delta_accuracy",
-                    "delta_accuracy_lo", "delta_accuracy_hi", "p_logprob", "p_accuracy", "kl",
-                    "delta_logit_diff", "delta_logit_diff_lo", "delta_logit_diff_hi", "p_logit_diff")
+    keys = keys or (
+        "n",
+        "delta_logprob",
+        "delta_logprob_lo",
+        "delta_logprob_hi",
+        "delta_accuracy",
+        "delta_accuracy_lo",
+        "delta_accuracy_hi",
+        "p_logprob",
+        "p_accuracy",
+        "kl",
+        "delta_logit_diff",
+        "delta_logit_diff_lo",
+        "delta_logit_diff_hi",
+        "p_logit_diff",
+    )
     out = {}
     for k in keys:
         v = row.get(k) if hasattr(row, "get") else getattr(row, k, None)
-        out[k] = None if v is None or (isinstance(v, float) and np.isnan(v)) else (
-            int(v) if k == "n" else float(v))
+        out[k] = (
+            None
+            if v is None or (isinstance(v, float) and np.isnan(v))
+            else (int(v) if k == "n" else float(v))
+        )
     return out

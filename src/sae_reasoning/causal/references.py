@@ -53,8 +53,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sae_reasoning.models.hooks import recording
-from sae_reasoning.scoring import POSITIONS, SEGMENTS, AnswerBatch, EncodedBenchmark, iter_answer_batches
+from sae_reasoning.scoring import (
+    POSITIONS,
+    SEGMENTS,
+    AnswerBatch,
+    EncodedBenchmark,
+    iter_answer_batches,
+    recording,
+)
 
 TYPES = ("prefix", "question", "last_prompt", "answer")
 
@@ -64,26 +70,37 @@ class BenchmarkReferences:
     """One benchmark's references (see the module docstring)."""
 
     name: str
-    ids: list[str]                         # select example ids, in prompts-table order
-    sums: dict[str, torch.Tensor]          # type -> [d_sae] float64 sum of features (prefix: x examples)
-    error_sums: dict[str, torch.Tensor]    # type -> [d_model] float64 sum of SAE errors x - x_hat(f(x))
-    counts: dict[str, int]                 # type -> tokens summed (prefix: block tokens x examples)
-    resid: torch.Tensor                    # [M, d_model] clean residuals of the bank's slots
-    slots: dict[str, torch.Tensor]         # type -> [N, O] index into resid, -1 where none (on the CPU)
-    means: dict[str, torch.Tensor] = field(default_factory=dict)           # type -> [d_sae] float32
-    error_means: dict[str, torch.Tensor] = field(default_factory=dict)     # type -> [d_model] float32
+    ids: list[str]  # select example ids, in prompts-table order
+    sums: dict[str, torch.Tensor]  # type -> [d_sae] float64 sum of features (prefix: x examples)
+    error_sums: dict[
+        str, torch.Tensor
+    ]  # type -> [d_model] float64 sum of SAE errors x - x_hat(f(x))
+    counts: dict[str, int]  # type -> tokens summed (prefix: block tokens x examples)
+    resid: torch.Tensor  # [M, d_model] clean residuals of the bank's slots
+    slots: dict[str, torch.Tensor]  # type -> [N, O] index into resid, -1 where none (on the CPU)
+    means: dict[str, torch.Tensor] = field(default_factory=dict)  # type -> [d_sae] float32
+    error_means: dict[str, torch.Tensor] = field(default_factory=dict)  # type -> [d_model] float32
 
     def __post_init__(self):
-        self.means = {t: (self.sums[t] / self.counts[t]).float() for t in self.sums if self.counts[t]}
-        self.error_means = {t: (self.error_sums[t] / self.counts[t]).float() for t in self.sums if self.counts[t]}
+        self.means = {
+            t: (self.sums[t] / self.counts[t]).float() for t in self.sums if self.counts[t]
+        }
+        self.error_means = {
+            t: (self.error_sums[t] / self.counts[t]).float() for t in self.sums if self.counts[t]
+        }
 
     def mean(self, kind: str, *, error: bool = False) -> torch.Tensor:
-        """[d_sae] mean features (error: [d_model] mean SAE error) of the select tokens of type `kind`."""
+        """[d_sae] mean features (error: [d_model] mean SAE error) of the select tokens of type
+        `kind`."""
         if kind not in self.means:
             if kind in self.counts:
-                raise ValueError(f"benchmark {self.name!r}: no select tokens of type {kind!r} for a mean")
-            raise ValueError(f"benchmark {self.name!r}: no {kind!r} reference; the references were built "
-                             f"for positions='answer' (build them with positions='all')")
+                raise ValueError(
+                    f"benchmark {self.name!r}: no select tokens of type {kind!r} for a mean"
+                )
+            raise ValueError(
+                f"benchmark {self.name!r}: no {kind!r} reference; the references were built "
+                f"for positions='answer' (build them with positions='all')"
+            )
         return (self.error_means if error else self.means)[kind]
 
     def picks(self, example_id: str, seed: int) -> dict[str, torch.Tensor]:
@@ -93,28 +110,34 @@ class BenchmarkReferences:
         exclude_first; the caller keeps the clean value there)."""
         others = [k for k, i in enumerate(self.ids) if i != example_id]
         if not others:
-            raise ValueError(f"resample ablation: benchmark {self.name!r} has no select example other than "
-                             f"{example_id!r} to draw from")
+            raise ValueError(
+                f"resample ablation: benchmark {self.name!r} has no select example other than "
+                f"{example_id!r} to draw from"
+            )
         gen = torch.Generator().manual_seed(_stable_seed(seed, self.name, example_id))
         order = torch.tensor(others)[torch.randperm(len(others), generator=gen)]
         out = {}
         for kind, table in self.slots.items():
-            cand = table[order]                                       # [D, O] in draw order
+            cand = table[order]  # [D, O] in draw order
             has = cand >= 0
-            first = has.int().argmax(0)                               # first donor with the offset
-            pick = cand.gather(0, first[None])[0]                     # [O], -1 where no donor has it
+            first = has.int().argmax(0)  # first donor with the offset
+            pick = cand.gather(0, first[None])[0]  # [O], -1 where no donor has it
             avail = torch.nonzero(has.any(0)).flatten()
             if len(avail) and len(avail) < len(pick):
                 offs = torch.arange(len(pick), device=pick.device)
-                nearest = avail[(offs[:, None] - avail[None]).abs().argmin(1)]   # ties: the smaller offset
+                nearest = avail[
+                    (offs[:, None] - avail[None]).abs().argmin(1)
+                ]  # ties: the smaller offset
                 pick = pick[nearest]
             out[kind] = pick
         return out
 
 
 def _stable_seed(seed: int, benchmark: str, example_id: str) -> int:
-    digest = hashlib.blake2b(f"{seed}\x00{benchmark}\x00{example_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+    digest = hashlib.blake2b(
+        f"{seed}\x00{benchmark}\x00{example_id}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class AblationReferences:
@@ -122,8 +145,15 @@ class AblationReferences:
     select split (module docstring). Build with AblationReferences.build; FeatureAblation
     reads them through mean_at / donors_at for the segment the hook is running on."""
 
-    def __init__(self, benchmarks: dict[str, BenchmarkReferences], *, layer: int, positions: str,
-                 exclude_first: bool, split: str | None):
+    def __init__(
+        self,
+        benchmarks: dict[str, BenchmarkReferences],
+        *,
+        layer: int,
+        positions: str,
+        exclude_first: bool,
+        split: str | None,
+    ):
         self.benchmarks = benchmarks
         self.layer = layer
         self.positions = positions
@@ -134,9 +164,20 @@ class AblationReferences:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, lm, sae, layer: int, benchmarks: list[EncodedBenchmark], *, batch_size: int = 16,
-              positions: str = "answer", exclude_first: bool = True, split: str | None = "select",
-              max_examples: int | None = None, progress: str | None = None) -> "AblationReferences":
+    def build(
+        cls,
+        lm,
+        sae,
+        layer: int,
+        benchmarks: list[EncodedBenchmark],
+        *,
+        batch_size: int = 16,
+        positions: str = "answer",
+        exclude_first: bool = True,
+        split: str | None = "select",
+        max_examples: int | None = None,
+        progress: str | None = None,
+    ) -> AblationReferences:
         """References from one clean pass over the `split` examples of `benchmarks` (the
         others are never run: pass the held-out ones too and nothing of them is read).
 
@@ -154,7 +195,9 @@ class AblationReferences:
             if not chosen:
                 continue
             sub = EncodedBenchmark(bench.name, bench.prefix, chosen)
-            out[bench.name] = _build_benchmark(lm, sae, layer, sub, batch_size, every, exclude_first, progress)
+            out[bench.name] = _build_benchmark(
+                lm, sae, layer, sub, batch_size, every, exclude_first, progress
+            )
         if not out:
             raise ValueError(f"no {split!r} examples to build ablation references from")
         return cls(out, layer=layer, positions=positions, exclude_first=exclude_first, split=split)
@@ -163,8 +206,10 @@ class AblationReferences:
 
     def of(self, benchmark: str) -> BenchmarkReferences:
         if benchmark not in self.benchmarks:
-            raise ValueError(f"no ablation references for benchmark {benchmark!r} (it has no "
-                             f"{self.split!r} examples); have {sorted(self.benchmarks)}")
+            raise ValueError(
+                f"no ablation references for benchmark {benchmark!r} (it has no "
+                f"{self.split!r} examples); have {sorted(self.benchmarks)}"
+            )
         return self.benchmarks[benchmark]
 
     def mean(self, benchmark: str, kind: str, *, error: bool = False) -> torch.Tensor:
@@ -182,12 +227,20 @@ class AblationReferences:
 
     def summary(self) -> dict:
         """What the references are made of, for the report (JSON-able)."""
-        return {"split": self.split, "layer": self.layer, "positions": self.positions,
-                "first_position_excluded": self.exclude_first,
-                "benchmarks": {b: {"n_examples": len(r.ids), "tokens": dict(r.counts)}
-                               for b, r in self.benchmarks.items()}}
+        return {
+            "split": self.split,
+            "layer": self.layer,
+            "positions": self.positions,
+            "first_position_excluded": self.exclude_first,
+            "benchmarks": {
+                b: {"n_examples": len(r.ids), "tokens": dict(r.counts)}
+                for b, r in self.benchmarks.items()
+            },
+        }
 
-    def mean_at(self, batch: AnswerBatch, segment: str, features: torch.Tensor | None = None) -> torch.Tensor:
+    def mean_at(
+        self, batch: AnswerBatch, segment: str, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The mean of `features` at each position of the pass `segment` of `batch`, shaped to
         broadcast against its features [rows, S, |features|]. features=None: the mean SAE
         error term instead, to broadcast against the residual [rows, S, d_model]."""
@@ -207,13 +260,15 @@ class AblationReferences:
             return mean(segment)[None, None]
         raise ValueError(f"segment {segment!r}: expected one of {SEGMENTS}")
 
-    def donors_at(self, batch: AnswerBatch, segment: str, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def donors_at(
+        self, batch: AnswerBatch, segment: str, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(donor residuals [rows, S, d_model], missing [rows, S] bool) aligned with the pass
         `segment` of `batch`; None for the few-shot block (its donor value is the clean one)."""
         ref = self.of(_benchmark(batch))
         if segment == "prefix":
             if "prefix" not in ref.counts:
-                ref.mean("prefix")          # the error for references built for positions='answer'
+                ref.mean("prefix")  # the error for references built for positions='answer'
             return None
         # Index arithmetic on the host (small tensors); one copy of the indices to the device.
         picks = [ref.picks(e.id, seed) for e in batch.examples]
@@ -221,7 +276,9 @@ class AblationReferences:
             width = batch.ids.shape[1]
             a = ref.slots["answer"].shape[1]
             cols = torch.arange(width - 1).clamp(max=a - 1)
-            per_example = torch.stack([torch.cat([p["last_prompt"], p["answer"][cols]]) for p in picks])
+            per_example = torch.stack(
+                [torch.cat([p["last_prompt"], p["answer"][cols]]) for p in picks]
+            )
             idx = per_example[batch.pair_example.cpu()]
         elif segment == "question":
             if "question" not in ref.slots:
@@ -230,7 +287,7 @@ class AblationReferences:
             q = ref.slots["question"].shape[1]
             lengths = seg.mask.sum(1).cpu()
             cols = torch.arange(seg.ids.shape[1])
-            from_end = (lengths[:, None] - 1 - cols[None]).clamp(min=0, max=q - 1)       # pads: offset 0
+            from_end = (lengths[:, None] - 1 - cols[None]).clamp(min=0, max=q - 1)  # pads: offset 0
             idx = torch.stack([p["question"][from_end[i]] for i, p in enumerate(picks)])
         else:
             raise ValueError(f"segment {segment!r}: expected one of {SEGMENTS}")
@@ -243,15 +300,24 @@ def _benchmark(batch: AnswerBatch) -> str:
     return batch.examples[0].benchmark
 
 
-def _build_benchmark(lm, sae, layer, bench: EncodedBenchmark, batch_size, every, exclude_first, progress):
+def _build_benchmark(
+    lm, sae, layer, bench: EncodedBenchmark, batch_size, every, exclude_first, progress
+):
     d_sae = sae.W_dec.shape[0]
-    sums = {t: torch.zeros(d_sae, dtype=torch.float64, device=sae.W_dec.device)
-            for t in (TYPES if every else ("last_prompt", "answer"))}
-    error_sums = {t: torch.zeros(sae.W_dec.shape[1], dtype=torch.float64, device=sae.W_dec.device) for t in sums}
+    sums = {
+        t: torch.zeros(d_sae, dtype=torch.float64, device=sae.W_dec.device)
+        for t in (TYPES if every else ("last_prompt", "answer"))
+    }
+    error_sums = {
+        t: torch.zeros(sae.W_dec.shape[1], dtype=torch.float64, device=sae.W_dec.device)
+        for t in sums
+    }
     counts = dict.fromkeys(sums, 0)
-    bank: dict[str, dict[str, torch.Tensor]] = {t: {} for t in ("last_prompt", "answer", "question")}
+    bank: dict[str, dict[str, torch.Tensor]] = {
+        t: {} for t in ("last_prompt", "answer", "question")
+    }
 
-    def add(kind, x):                       # x [n, d_model]: tokens of type `kind`
+    def add(kind, x):  # x [n, d_model]: tokens of type `kind`
         if len(x):
             x = x.to(sae.W_dec.dtype)
             f = sae.encode(x)
@@ -263,7 +329,9 @@ def _build_benchmark(lm, sae, layer, bench: EncodedBenchmark, batch_size, every,
         return positions != 0 if exclude_first else torch.ones_like(positions, dtype=torch.bool)
 
     n = len(bench.examples)
-    for batch in iter_answer_batches(lm, [bench], batch_size, progress, record_layer=layer if every else None):
+    for batch in iter_answer_batches(
+        lm, [bench], batch_size, progress, record_layer=layer if every else None
+    ):
         if every and batch.prefix is not None and batch.index == 0:
             # The block is the same for every example: its mean once, counted once per example.
             p = batch.prefix
@@ -273,7 +341,7 @@ def _build_benchmark(lm, sae, layer, bench: EncodedBenchmark, batch_size, every,
             counts["prefix"] *= n
         with recording(lm.model, [layer], stop=False) as rec:
             batch.run(lm.model)
-        gold = batch.gold_rows()           # one per example, in the batch's example order
+        gold = batch.gold_rows()  # one per example, in the batch's example order
         resid, pos, alen = rec[layer][gold], batch.answer_positions()[gold], batch.answer_len[gold]
         last_ok = keep(pos[:, 0])
         cols = torch.arange(resid.shape[1], device=resid.device)[None]
@@ -282,18 +350,23 @@ def _build_benchmark(lm, sae, layer, bench: EncodedBenchmark, batch_size, every,
         for i, ex in enumerate(batch.examples):
             if bool(last_ok[i]):
                 bank["last_prompt"][ex.id] = resid[i, :1]
-            bank["answer"][ex.id] = resid[i, 1:1 + int(alen[i])]
+            bank["answer"][ex.id] = resid[i, 1 : 1 + int(alen[i])]
         if every and batch.question is not None:
-            q = batch.question
-            ok = keep(q.positions) & q.mask.bool()
-            add("question", q.resid[ok])
-            for i, ex in enumerate(batch.examples):
-                h = int(q.mask[i].sum())
-                # From the question's end: row o is the token o before the last question token.
-                bank["question"][ex.id] = (q.resid[i, :h].flip(0), ok[i, :h].flip(0))
+            _add_questions(batch, keep, add, bank)
     ids = [e.id for e in bench.examples]
     packed = _pack(bank, ids, every, lm.d_model, resid.dtype, resid.device)
     return BenchmarkReferences(bench.name, ids, sums, error_sums, counts, *packed)
+
+
+def _add_questions(batch: AnswerBatch, keep, add, bank) -> None:
+    """The batch's question tokens into the question mean, and into the bank from their end."""
+    q = batch.question
+    ok = keep(q.positions) & q.mask.bool()
+    add("question", q.resid[ok])
+    for i, ex in enumerate(batch.examples):
+        h = int(q.mask[i].sum())
+        # From the question's end: row o is the token o before the last question token.
+        bank["question"][ex.id] = (q.resid[i, :h].flip(0), ok[i, :h].flip(0))
 
 
 def _pack(bank, ids, every, d_model, dtype, device):
@@ -307,10 +380,18 @@ def _pack(bank, ids, every, d_model, dtype, device):
             if ex_id not in entries:
                 continue
             v = entries[ex_id]
-            rows, ok = v if isinstance(v, tuple) else (v, torch.ones(len(v), dtype=torch.bool, device=v.device))
-            table[k, :len(rows)] = torch.where(ok.cpu(), torch.arange(m, m + len(rows)), -1)
+            rows, ok = (
+                v
+                if isinstance(v, tuple)
+                else (v, torch.ones(len(v), dtype=torch.bool, device=v.device))
+            )
+            table[k, : len(rows)] = torch.where(ok.cpu(), torch.arange(m, m + len(rows)), -1)
             chunks.append(rows)
             m += len(rows)
         slots[kind] = table
-    resid = torch.cat(chunks).to(dtype) if chunks else torch.zeros((0, d_model), dtype=dtype, device=device)
+    resid = (
+        torch.cat(chunks).to(dtype)
+        if chunks
+        else torch.zeros((0, d_model), dtype=dtype, device=device)
+    )
     return resid, slots

@@ -9,13 +9,13 @@ the SAE's reconstruction error), and only the touched features cost decoder comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 
 from sae_reasoning.causal.references import AblationReferences
-from sae_reasoning.models.hooks import patch_residual
+from sae_reasoning.scoring import patch_residual
 
 MODES = ("zero", "mean", "resample")
 
@@ -44,11 +44,15 @@ class FeatureAblation:
             raise ValueError(f"ablation mode {mode!r}: expected one of {MODES}")
         if mode != "zero":
             if references is None:
-                raise ValueError(f"{mode} ablation needs references: FeatureAblation(..., references="
-                                 f"AblationReferences.build(lm, sae, layer, select, ...))")
+                raise ValueError(
+                    f"{mode} ablation needs references: FeatureAblation(..., references="
+                    f"AblationReferences.build(lm, sae, layer, select, ...))"
+                )
             if not isinstance(references, AblationReferences):
-                raise TypeError(f"{mode} ablation: references must be an AblationReferences, "
-                                f"not {type(references).__name__}")
+                raise TypeError(
+                    f"{mode} ablation: references must be an AblationReferences, "
+                    f"not {type(references).__name__}"
+                )
         self.sae = sae
         self.features = torch.as_tensor(features, dtype=torch.long).reshape(-1)
         self.mode = mode
@@ -59,8 +63,11 @@ class FeatureAblation:
         """The unbound hook's replacement values (zero ablation)."""
         if self.mode == "zero":
             return torch.zeros_like(f_sel)
-        raise RuntimeError(f"{self.mode} ablation depends on the batch and segment it runs on: install "
-                           f"`ablation.at(batch, segment)` (e.g. through splice.condition), not the ablation itself")
+        raise RuntimeError(
+            f"{self.mode} ablation depends on the batch and segment it runs on: install "
+            "`ablation.at(batch, segment)` (e.g. through splice.condition), not the ablation "
+            "itself"
+        )
 
     def at(self, batch, segment: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """The hook for the pass `segment` ("prefix" | "question" | "answer", scoring.SEGMENTS)
@@ -80,9 +87,12 @@ class FeatureAblation:
             d = torch.where(missing[..., None].to(resid.device), resid, donor.to(resid))
             f_donor = self.sae.encode(d.to(self.sae.W_dec.dtype))[..., self.features]
             return self.splice(resid, lambda f_sel: f_donor.to(f_sel))
+
         return replace_from_donor
 
-    def splice(self, resid: torch.Tensor, replace: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def splice(
+        self, resid: torch.Tensor, replace: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         """resid + (replace(f_S) - f_S) @ W_dec[S]: the SAE spliced in, error term kept."""
         if len(self.features) == 0:
             return resid
@@ -118,6 +128,7 @@ def condition(model, layer: int, ablation) -> Callable:
 
     def cond(batch, segment: str):
         return spliced(model, layer, bind(batch, segment) if bind is not None else ablation)
+
     return cond
 
 
@@ -136,8 +147,10 @@ class WithErrorAblated:
         if mode not in MODES:
             raise ValueError(f"error ablation mode {mode!r}: expected one of {MODES}")
         if mode != "zero" and not isinstance(references, AblationReferences):
-            raise ValueError(f"{mode} ablation of the error term needs references (an AblationReferences), "
-                             f"got {type(references).__name__}")
+            raise ValueError(
+                f"{mode} ablation of the error term needs references (an AblationReferences), "
+                f"got {type(references).__name__}"
+            )
         self.ablation, self.sae, self.mode, self.references = ablation, sae, mode, references
         self.seed = getattr(ablation, "seed", 0)
 
@@ -152,7 +165,9 @@ class WithErrorAblated:
             return lambda resid: self._swap(resid, inner(resid), None)
         if self.mode == "mean":
             target = self.references.mean_at(batch, segment)
-            return lambda resid: self._swap(resid, inner(resid), target.to(resid.device).expand(*resid.shape))
+            return lambda resid: self._swap(
+                resid, inner(resid), target.to(resid.device).expand(*resid.shape)
+            )
         donors = self.references.donors_at(batch, segment, self.seed)
         if donors is None:
             return inner
@@ -161,6 +176,7 @@ class WithErrorAblated:
         def hook(resid):
             d = torch.where(missing[..., None].to(resid.device), resid, donor.to(resid))
             return self._swap(resid, inner(resid), self.error(d))
+
         return hook
 
     def _swap(self, resid, out, new_error):
@@ -171,8 +187,10 @@ class WithErrorAblated:
 
     def __call__(self, resid: torch.Tensor) -> torch.Tensor:
         if self.mode != "zero":
-            raise RuntimeError(f"{self.mode} ablation of the error term depends on the batch and segment: install "
-                               f"`.at(batch, segment)` (e.g. through splice.condition)")
+            raise RuntimeError(
+                f"{self.mode} ablation of the error term depends on the batch and segment: install "
+                f"`.at(batch, segment)` (e.g. through splice.condition)"
+            )
         return self._swap(resid, self.ablation(resid), None)
 
 

@@ -52,8 +52,9 @@ def cluster_sums(diffs, clusters=None) -> tuple[np.ndarray, np.ndarray]:
     return np.add.reduceat(d[..., order], starts, axis=-1), sizes.astype(float)
 
 
-def bootstrap_ci(diffs, *, clusters=None, n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    diffs, *, clusters=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile CI of the mean of paired differences.
 
     Resamples clusters with replacement (examples when `clusters` is None); each resample's
@@ -77,8 +78,9 @@ def _sign_matrix(n: int, *, exact: bool, n_perm: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2, size=(n, n_perm), dtype=np.int8) * 2.0 - 1.0
 
 
-def sign_flip_pvalues(diffs, *, clusters=None, n_perm: int = 10000, seed: int = 0,
-                      exact_max: int = 12) -> np.ndarray:
+def sign_flip_pvalues(
+    diffs, *, clusters=None, n_perm: int = 10000, seed: int = 0, exact_max: int = 12
+) -> np.ndarray:
     """Cluster sign-flip p-values for many vectors of differences on the same examples at once.
 
     `diffs` is (n_vectors, n_examples). Under H0 each cluster's effects are symmetric about 0,
@@ -99,8 +101,9 @@ def sign_flip_pvalues(diffs, *, clusters=None, n_perm: int = 10000, seed: int = 
     return (1 + hits) / (1 + n_perm)
 
 
-def sign_flip_pvalue(diffs, *, clusters=None, n_perm: int = 10000, seed: int = 0,
-                     exact_max: int = 12) -> float:
+def sign_flip_pvalue(
+    diffs, *, clusters=None, n_perm: int = 10000, seed: int = 0, exact_max: int = 12
+) -> float:
     """Two-sided paired permutation test of mean(d) == 0 by sign flips of whole clusters.
 
     Clusters whose differences sum to zero carry no sign information and are dropped, so the
@@ -137,8 +140,16 @@ def bh_qvalues(pvalues) -> np.ndarray:
     return q
 
 
-def paired_effect(clean_logprob, ablated_logprob, clean_correct, ablated_correct, *,
-                  clusters=None, n_boot: int = 2000, seed: int = 0) -> dict:
+def paired_effect(
+    clean_logprob,
+    ablated_logprob,
+    clean_correct,
+    ablated_correct,
+    *,
+    clusters=None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Mean effects with their CIs and p-values, for one condition on one set of examples.
 
     `clusters` (one label per example) makes the CIs and the log-prob p-value cluster-aware.
@@ -151,14 +162,19 @@ def paired_effect(clean_logprob, ablated_logprob, clean_correct, ablated_correct
     lp_lo, lp_hi = bootstrap_ci(dl, clusters=clusters, n_boot=n_boot, seed=seed)
     acc_lo, acc_hi = bootstrap_ci(da, clusters=clusters, n_boot=n_boot, seed=seed)
     p_acc, b, c = mcnemar_exact(clean_correct, ablated_correct)
-    p_acc_cluster = (p_acc if clusters is None
-                     else sign_flip_pvalue(da, clusters=clusters, seed=seed))
+    p_acc_cluster = (
+        p_acc if clusters is None else sign_flip_pvalue(da, clusters=clusters, seed=seed)
+    )
     return {
-        "delta_logprob_lo": lp_lo, "delta_logprob_hi": lp_hi,
-        "delta_accuracy_lo": acc_lo, "delta_accuracy_hi": acc_hi,
-        "p_logprob": sign_flip_pvalue(dl, clusters=clusters, seed=seed), "p_accuracy": p_acc,
+        "delta_logprob_lo": lp_lo,
+        "delta_logprob_hi": lp_hi,
+        "delta_accuracy_lo": acc_lo,
+        "delta_accuracy_hi": acc_hi,
+        "p_logprob": sign_flip_pvalue(dl, clusters=clusters, seed=seed),
+        "p_accuracy": p_acc,
         "p_accuracy_cluster": p_acc_cluster,
-        "lost_correct": b, "gained_correct": c,
+        "lost_correct": b,
+        "gained_correct": c,
     }
 
 
@@ -193,8 +209,9 @@ def min_null_size(quantile: float) -> int:
     return math.ceil(quantile / (1 - quantile) - 1e-9)
 
 
-def _null_thresholds(abs_delta: np.ndarray, is_null: np.ndarray, group: np.ndarray,
-                     quantile: float) -> tuple[np.ndarray, np.ndarray]:
+def _null_thresholds(
+    abs_delta: np.ndarray, is_null: np.ndarray, group: np.ndarray, quantile: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(threshold, n_null) per row: the quantile of |delta| over the nulls of the row's group."""
     thr, n_null = np.full(len(group), np.nan), np.zeros(len(group), int)
     for g in np.unique(group):
@@ -215,8 +232,13 @@ def _group_ids(rows: pd.DataFrame, group_cols: list) -> np.ndarray:
     return ids
 
 
-def importance_calls(rows: pd.DataFrame, *, alpha: float = 0.05, null_quantile: float = 0.95,
-                     group_cols=("mode", "benchmark", "endpoint")) -> pd.DataFrame:
+def importance_calls(
+    rows: pd.DataFrame,
+    *,
+    alpha: float = 0.05,
+    null_quantile: float = 0.95,
+    group_cols=("mode", "benchmark", "endpoint"),
+) -> pd.DataFrame:
     """Which features are important: significant after BH, and larger than random features.
 
     rows: one row per (feature, group) tested, with columns role ("candidate", "control" or
@@ -247,14 +269,21 @@ def importance_calls(rows: pd.DataFrame, *, alpha: float = 0.05, null_quantile: 
     for r in pd.unique(role):
         q[role == r] = bh_qvalues(p[role == r])
     abs_delta = np.abs(rows["delta"].to_numpy(float))
-    thr, n_null = _null_thresholds(abs_delta, role == "null", _group_ids(rows, group_cols),
-                                   null_quantile)
+    thr, n_null = _null_thresholds(
+        abs_delta, role == "null", _group_ids(rows, group_cols), null_quantile
+    )
     significant = q < alpha
-    added = pd.DataFrame({
-        "q": q, "null_threshold": thr, "n_null": n_null,
-        "null_too_small": n_null < min_null_size(null_quantile),
-        "significant": significant, "important": significant & (abs_delta > thr),
-    }, index=rows.index)
+    added = pd.DataFrame(
+        {
+            "q": q,
+            "null_threshold": thr,
+            "n_null": n_null,
+            "null_too_small": n_null < min_null_size(null_quantile),
+            "significant": significant,
+            "important": significant & (abs_delta > thr),
+        },
+        index=rows.index,
+    )
     out = pd.concat([rows.drop(columns=added.columns, errors="ignore"), added], axis=1)
     out.attrs.update(alpha=alpha, null_quantile=null_quantile, group_cols=group_cols)
     return out

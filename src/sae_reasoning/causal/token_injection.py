@@ -24,10 +24,10 @@ from importlib.resources import files
 import numpy as np
 import torch
 
-from sae_reasoning.models.hooks import capture_residuals
+from sae_reasoning.scoring import capture_residuals
 
-MAX_TOKENS = 128        # neutral passages are cut to this many tokens: bounds batch memory
-ENCODE_ROWS = 1024      # rows per SAE encode for the baseline: bounds the [rows, d_sae] block
+MAX_TOKENS = 128  # neutral passages are cut to this many tokens: bounds batch memory
+ENCODE_ROWS = 1024  # rows per SAE encode for the baseline: bounds the [rows, d_sae] block
 NO_CONTEXTS = "no benchmark contexts: the feature never fired on the benchmark tokens"
 
 
@@ -38,11 +38,22 @@ def neutral_corpus() -> list[str]:
 
 
 @torch.no_grad()
-def token_injection(lm, sae, layer: int, contexts: dict[int, list[dict]], *, corpus: list[str] | None = None,
-                    n_tokens: int = 3, n_sentences: int = 32, threshold: float = 0.5, batch_size: int = 16,
-                    seed: int = 0) -> dict[int, dict]:
+def token_injection(
+    lm,
+    sae,
+    layer: int,
+    contexts: dict[int, list[dict]],
+    *,
+    corpus: list[str] | None = None,
+    n_tokens: int = 3,
+    n_sentences: int = 32,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[int, dict]:
     """feature -> {tokens, benchmark_activation, injected_activation, neutral_baseline, survival,
-    token_driven, n_injections} (token_driven None, with a `reason`, for a feature without contexts).
+    token_driven, n_injections} (token_driven None, with a `reason`, for a feature without
+    contexts).
 
     benchmark_activation is the mean over the top contexts whose token is one of the `n_tokens`
     injected; injected_activation the mean over every (token, sentence) injection;
@@ -66,31 +77,63 @@ def token_injection(lm, sae, layer: int, contexts: dict[int, list[dict]], *, cor
             p = slots[_slot(seed, si, ids_t, len(slots))]
             index[ids_t, si] = len(seqs)
             seqs.append(ids[:p] + list(ids_t) + ids[p:])
-            at.append(p + len(ids_t) - 1)      # a multi-piece token is read at its last piece
+            at.append(p + len(ids_t) - 1)  # a multi-piece token is read at its last piece
     injected = _features_at(lm, sae, layer, seqs, at, feats, batch_size)
     baseline = _mean_features(lm, sae, layer, [ids for ids, _ in sentences], feats, batch_size)
 
-    return {f: _summary(triggers[f], injected[:, col], index, len(sentences), float(baseline[col]),
-                        tok, threshold) for col, f in enumerate(feats)}
+    return {
+        f: _summary(
+            triggers[f],
+            injected[:, col],
+            index,
+            len(sentences),
+            float(baseline[col]),
+            tok,
+            threshold,
+        )
+        for col, f in enumerate(feats)
+    }
 
 
-def _summary(trig: dict, injected: torch.Tensor, index: dict, n_sent: int, baseline: float, tok,
-             threshold: float) -> dict:
+def _summary(
+    trig: dict,
+    injected: torch.Tensor,
+    index: dict,
+    n_sent: int,
+    baseline: float,
+    tok,
+    threshold: float,
+) -> dict:
     if not trig:
-        return {"tokens": [], "benchmark_activation": None, "injected_activation": None,
-                "neutral_baseline": baseline, "survival": None, "token_driven": None, "n_injections": 0,
-                "reason": NO_CONTEXTS}
+        return {
+            "tokens": [],
+            "benchmark_activation": None,
+            "injected_activation": None,
+            "neutral_baseline": baseline,
+            "survival": None,
+            "token_driven": None,
+            "n_injections": 0,
+            "reason": NO_CONTEXTS,
+        }
     rows = [index[ids_t, si] for ids_t in trig for si in range(n_sent)]
     bench = float(np.mean([a for acts in trig.values() for a in acts]))
     inj = float(injected[rows].mean())
     # Top contexts only list activations > 0, so bench > 0 and the ratio is finite.
     survival = inj / bench
-    return {"tokens": [tok.decode(list(ids_t)) for ids_t in trig], "benchmark_activation": bench,
-            "injected_activation": inj, "neutral_baseline": baseline, "survival": survival,
-            "token_driven": bool(survival >= threshold), "n_injections": len(rows)}
+    return {
+        "tokens": [tok.decode(list(ids_t)) for ids_t in trig],
+        "benchmark_activation": bench,
+        "injected_activation": inj,
+        "neutral_baseline": baseline,
+        "survival": survival,
+        "token_driven": bool(survival >= threshold),
+        "n_injections": len(rows),
+    }
 
 
-def _trigger_tokens(entries: list[dict], tokenizer, n_tokens: int) -> dict[tuple[int, ...], list[float]]:
+def _trigger_tokens(
+    entries: list[dict], tokenizer, n_tokens: int
+) -> dict[tuple[int, ...], list[float]]:
     """The feature's `n_tokens` strongest distinct tokens -> their benchmark activations."""
     found: dict[tuple[int, ...], list[float]] = {}
     for e in sorted(entries, key=lambda e: -e["activation"]):
@@ -110,8 +153,9 @@ def _token_ids(entry: dict, tokenizer) -> tuple[int, ...]:
     return tuple(tokenizer(entry["token"], add_special_tokens=False)["input_ids"])
 
 
-def _neutral_sentences(tokenizer, corpus: list[str], n: int,
-                       seed: int) -> list[tuple[list[int], list[int]]]:
+def _neutral_sentences(
+    tokenizer, corpus: list[str], n: int, seed: int
+) -> list[tuple[list[int], list[int]]]:
     """Up to n seeded passages as (ids, word-start token indices where a token may be inserted)."""
     usable = []
     for text in corpus:
@@ -130,18 +174,18 @@ def _word_starts(tokenizer, text: str) -> tuple[list[int], list[int]]:
     attention sink, whose outsized norms top contexts exclude too)."""
     try:
         enc = tokenizer(text, return_offsets_mapping=True)
-    except NotImplementedError:                 # slow tokenizers have no offsets: any slot but 0
+    except NotImplementedError:  # slow tokenizers have no offsets: any slot but 0
         ids = list(tokenizer(text)["input_ids"])[:MAX_TOKENS]
         return ids, list(range(1, len(ids)))
     ids, spans = list(enc["input_ids"])[:MAX_TOKENS], list(enc["offset_mapping"])[:MAX_TOKENS]
-    slots, covered = [], 0          # covered: end of the last real token's span
+    slots, covered = [], 0  # covered: end of the last real token's span
     for i, (start, end) in enumerate(spans):
         if end <= start:
-            continue                                            # special tokens (BOS) have no span
+            continue  # special tokens (BOS) have no span
         if text[start].isspace():
-            slots.append(i)                                     # " word" or a lone " " (byte-level BPE)
+            slots.append(i)  # " word" or a lone " " (byte-level BPE)
         elif start > 0 and text[start - 1].isspace() and covered < start:
-            slots.append(i)                                     # offsets trimmed of the space
+            slots.append(i)  # offsets trimmed of the space
         covered = end
     return ids, slots
 
@@ -157,17 +201,19 @@ def _batches(lm, seqs: list[list[int]], batch_size: int):
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
+        rows = order[s : s + batch_size]
         width = max(len(seqs[r]) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for b, r in enumerate(rows):
-            ids[b, :len(seqs[r])] = torch.tensor(seqs[r])
-            mask[b, :len(seqs[r])] = 1
+            ids[b, : len(seqs[r])] = torch.tensor(seqs[r])
+            mask[b, : len(seqs[r])] = 1
         yield rows, ids.to(lm.device), mask.to(lm.device)
 
 
-def _features_at(lm, sae, layer: int, seqs, at: list[int], feats: list[int], batch_size: int) -> torch.Tensor:
+def _features_at(
+    lm, sae, layer: int, seqs, at: list[int], feats: list[int], batch_size: int
+) -> torch.Tensor:
     """[len(seqs), len(feats)]: the features at position at[i] of sequence i."""
     out = torch.zeros(len(seqs), len(feats))
     cols = torch.as_tensor(feats, dtype=torch.long, device=sae.W_dec.device)
@@ -189,6 +235,6 @@ def _mean_features(lm, sae, layer: int, seqs, feats: list[int], batch_size: int)
         keep[:, 0] = False
         x = resid[keep]
         for s in range(0, len(x), ENCODE_ROWS):
-            total += sae.encode(x[s:s + ENCODE_ROWS].to(sae.W_dec))[:, cols].double().sum(0).cpu()
+            total += sae.encode(x[s : s + ENCODE_ROWS].to(sae.W_dec))[:, cols].double().sum(0).cpu()
         count += len(x)
     return total / max(count, 1)

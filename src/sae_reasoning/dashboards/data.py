@@ -24,17 +24,19 @@ EFFECT_ROLES = ("candidate", "control")
 
 @dataclass
 class DashboardConfig:
-    max_features: int = 40              # pages per hook point (candidates, then controls, then circuit)
-    max_circuit_features: int = 20      # circuit members beyond the candidates and controls
-    n_contexts: int = 10                # top-activating contexts per feature
-    n_quantiles: int = 5                # equal-count groups of the nonzero activations
-    per_quantile: int = 3               # contexts drawn from each group
-    window_before: int = 24             # tokens shown before the context's token
-    window_after: int = 8               # ... and after it
+    max_features: int = 40  # pages per hook point (candidates, then controls, then circuit)
+    max_circuit_features: int = 20  # circuit members beyond the candidates and controls
+    n_contexts: int = 10  # top-activating contexts per feature
+    n_quantiles: int = 5  # equal-count groups of the nonzero activations
+    per_quantile: int = 3  # contexts drawn from each group
+    window_before: int = 24  # tokens shown before the context's token
+    window_after: int = 8  # ... and after it
     histogram_bins: int = 30
-    n_logit_tokens: int = 10            # promoted and suppressed tokens listed
-    n_neighbours: int = 5               # nearest features by decoder cosine
-    max_tokens: int = 200_000           # captured tokens scanned per hook point (memory: tokens x features x 4 B)
+    n_logit_tokens: int = 10  # promoted and suppressed tokens listed
+    n_neighbours: int = 5  # nearest features by decoder cosine
+    max_tokens: int = (
+        200_000  # captured tokens scanned per hook point (memory: tokens x features x 4 B)
+    )
     seed: int = 0
     exclude: MassiveActivationFilter = field(default_factory=MassiveActivationFilter)
 
@@ -45,7 +47,9 @@ class DashboardConfig:
         known = {f.name for f in fields(cls)} - {"exclude"}
         unknown = sorted(set(p) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown parameter(s) {unknown}; expected some of {sorted(known)}")
+            raise ValueError(
+                f"{where}: unknown parameter(s) {unknown}; expected some of {sorted(known)}"
+            )
         for k, v in p.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "seed" else 1):
                 raise ValueError(f"{where}.{k} = {v!r}: expected a positive integer")
@@ -55,8 +59,9 @@ class DashboardConfig:
         return cfg
 
 
-def analysed_features(ranking: list[dict], effects: pd.DataFrame, circuit_nodes: list[dict],
-                      cfg: DashboardConfig) -> list[dict]:
+def analysed_features(
+    ranking: list[dict], effects: pd.DataFrame, circuit_nodes: list[dict], cfg: DashboardConfig
+) -> list[dict]:
     """[{feature, rank, roles}] in page order: candidates by rank, controls, circuit members."""
     out: dict[int, dict] = {}
 
@@ -81,8 +86,20 @@ def feature_effects(effects: pd.DataFrame, feature: int) -> list[dict]:
     if not len(effects):
         return []
     rows = effects[(effects["feature"] == feature) & effects["role"].isin(EFFECT_ROLES)]
-    keys = ("mode", "benchmark", "n", "delta_logprob", "delta_logprob_lo", "delta_logprob_hi", "q_logprob",
-            "delta_accuracy", "delta_accuracy_lo", "delta_accuracy_hi", "q_accuracy", "important")
+    keys = (
+        "mode",
+        "benchmark",
+        "n",
+        "delta_logprob",
+        "delta_logprob_lo",
+        "delta_logprob_hi",
+        "q_logprob",
+        "delta_accuracy",
+        "delta_accuracy_lo",
+        "delta_accuracy_hi",
+        "q_accuracy",
+        "important",
+    )
     out = []
     for _, r in rows.sort_values(["mode", "benchmark"]).iterrows():
         out.append({k: _clean(r.get(k)) for k in keys})
@@ -99,31 +116,66 @@ def _clean(v):
     return float(v) if isinstance(v, (np.floating, float)) else v
 
 
-def index_row(entry: dict, effects: list[dict], firing_rate: float, token_driven, benchmarks: list[str]) -> dict:
+def index_row(
+    entry: dict, effects: list[dict], firing_rate: float, token_driven, benchmarks: list[str]
+) -> dict:
     """One row of the index table: zero-ablation Δ gold log-prob per benchmark with CI, pooled q."""
     zero = {e["benchmark"]: e for e in effects if e["mode"] == "zero"}
     pooled = zero.get("all", {})
-    return {**entry, "firing_rate": firing_rate, "token_driven": token_driven,
-            "in_circuit": "circuit" in entry["roles"], "control": "control" in entry["roles"],
-            "q_logprob": pooled.get("q_logprob"),
-            "important": any(bool(e.get("important")) for e in effects) if effects else None,
-            "per_benchmark": {b: {k: zero[b].get(k) for k in ("delta_logprob", "delta_logprob_lo", "delta_logprob_hi")}
-                              for b in benchmarks if b in zero}}
+    return {
+        **entry,
+        "firing_rate": firing_rate,
+        "token_driven": token_driven,
+        "in_circuit": "circuit" in entry["roles"],
+        "control": "control" in entry["roles"],
+        "q_logprob": pooled.get("q_logprob"),
+        "important": any(bool(e.get("important")) for e in effects) if effects else None,
+        "per_benchmark": {
+            b: {
+                k: zero[b].get(k) for k in ("delta_logprob", "delta_logprob_lo", "delta_logprob_hi")
+            }
+            for b in benchmarks
+            if b in zero
+        },
+    }
 
 
-def dashboard_data(lm, sae, hook: str, activations: ActivationSet, *, ranking: list[dict], effects: pd.DataFrame,
-                   circuit_nodes: list[dict], token_injection: dict, benchmarks: list[str],
-                   cfg: DashboardConfig, model_name: str) -> dict:
+def dashboard_data(
+    lm,
+    sae,
+    hook: str,
+    activations: ActivationSet,
+    *,
+    ranking: list[dict],
+    effects: pd.DataFrame,
+    circuit_nodes: list[dict],
+    token_injection: dict,
+    benchmarks: list[str],
+    cfg: DashboardConfig,
+    model_name: str,
+) -> dict:
     """The dashboard of one SAE: {"index": rows, "features": {id: page}, ...facts}."""
     chosen = analysed_features(ranking, effects, circuit_nodes, cfg)
     feats = [e["feature"] for e in chosen]
     bad = [f for f in feats if not 0 <= f < sae.W_dec.shape[0]]
     if bad:
-        raise ValueError(f"dashboards {model_name} {hook}: features {bad} outside this SAE's d_sae={sae.W_dec.shape[0]}")
+        raise ValueError(
+            f"dashboards {model_name} {hook}: features {bad} outside this SAE's "
+            f"d_sae={sae.W_dec.shape[0]}"
+        )
     decode = lm.tokenizer.decode
-    scanned = sc.scan(sae, activations, hook, feats, max_tokens=cfg.max_tokens, exclude=cfg.exclude) if feats else []
-    logits = logit_tables(direct_logit_effect(lm.model, sae.W_dec[feats].detach()), decode,
-                          cfg.n_logit_tokens) if feats else []
+    scanned = (
+        sc.scan(sae, activations, hook, feats, max_tokens=cfg.max_tokens, exclude=cfg.exclude)
+        if feats
+        else []
+    )
+    logits = (
+        logit_tables(
+            direct_logit_effect(lm.model, sae.W_dec[feats].detach()), decode, cfg.n_logit_tokens
+        )
+        if feats
+        else []
+    )
     neighbours = decoder_neighbours(sae.W_dec, feats, cfg.n_neighbours) if feats else []
     ctx = sc.ContextBuilder(scanned, decode, before=cfg.window_before, after=cfg.window_after)
     rng = np.random.default_rng(cfg.seed)
@@ -136,15 +188,32 @@ def dashboard_data(lm, sae, hook: str, activations: ActivationSet, *, ranking: l
         td = token_injection.get(str(f), {}).get("token_driven")
         index.append(index_row(entry, effs, rate, td, benchmarks))
         pages[str(f)] = {
-            **index[-1], "histogram": sc.histogram(values, cfg.histogram_bins),
-            "top_contexts": [ctx.context(si, row, j) for si, row in sc.top_rows(values, refs, cfg.n_contexts)],
-            "quantiles": [{**{k: v for k, v in q.items() if k != "rows"},
-                           "contexts": [ctx.context(si, row, j) for si, row in q["rows"]]}
-                          for q in sc.quantile_rows(values, refs, cfg.n_quantiles, cfg.per_quantile, rng)],
-            "effects": effs, "logits": logits[j], "neighbours": neighbours[j],
+            **index[-1],
+            "histogram": sc.histogram(values, cfg.histogram_bins),
+            "top_contexts": [
+                ctx.context(si, row, j) for si, row in sc.top_rows(values, refs, cfg.n_contexts)
+            ],
+            "quantiles": [
+                {
+                    **{k: v for k, v in q.items() if k != "rows"},
+                    "contexts": [ctx.context(si, row, j) for si, row in q["rows"]],
+                }
+                for q in sc.quantile_rows(values, refs, cfg.n_quantiles, cfg.per_quantile, rng)
+            ],
+            "effects": effs,
+            "logits": logits[j],
+            "neighbours": neighbours[j],
             "token_injection": token_injection.get(str(f)),
         }
     n_scanned = {s.benchmark: int(s.keep.sum()) for s in scanned}
-    return {"model": model_name, "hook_point": hook, "d_sae": int(sae.W_dec.shape[0]), "d_model": int(sae.W_dec.shape[1]),
-            "benchmarks": benchmarks, "scanned_tokens": n_scanned, "window": [cfg.window_before, cfg.window_after],
-            "index": index, "features": pages}
+    return {
+        "model": model_name,
+        "hook_point": hook,
+        "d_sae": int(sae.W_dec.shape[0]),
+        "d_model": int(sae.W_dec.shape[1]),
+        "benchmarks": benchmarks,
+        "scanned_tokens": n_scanned,
+        "window": [cfg.window_before, cfg.window_after],
+        "index": index,
+        "features": pages,
+    }

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sae_reasoning.activations.store import ActivationSet, MassiveActivationFilter
-from sae_reasoning.sae.model import build_sae
+from sae_reasoning.sae.architectures import build_sae
 
 # Architectures where a latent depends on its own encoder column (and threshold) only, so
 # encoding just the chosen features gives their exact activations at a fraction of the cost.
@@ -26,19 +26,22 @@ class Scanned:
     """One store's scanned rows: activations of the chosen features, keep mask, metadata."""
 
     benchmark: str
-    acts: np.ndarray          # [rows, features] float32
-    keep: np.ndarray          # [rows] bool: rows the SAE was trained/evaluated on (massive-activation rule)
-    example: np.ndarray       # [rows] example index
-    position: np.ndarray      # [rows]
-    token_id: np.ndarray      # [rows]
+    acts: np.ndarray  # [rows, features] float32
+    keep: np.ndarray  # [rows] bool: rows the SAE was trained/evaluated on (massive-activation rule)
+    example: np.ndarray  # [rows] example index
+    position: np.ndarray  # [rows]
+    token_id: np.ndarray  # [rows]
 
     def example_rows(self) -> dict[int, np.ndarray]:
         """example -> its row indices sorted by position."""
         order = np.lexsort((self.position, self.example))
         ex = self.example[order]
         cuts = np.flatnonzero(np.diff(ex)) + 1
-        return {int(part[0]): rows for part, rows in
-                zip(np.split(ex, cuts), np.split(order, cuts)) if len(part)}
+        return {
+            int(part[0]): rows
+            for part, rows in zip(np.split(ex, cuts), np.split(order, cuts))
+            if len(part)
+        }
 
 
 @torch.no_grad()
@@ -48,15 +51,31 @@ def feature_encoder(sae, features: list[int]):
     if sae.cfg.architecture not in FEATURE_LOCAL:
         return lambda x: sae.encode(x)[:, idx]
     small = build_sae(sae.cfg.replace(d_sae=len(features))).to(sae.W_dec)
-    state = {k: (v[:, idx] if k == "W_enc" else v[idx] if v.shape[:1] == (sae.d_sae,) and k != "b_dec" else v)
-             for k, v in sae.state_dict().items()}
+    state = {
+        k: (
+            v[:, idx]
+            if k == "W_enc"
+            else v[idx]
+            if v.shape[:1] == (sae.d_sae,) and k != "b_dec"
+            else v
+        )
+        for k, v in sae.state_dict().items()
+    }
     small.load_state_dict(state)
     return small.encode
 
 
 @torch.no_grad()
-def scan(sae, activations: ActivationSet, hook: str, features: list[int], *, max_tokens: int,
-         exclude: MassiveActivationFilter | None, chunk: int = 4096) -> list[Scanned]:
+def scan(
+    sae,
+    activations: ActivationSet,
+    hook: str,
+    features: list[int],
+    *,
+    max_tokens: int,
+    exclude: MassiveActivationFilter | None,
+    chunk: int = 4096,
+) -> list[Scanned]:
     """Encode up to `max_tokens` captured tokens (split evenly over the benchmarks, whole shards
     in order) and keep the chosen features' activations."""
     stores = activations.for_hook(hook)
@@ -69,16 +88,36 @@ def scan(sae, activations: ActivationSet, hook: str, features: list[int], *, max
             if n >= per_store:
                 break
             s = {k: v[: per_store - n] for k, v in store.shard(i).items()}
-            keep = (exclude.keep_mask(s["position"], s["norm"], store.median_norm) if exclude
-                    else torch.ones(len(s["norm"]), dtype=torch.bool))
-            f = torch.cat([encode(s["activations"][a:a + chunk].to(sae.W_dec)).float().cpu()
-                           for a in range(0, len(keep), chunk)]) if len(keep) else torch.empty(0, len(features))
+            keep = (
+                exclude.keep_mask(s["position"], s["norm"], store.median_norm)
+                if exclude
+                else torch.ones(len(s["norm"]), dtype=torch.bool)
+            )
+            f = (
+                torch.cat(
+                    [
+                        encode(s["activations"][a : a + chunk].to(sae.W_dec)).float().cpu()
+                        for a in range(0, len(keep), chunk)
+                    ]
+                )
+                if len(keep)
+                else torch.empty(0, len(features))
+            )
             parts.append((f, keep, s["example_index"], s["position"], s["token_id"]))
             n += len(keep)
-        cols = [torch.cat([p[j] for p in parts]).numpy() if parts else np.empty(0) for j in range(5)]
-        out.append(Scanned(store.manifest.get("benchmark") or store.folder.parent.name, cols[0].reshape(-1, len(features)),
-                           cols[1].astype(bool), cols[2].astype(np.int64), cols[3].astype(np.int64),
-                           cols[4].astype(np.int64)))
+        cols = [
+            torch.cat([p[j] for p in parts]).numpy() if parts else np.empty(0) for j in range(5)
+        ]
+        out.append(
+            Scanned(
+                store.manifest.get("benchmark") or store.folder.parent.name,
+                cols[0].reshape(-1, len(features)),
+                cols[1].astype(bool),
+                cols[2].astype(np.int64),
+                cols[3].astype(np.int64),
+                cols[4].astype(np.int64),
+            )
+        )
     return out
 
 
@@ -110,11 +149,25 @@ class ContextBuilder:
         s = self.scanned[si]
         rows = self._rows[si][int(s.example[row])]
         pos = s.position[row]
-        near = rows[(s.position[rows] >= pos - self.before) & (s.position[rows] <= pos + self.after)]
-        toks = [{"text": self.token(int(s.token_id[r])), "act": float(s.acts[r, j]) if s.keep[r] else None,
-                 "here": bool(r == row)} for r in near]
-        return {"benchmark": s.benchmark, "example_index": int(s.example[row]), "position": int(pos),
-                "activation": float(s.acts[row, j]), "token": self.token(int(s.token_id[row])), "tokens": toks}
+        near = rows[
+            (s.position[rows] >= pos - self.before) & (s.position[rows] <= pos + self.after)
+        ]
+        toks = [
+            {
+                "text": self.token(int(s.token_id[r])),
+                "act": float(s.acts[r, j]) if s.keep[r] else None,
+                "here": bool(r == row),
+            }
+            for r in near
+        ]
+        return {
+            "benchmark": s.benchmark,
+            "example_index": int(s.example[row]),
+            "position": int(pos),
+            "activation": float(s.acts[row, j]),
+            "token": self.token(int(s.token_id[row])),
+            "tokens": toks,
+        }
 
 
 def feature_values(scanned: list[Scanned], j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +177,10 @@ def feature_values(scanned: list[Scanned], j: int) -> tuple[np.ndarray, np.ndarr
         rows = np.flatnonzero(s.keep)
         vals.append(s.acts[rows, j])
         refs.append(np.stack([np.full(len(rows), si), rows], 1))
-    return (np.concatenate(vals) if vals else np.empty(0, np.float32),
-            np.concatenate(refs) if refs else np.empty((0, 2), np.int64))
+    return (
+        np.concatenate(vals) if vals else np.empty(0, np.float32),
+        np.concatenate(refs) if refs else np.empty((0, 2), np.int64),
+    )
 
 
 def top_rows(values: np.ndarray, refs: np.ndarray, n: int) -> list[tuple[int, int]]:
@@ -134,8 +189,9 @@ def top_rows(values: np.ndarray, refs: np.ndarray, n: int) -> list[tuple[int, in
     return [tuple(int(x) for x in refs[i]) for i in order if values[i] > 0]
 
 
-def quantile_rows(values: np.ndarray, refs: np.ndarray, n_groups: int, per_group: int,
-                  rng: np.random.Generator) -> list[dict]:
+def quantile_rows(
+    values: np.ndarray, refs: np.ndarray, n_groups: int, per_group: int, rng: np.random.Generator
+) -> list[dict]:
     """Nonzero activations cut into n_groups equal-count groups (highest first), per_group
     rows drawn at random from each: what the feature does below its top examples."""
     nz = np.flatnonzero(values > 0)
@@ -148,7 +204,12 @@ def quantile_rows(values: np.ndarray, refs: np.ndarray, n_groups: int, per_group
             continue
         pick = rng.choice(part, size=min(per_group, len(part)), replace=False)
         pick = pick[np.argsort(-values[pick], kind="stable")]
-        out.append({"quantile": [g / n_groups, (g + 1) / n_groups],
-                    "activation_range": [float(values[part].min()), float(values[part].max())],
-                    "n": len(part), "rows": [tuple(int(x) for x in refs[i]) for i in pick]})
+        out.append(
+            {
+                "quantile": [g / n_groups, (g + 1) / n_groups],
+                "activation_range": [float(values[part].min()), float(values[part].max())],
+                "n": len(part),
+                "rows": [tuple(int(x) for x in refs[i]) for i in pick],
+            }
+        )
     return out

@@ -22,8 +22,10 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module:
         mod = getattr(base, name, None)
         if isinstance(mod, torch.nn.Module):
             return mod
-    raise ValueError(f"{type(model).__name__}: no final norm found on its base model "
-                     f"(looked for {', '.join(FINAL_NORM_NAMES)}); the dashboards' logit tables need one")
+    raise ValueError(
+        f"{type(model).__name__}: no final norm found on its base model "
+        f"(looked for {', '.join(FINAL_NORM_NAMES)}); the dashboards' logit tables need one"
+    )
 
 
 @torch.no_grad()
@@ -41,10 +43,18 @@ def logit_tables(effect: torch.Tensor, decode, n: int) -> list[dict]:
     out = []
     for row in effect:
         top, bottom = row.topk(n), (-row).topk(n)
-        out.append({"promoted": [{"token": decode([int(i)]), "token_id": int(i), "logit": float(v)}
-                                 for v, i in zip(top.values, top.indices)],
-                    "suppressed": [{"token": decode([int(i)]), "token_id": int(i), "logit": float(-v)}
-                                   for v, i in zip(bottom.values, bottom.indices)]})
+        out.append(
+            {
+                "promoted": [
+                    {"token": decode([int(i)]), "token_id": int(i), "logit": float(v)}
+                    for v, i in zip(top.values, top.indices)
+                ],
+                "suppressed": [
+                    {"token": decode([int(i)]), "token_id": int(i), "logit": float(-v)}
+                    for v, i in zip(bottom.values, bottom.indices)
+                ],
+            }
+        )
     return out
 
 
@@ -53,8 +63,10 @@ def decoder_neighbours(W_dec: torch.Tensor, features: list[int], n: int) -> list
     """Per feature: the n other features whose decoder rows have the highest cosine with its own."""
     w = W_dec.detach().float()
     w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = w[features] @ w.T                                          # [features, d_sae]
+    cos = w[features] @ w.T  # [features, d_sae]
     cos[torch.arange(len(features)), torch.as_tensor(features)] = float("-inf")
     top = cos.topk(min(n, w.shape[0] - 1), dim=1)
-    return [[{"feature": int(i), "cosine": float(v)} for v, i in zip(vals, idx)]
-            for vals, idx in zip(top.values.cpu(), top.indices.cpu())]
+    return [
+        [{"feature": int(i), "cosine": float(v)} for v, i in zip(vals, idx)]
+        for vals, idx in zip(top.values.cpu(), top.indices.cpu())
+    ]

@@ -16,7 +16,10 @@ from kedro_datasets.networkx import JSONDataset
 class CircuitGraphDataset(JSONDataset):
     def preview(self, max_nodes: int = 50) -> JSONPreview:
         graph = self.load()
-        keep = ["answer"] + sorted((n for n in graph.nodes if n != "answer"),
-                                   key=lambda n: graph.nodes[n].get("order", 0))[:max_nodes]
-        data = networkx.node_link_data(graph.subgraph([n for n in keep if n in graph]), edges="edges")
+        keep = ["answer"] + sorted(
+            (n for n in graph.nodes if n != "answer"), key=lambda n: graph.nodes[n].get("order", 0)
+        )[:max_nodes]
+        data = networkx.node_link_data(
+            graph.subgraph([n for n in keep if n in graph]), edges="edges"
+        )
         return JSONPreview(json.dumps(data, default=str))

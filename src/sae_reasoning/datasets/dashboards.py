@@ -3,8 +3,9 @@
 save({"model": ..., "hook_points": {hook: dashboard_data(...)}}) writes, per hook point,
 `<filepath>/<hook point>/index.html`, `feature_<id>.html` for each analysed feature, and
 `dashboard.json` (the data the pages show). Each hook folder is written beside its final
-place and swapped in, so a failed save keeps the last site and no page of a feature that is
-no longer analysed lingers. load() -> the same dict, read from the dashboard.json files.
+place and swapped in (publish.LocalSwap), so a failed save keeps the last site and no page
+of a feature that is no longer analysed lingers. load() -> the same dict, read from the
+dashboard.json files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,21 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from sae_reasoning.publish import LocalSwap
+
 DATA_FILE = "dashboard.json"
+
+
+def _write_site(folder: Path, data: dict) -> None:
+    # jinja2 is imported only where pages are written
+    from sae_reasoning.dashboards.render import render_site
+
+    folder.mkdir()
+    for name, html in render_site(data).items():
+        (folder / name).write_text(html, encoding="utf-8")
+    (folder / DATA_FILE).write_text(
+        json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
 
 
 class FeatureDashboardsDataset(AbstractDataset[dict, dict]):
@@ -26,37 +41,32 @@ class FeatureDashboardsDataset(AbstractDataset[dict, dict]):
         self.metadata = metadata
 
     def save(self, data: dict) -> None:
-        # jinja2 is imported only where pages are written
-        from sae_reasoning.dashboards.render import render_site
-
         if not isinstance(data, dict) or "hook_points" not in data:
-            raise DatasetError(f"feature dashboards {self.path}: expected {{'model', 'hook_points'}}, "
-                               f"got {type(data).__name__}")
+            raise DatasetError(
+                f"feature dashboards {self.path}: expected {{'model', 'hook_points'}}, "
+                f"got {type(data).__name__}"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
+        # dashboard.json is written last: its presence marks a staging copy complete
+        swap = LocalSwap(self.path, suffix="tmp", complete=lambda p: (p / DATA_FILE).exists())
         for hook, d in data["hook_points"].items():
-            final = self.path / hook
-            tmp = self.path / f".{hook}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for name, html in render_site(d).items():
-                (tmp / name).write_text(html, encoding="utf-8")
-            (tmp / DATA_FILE).write_text(json.dumps(d, indent=1, ensure_ascii=False), encoding="utf-8")
-            old = self.path / f".{hook}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            swap.publish(hook, lambda staging, d=d: _write_site(staging, d))
         # Hook points no longer configured would otherwise keep stale sites.
         for stale in self.path.iterdir():
-            if stale.is_dir() and not stale.name.startswith(".") and stale.name not in data["hook_points"]:
+            if (
+                stale.is_dir()
+                and not stale.name.startswith(".")
+                and stale.name not in data["hook_points"]
+            ):
                 shutil.rmtree(stale)
 
     def load(self) -> dict:
         files = sorted(self.path.glob(f"*/{DATA_FILE}"))
         if not files:
-            raise DatasetError(f"feature dashboards {self.path}: no {DATA_FILE} under it; run the causal "
-                               "pipeline (node feature_dashboards) first")
+            raise DatasetError(
+                f"feature dashboards {self.path}: no {DATA_FILE} under it; run the causal "
+                "pipeline (node feature_dashboards) first"
+            )
         hooks = {f.parent.name: json.loads(f.read_text(encoding="utf-8")) for f in files}
         return {"model": next(iter(hooks.values())).get("model"), "hook_points": hooks}
 

@@ -52,24 +52,45 @@ class StreamedRows:
     ``identity`` (the source's arguments, and size and mtime of local data files) is what
     a capture fingerprints in place of the content, which is never read just to compare."""
 
-    def __init__(self, path: str, name: str | None, split: str, data_files: Any,
-                 columns: list[str] | None, load_args: dict[str, Any]):
+    def __init__(
+        self,
+        path: str,
+        name: str | None,
+        split: str,
+        data_files: Any,
+        columns: list[str] | None,
+        load_args: dict[str, Any],
+    ):
         self._args = (path, name, split, data_files, columns, load_args)
-        self.identity = {"path": path, "name": name, "split": split, "data_files": data_files,
-                         "columns": columns, "load_args": load_args,
-                         "files": [_file_stamp(f) for f in _local_files(data_files)]}
+        self.identity = {
+            "path": path,
+            "name": name,
+            "split": split,
+            "data_files": data_files,
+            "columns": columns,
+            "load_args": load_args,
+            "files": [_file_stamp(f) for f in _local_files(data_files)],
+        }
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import datasets  # heavy import, kept local
 
         path, name, split, data_files, columns, load_args = self._args
-        stream = datasets.load_dataset(path, name, split=split, data_files=copy.deepcopy(data_files),
-                                       streaming=True, **load_args)
+        stream = datasets.load_dataset(
+            path,
+            name,
+            split=split,
+            data_files=copy.deepcopy(data_files),
+            streaming=True,
+            **load_args,
+        )
         if columns is not None:
             missing = [c for c in columns if c not in (stream.column_names or columns)]
             if missing:
-                raise DatasetError(f"HFDatasetsDataset({path!r}): no column(s) {missing}; "
-                                   f"found {stream.column_names}")
+                raise DatasetError(
+                    f"HFDatasetsDataset({path!r}): no column(s) {missing}; "
+                    f"found {stream.column_names}"
+                )
             stream = stream.select_columns(columns)
         yield from stream
 
@@ -121,8 +142,10 @@ class HFDatasetsDataset(AbstractDataset[None, pd.DataFrame]):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if streaming and split is None:
-            raise DatasetError(f"HFDatasetsDataset({path!r}): streaming needs a `split` "
-                               "(a single local file's split is called \"train\")")
+            raise DatasetError(
+                f"HFDatasetsDataset({path!r}): streaming needs a `split` "
+                '(a single local file\'s split is called "train")'
+            )
         self._streaming = bool(streaming)
         self._path = path
         self._name = name
@@ -134,8 +157,14 @@ class HFDatasetsDataset(AbstractDataset[None, pd.DataFrame]):
 
     def load(self) -> pd.DataFrame | StreamedRows:
         if self._streaming:
-            return StreamedRows(self._path, self._name, self._split, copy.deepcopy(self._data_files),
-                                self._columns, dict(self._load_args))
+            return StreamedRows(
+                self._path,
+                self._name,
+                self._split,
+                copy.deepcopy(self._data_files),
+                self._columns,
+                dict(self._load_args),
+            )
         try:
             return load_hf_dataframe(
                 self._path,

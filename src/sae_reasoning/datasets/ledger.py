@@ -16,9 +16,29 @@ from kedro.io import AbstractDataset, DatasetError
 from sae_reasoning.datasets.previews import TablePreview, table_preview
 from sae_reasoning.ledger import read_records
 
-COLUMNS = ["run_id", "node", "namespace", "stage", "status", "error", "started_at", "finished_at",
-           "wall_s", "device", "device_name", "devices", "peak_memory_bytes", "peak_rss_bytes",
-           "rss_at_start_bytes", "device_hours", "tokens", "model_tokens", "sae_training_tokens", "host", "pid"]
+COLUMNS = [
+    "run_id",
+    "node",
+    "namespace",
+    "stage",
+    "status",
+    "error",
+    "started_at",
+    "finished_at",
+    "wall_s",
+    "device",
+    "device_name",
+    "devices",
+    "peak_memory_bytes",
+    "peak_rss_bytes",
+    "rss_at_start_bytes",
+    "device_hours",
+    "tokens",
+    "model_tokens",
+    "sae_training_tokens",
+    "host",
+    "pid",
+]
 
 
 class ResourceLedgerDataset(AbstractDataset[None, pd.DataFrame]):
@@ -28,12 +48,15 @@ class ResourceLedgerDataset(AbstractDataset[None, pd.DataFrame]):
 
     def load(self) -> pd.DataFrame:
         records = read_records(self.path)
-        return pd.DataFrame(records, columns=list(dict.fromkeys(
-            COLUMNS + [k for r in records for k in r])))
+        return pd.DataFrame(
+            records, columns=list(dict.fromkeys(COLUMNS + [k for r in records for k in r]))
+        )
 
     def save(self, data: None) -> None:
-        raise DatasetError(f"resource ledger {self.path}: written by ResourceLedgerHook while nodes "
-                           "run (settings.py), not by a node")
+        raise DatasetError(
+            f"resource ledger {self.path}: written by ResourceLedgerHook while nodes "
+            "run (settings.py), not by a node"
+        )
 
     def _exists(self) -> bool:
         return self.path.is_dir()
@@ -43,5 +66,14 @@ class ResourceLedgerDataset(AbstractDataset[None, pd.DataFrame]):
 
     def preview(self, nrows: int = 20) -> TablePreview:
         """kedro-viz: the latest `nrows` records, their main columns."""
-        cols = ["finished_at", "node", "status", "wall_s", "device", "peak_memory_bytes", "peak_rss_bytes", "tokens"]
+        cols = [
+            "finished_at",
+            "node",
+            "status",
+            "wall_s",
+            "device",
+            "peak_memory_bytes",
+            "peak_rss_bytes",
+            "tokens",
+        ]
         return table_preview(self.load().tail(nrows)[cols])

@@ -15,14 +15,28 @@ from sae_reasoning.models.loading import ModelHandle, ModelSpec
 
 
 class ModelDataset(AbstractDataset[None, ModelHandle]):
-    def __init__(self, *, name: str, pretrained_model_name_or_path: str, gguf_file: str | None = None,
-                 revision: str | None = None, dtype: str = "float32", trust_remote_code: bool = False,
-                 converted_cache: str | None = "data/06_models/converted", load_kwargs: dict | None = None,
-                 metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        *,
+        name: str,
+        pretrained_model_name_or_path: str,
+        gguf_file: str | None = None,
+        revision: str | None = None,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        converted_cache: str | None = "data/06_models/converted",
+        load_kwargs: dict | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
         self._spec = ModelSpec(
-            name=name, pretrained_model_name_or_path=pretrained_model_name_or_path, gguf_file=gguf_file,
-            revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
-            converted_cache=converted_cache, load_kwargs=dict(load_kwargs or {}),
+            name=name,
+            pretrained_model_name_or_path=pretrained_model_name_or_path,
+            gguf_file=gguf_file,
+            revision=revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            converted_cache=converted_cache,
+            load_kwargs=dict(load_kwargs or {}),
         )
         self.metadata = metadata
 
@@ -33,11 +47,24 @@ class ModelDataset(AbstractDataset[None, ModelHandle]):
         raise DatasetError(f"model {self._spec.name!r} is read-only in the catalog")
 
     def _describe(self) -> dict[str, Any]:
-        return {"name": self._spec.name, "source": self._spec.pretrained_model_name_or_path,
-                "gguf_file": self._spec.gguf_file, "dtype": self._spec.dtype}
+        return {
+            "name": self._spec.name,
+            "source": self._spec.pretrained_model_name_or_path,
+            "gguf_file": self._spec.gguf_file,
+            "dtype": self._spec.dtype,
+        }
 
     def preview(self) -> TablePreview:
         """kedro-viz: where the weights come from (nothing is loaded)."""
         s = self._spec
-        return records_preview([{"namespace": s.name, "pretrained_model_name_or_path": s.pretrained_model_name_or_path,
-                                 "gguf_file": s.gguf_file, "revision": s.revision, "dtype": s.dtype}])
+        return records_preview(
+            [
+                {
+                    "namespace": s.name,
+                    "pretrained_model_name_or_path": s.pretrained_model_name_or_path,
+                    "gguf_file": s.gguf_file,
+                    "revision": s.revision,
+                    "dtype": s.dtype,
+                }
+            ]
+        )

@@ -45,11 +45,15 @@ def json_safe(value: Any) -> Any:
 
 def table_preview(frame: pd.DataFrame) -> TablePreview:
     """`frame` in pandas' "split" layout (what kedro-viz's table renderer reads), JSON-safe."""
-    return TablePreview({
-        "index": [json_safe(i) for i in frame.index],
-        "columns": [str(c) for c in frame.columns],
-        "data": [[json_safe(v) for v in row] for row in frame.itertuples(index=False, name=None)],
-    })
+    return TablePreview(
+        {
+            "index": [json_safe(i) for i in frame.index],
+            "columns": [str(c) for c in frame.columns],
+            "data": [
+                [json_safe(v) for v in row] for row in frame.itertuples(index=False, name=None)
+            ],
+        }
+    )
 
 
 def records_preview(records: list[dict[str, Any]]) -> TablePreview:
@@ -75,5 +79,8 @@ class MarkdownDataset(TextDataset):
         text = self.load().replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         cut = text[:max_chars]
         if len(text) > max_chars:
-            cut = cut[:cut.rfind("\n")] + f"\n\n... ({len(text) - len(cut)} more characters in the file)"
+            cut = (
+                cut[: cut.rfind("\n")]
+                + f"\n\n... ({len(text) - len(cut)} more characters in the file)"
+            )
         return HTMLPreview(cut)

@@ -111,22 +111,36 @@ class ReasoningGymCorpusDataset(AbstractDataset[None, pd.DataFrame]):
             repeat an evaluation question (those the capture drops are counted and logged).
     """
 
-    def __init__(self, *, benchmarks: dict[str, dict[str, Any]], seed: int = 0,
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        benchmarks: dict[str, dict[str, Any]],
+        seed: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         if not isinstance(benchmarks, dict) or not benchmarks:
-            raise DatasetError("ReasoningGymCorpusDataset: `benchmarks` must map a benchmark to "
-                               "{tasks: ..., size: n}")
+            raise DatasetError(
+                "ReasoningGymCorpusDataset: `benchmarks` must map a benchmark to "
+                "{tasks: ..., size: n}"
+            )
         self._benchmarks = {}
         for name, cfg in benchmarks.items():
             if name not in BENCHMARKS:
-                raise DatasetError(f"ReasoningGymCorpusDataset: unknown benchmark {name!r}; "
-                                   f"expected one of {BENCHMARKS}")
+                raise DatasetError(
+                    f"ReasoningGymCorpusDataset: unknown benchmark {name!r}; "
+                    f"expected one of {BENCHMARKS}"
+                )
             cfg = dict(cfg or {})
             if set(cfg) - {"tasks", "size"} or "tasks" not in cfg or int(cfg.get("size", -1)) < 0:
-                raise DatasetError(f"ReasoningGymCorpusDataset: benchmark {name!r} needs `tasks` and a "
-                                   f"`size` >= 0 (and nothing else), got {sorted(cfg)}")
+                raise DatasetError(
+                    f"ReasoningGymCorpusDataset: benchmark {name!r} needs `tasks` and a "
+                    f"`size` >= 0 (and nothing else), got {sorted(cfg)}"
+                )
             try:
-                self._benchmarks[name] = {"tasks": normalize_tasks(cfg["tasks"]), "size": int(cfg["size"])}
+                self._benchmarks[name] = {
+                    "tasks": normalize_tasks(cfg["tasks"]),
+                    "size": int(cfg["size"]),
+                }
             except ValueError as exc:
                 raise DatasetError(f"ReasoningGymCorpusDataset ({name}): {exc}") from exc
         self._seed = int(seed)
@@ -142,16 +156,26 @@ class ReasoningGymCorpusDataset(AbstractDataset[None, pd.DataFrame]):
             worked = rows["solution"].notna()
             answer = rows["answer"].astype(str)
             answer[worked] = rows["solution"][worked] + f"\n{ANSWER_MARKER} " + answer[worked]
-            frames.append(pd.DataFrame({"benchmark": name, "question": rows["question"],
-                                        "answer": answer, "source": rows["source"]}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "benchmark": name,
+                        "question": rows["question"],
+                        "answer": answer,
+                        "source": rows["source"],
+                    }
+                )
+            )
         if not frames:
             raise DatasetError("ReasoningGymCorpusDataset: every benchmark has size 0")
         corpus = pd.concat(frames, ignore_index=True)
         return corpus.sample(frac=1.0, random_state=self._seed).reset_index(drop=True)
 
     def save(self, data: None) -> None:
-        raise DatasetError("ReasoningGymCorpusDataset is read-only: it generates its rows from "
-                           "reasoning-gym; point `sae_corpus` at a file dataset to store rows.")
+        raise DatasetError(
+            "ReasoningGymCorpusDataset is read-only: it generates its rows from "
+            "reasoning-gym; point `sae_corpus` at a file dataset to store rows."
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {"benchmarks": copy.deepcopy(self._benchmarks), "seed": self._seed}

@@ -7,65 +7,68 @@
         training_summary.json                 fingerprint, timings, training history
         checkpoints/                          training state for resume
 
-save({hook point: SAETrainingJob | PretrainedSAEJob | SAE}): a training job reuses the
-folder's finished SAE when its fingerprint matches and trains otherwise (see
-sae.training_job); a pretrained job (sae.pretrained) loads its `sae_source` into the folder,
-with the provenance in training_summary.json, or reuses it; a plain SAE is written as is. Every folder is replaced atomically. Folders of hook points no longer saved stay on
-disk (a later run may reuse them) but are left out of load().
+save({hook point: SAE | StoredSAE}) writes each SAE folder atomically (sae.sae_folder),
+unless the folder holds that SAE already (same fingerprint: reused by the sae_training
+node, which made the SAEs in the `sae_store` handle, sae_store.py); a StoredSAE is one the
+URL holds already. Folders of hook points no longer saved stay on disk (a later run may
+reuse them) but are left out of load().
 load() -> {hook point: SAE}, each with `.training_log` (loss/mse/l0/dead_fraction ... per
 logged step) and `.training_summary` when it was trained here. Folders written by SAELens
 itself load too (placed under <path>/<hook point>/).
 
 `path` may be an fsspec URL (s3://..., gcs://..., with `credentials` / `fs_args` as in
 kedro-datasets). Training then runs in a local staging folder (`local_cache`, default
-data/.staging/<name>-<hash of the URL>), where checkpoints stay for resume. save() reads
-the remote training_summary.json first and skips a job whose finished SAE is there
-(fingerprint match); each SAE trained or written is uploaded without its checkpoints and
-swapped in (storage.py `publish`). load() downloads the SAE files the staging folder lacks.
+data/.staging/<name>-<hash of the URL>), where checkpoints stay for resume; each SAE
+saved is uploaded without its checkpoints and swapped in (storage.py `publish`). load()
+downloads the SAE files the staging folder lacks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from sae_reasoning.atomic import atomic_write_text
 from sae_reasoning.datasets.previews import TablePreview, records_preview
+from sae_reasoning.datasets.sae_store import SAEStore, remote_is_sae, remote_summary, sae_folder
 from sae_reasoning.datasets.storage import Storage
 from sae_reasoning.sae.model import SAE
-from sae_reasoning.sae.pretrained import PretrainedSAEJob
+from sae_reasoning.sae.sae_folder import (
+    CHECKPOINT_DIRNAME,
+    StoredSAE,
+    load_sae_folder,
+    read_summary,
+    recover_sae_folder,
+    store_sae_folder,
+)
 from sae_reasoning.sae.saelens_format import (
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
     is_sae_folder,
     normalize_cfg_dict,
 )
-from sae_reasoning.sae.training_job import (
-    CHECKPOINT_DIRNAME,
-    SUMMARY_FILENAME,
-    SAETrainingJob,
-    load_sae_folder,
-    read_summary,
-    recover_sae_folder,
-    write_sae_folder,
-)
 
 logger = logging.getLogger(__name__)
 
-JOBS = (SAETrainingJob, PretrainedSAEJob)   # same interface: hook_point, fingerprint, run(folder)
 INDEX_FILENAME = "saes.json"
 
 
 class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
     """A folder of SAEs in the SAELens on-disk format, keyed by hook point."""
 
-    def __init__(self, path: str, device: str = "cpu", credentials: dict[str, Any] | None = None,
-                 fs_args: dict[str, Any] | None = None, local_cache: str | None = None,
-                 metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str,
+        device: str = "cpu",
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        local_cache: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
         """
         Args:
             path: folder of this model's SAEs (one subfolder per hook point): a local path or
@@ -75,8 +78,13 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             local_cache: staging folder for a remote `path` (ignored for local paths).
             metadata: free-form (shown by kedro-viz).
         """
-        self._storage = Storage(path, credentials=credentials, fs_args=fs_args,
-                                local_cache=local_cache, kind="SAE folder")
+        self._storage = Storage(
+            path,
+            credentials=credentials,
+            fs_args=fs_args,
+            local_cache=local_cache,
+            kind="SAE folder",
+        )
         self._protocol = self._storage.protocol
         self._device = device
         self.metadata = metadata
@@ -86,11 +94,13 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         """The folder the work happens in: the path itself, or the staging folder of a URL."""
         return self._storage.local
 
+    def store(self) -> SAEStore:
+        """The handle the sae_training node makes SAEs in (what `<model>.sae_store` loads)."""
+        return SAEStore(self._storage)
+
     # -- helpers --------------------------------------------------------------------
     def _folder(self, hook_point: str) -> Path:
-        if not hook_point or "/" in hook_point or hook_point.startswith("."):
-            raise DatasetError(f"SAEDataset: {hook_point!r} cannot name an SAE folder")
-        return self._path / hook_point
+        return sae_folder(self._path, hook_point)
 
     def _hook_points(self) -> list[str]:
         if not self._storage.is_local:
@@ -100,8 +110,11 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             return list(json.loads(index.read_text())["hook_points"])
         if not self._path.is_dir():
             return []
-        return sorted(p.name for p in self._path.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and is_sae_folder(p))
+        return sorted(
+            p.name
+            for p in self._path.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and is_sae_folder(p)
+        )
 
     # -- remote (fsspec URL) --------------------------------------------------------
     def _remote_hook_points(self) -> list[str]:
@@ -112,19 +125,10 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         return [h for h in s.list_dirs() if self._remote_is_sae(h)]
 
     def _remote_is_sae(self, hook: str) -> bool:
-        return {SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME} <= set(self._storage.list_files(hook))
+        return remote_is_sae(self._storage, hook)
 
     def _remote_summary(self, hook: str) -> dict | None:
-        raw = self._storage.cat(f"{hook}/{SUMMARY_FILENAME}")
-        try:
-            return json.loads(raw) if raw is not None else None
-        except ValueError:
-            return None
-
-    def _remote_reusable(self, hook: str, job: SAETrainingJob | PretrainedSAEJob) -> bool:
-        summary = self._remote_summary(hook) or {}
-        return (summary.get("fingerprint") == job.fingerprint and summary.get("finished", False)
-                and self._remote_is_sae(hook))
+        return remote_summary(self._storage, hook)
 
     def _load_remote(self) -> dict[str, SAE]:
         s = self._storage
@@ -137,33 +141,36 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
                 self._folder(hook)  # validates the name
                 files = s.list_files(hook)
                 if not {SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME} <= set(files):
-                    raise DatasetError(f"SAE folder {s.display(hook)} listed in {INDEX_FILENAME} is missing "
-                                       "or incomplete; re-run sae_training")
+                    raise DatasetError(
+                        f"SAE folder {s.display(hook)} listed in {INDEX_FILENAME} is missing "
+                        "or incomplete; re-run sae_training"
+                    )
                 s.fetch(hook, self._folder(hook), files)
-                for f in self._folder(hook).iterdir():  # files of an earlier SAE the URL no longer has
+                for f in self._folder(
+                    hook
+                ).iterdir():  # files of an earlier SAE the URL no longer has
                     if f.is_file() and not f.name.startswith(".") and f.name not in files:
                         f.unlink()
         return {hook: load_sae_folder(self._folder(hook), device=self._device) for hook in hooks}
 
-    def _save_remote(self, data: dict[str, Any]) -> None:
+    def _save_remote(self, data: dict[str, SAE | StoredSAE]) -> None:
         s = self._storage
         with s.errors("prepare saving SAEs"):
             s.check_writable()
             s.recover()
-        self._path.mkdir(parents=True, exist_ok=True)
         for hook, item in data.items():
             _check_item(hook, item)
-            if isinstance(item, JOBS):
-                with s.errors("read the stored SAE"):
-                    reusable = self._remote_reusable(hook, item)
-                if reusable:
-                    logger.info("reusing SAE %s (fingerprint match %s)", s.display(hook), item.fingerprint)
-                    continue
+        self._path.mkdir(parents=True, exist_ok=True)
+        for hook, item in data.items():
+            if isinstance(item, StoredSAE):
+                continue
             folder = self._folder(hook)
-            _write_item(folder, item)
+            store_sae_folder(folder, item)
             s.publish(folder, hook, exclude=(CHECKPOINT_DIRNAME,))
         with s.errors(f"write {INDEX_FILENAME}"):
-            s.publish_bytes(json.dumps({"hook_points": list(data)}, indent=1).encode(), INDEX_FILENAME)
+            s.publish_bytes(
+                json.dumps({"hook_points": list(data)}, indent=1).encode(), INDEX_FILENAME
+            )
 
     # -- AbstractDataset ------------------------------------------------------------
     def load(self) -> dict[str, SAE]:
@@ -177,25 +184,28 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             folder = self._folder(hook)
             recover_sae_folder(folder)
             if not is_sae_folder(folder):
-                raise DatasetError(f"SAE folder {folder} listed in {INDEX_FILENAME} is missing or "
-                                   "incomplete; re-run sae_training")
+                raise DatasetError(
+                    f"SAE folder {folder} listed in {INDEX_FILENAME} is missing or "
+                    "incomplete; re-run sae_training"
+                )
             out[hook] = load_sae_folder(folder, device=self._device)
         return out
 
-    def save(self, data: dict[str, Any]) -> None:
+    def save(self, data: dict[str, SAE | StoredSAE]) -> None:
         if not isinstance(data, dict):
-            raise DatasetError(f"SAEDataset.save expects {{hook point: SAETrainingJob | PretrainedSAEJob | SAE}}, "
-                               f"got {type(data).__name__}")
+            raise DatasetError(
+                f"SAEDataset.save expects {{hook point: SAE}}, got {type(data).__name__}"
+            )
         if not self._storage.is_local:
             return self._save_remote(data)
-        self._path.mkdir(parents=True, exist_ok=True)
         for hook, item in data.items():
             _check_item(hook, item)
-            _write_item(self._folder(hook), item)
-        index = self._path / INDEX_FILENAME
-        tmp = index.with_name(f".{index.name}.tmp")
-        tmp.write_text(json.dumps({"hook_points": list(data)}, indent=1))
-        os.replace(tmp, index)
+        self._path.mkdir(parents=True, exist_ok=True)
+        for hook, item in data.items():
+            store_sae_folder(self._folder(hook), item)
+        atomic_write_text(
+            self._path / INDEX_FILENAME, json.dumps({"hook_points": list(data)}, indent=1)
+        )
 
     def _exists(self) -> bool:
         if not self._storage.is_local:
@@ -244,19 +254,31 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         summaries, rows = self.summaries(), []
         for hook, (_, cfg) in self.stored_configs().items():
             meta, final = cfg.get("metadata") or {}, (summaries.get(hook) or {}).get("final") or {}
-            rows.append({"hook point": hook, "architecture": cfg.get("architecture"), "d_in": cfg.get("d_in"),
-                         "d_sae": cfg.get("d_sae"), "model_name": meta.get("model_name"),
-                         "trained_with": meta.get("trained_with"),
-                         "tokens_seen": (summaries.get(hook) or {}).get("tokens_seen"),
-                         "L0": final.get("l0"), "explained_variance": final.get("explained_variance"),
-                         "dead_fraction": final.get("dead_fraction")})
+            rows.append(
+                {
+                    "hook point": hook,
+                    "architecture": cfg.get("architecture"),
+                    "d_in": cfg.get("d_in"),
+                    "d_sae": cfg.get("d_sae"),
+                    "model_name": meta.get("model_name"),
+                    "trained_with": meta.get("trained_with"),
+                    "tokens_seen": (summaries.get(hook) or {}).get("tokens_seen"),
+                    "L0": final.get("l0"),
+                    "explained_variance": final.get("explained_variance"),
+                    "dead_fraction": final.get("dead_fraction"),
+                }
+            )
         return records_preview(rows)
 
     def summaries(self) -> dict[str, dict | None]:
         """training_summary.json of each hook point (without the history)."""
         out = {}
         for hook in self._hook_points():
-            s = read_summary(self._folder(hook)) if self._storage.is_local else self._remote_summary(hook)
+            s = (
+                read_summary(self._folder(hook))
+                if self._storage.is_local
+                else self._remote_summary(hook)
+            )
             if s is not None:
                 s.pop("history", None)
             out[hook] = s
@@ -264,17 +286,8 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
 
 
 def _check_item(hook: str, item: Any) -> None:
-    if isinstance(item, JOBS):
-        if item.hook_point != hook:
-            raise DatasetError(f"job for {item.hook_point} saved under key {hook}")
+    if isinstance(item, StoredSAE):
+        if not item.where.endswith(f"/{hook}"):
+            raise DatasetError(f"the stored SAE {item.where} saved under key {hook}")
     elif not isinstance(item, SAE):
         raise DatasetError(f"SAEDataset: cannot save {type(item).__name__} for {hook}")
-
-
-def _write_item(folder: Path, item: SAETrainingJob | PretrainedSAEJob | SAE) -> None:
-    """A job trains (or loads its pretrained SAE) into `folder`, or reuses the SAE there; an
-    SAE is written as is."""
-    if isinstance(item, JOBS):
-        item.run(folder)
-    else:
-        write_sae_folder(folder, item)

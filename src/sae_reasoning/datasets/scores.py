@@ -1,9 +1,11 @@
 """`ScoresDataset`: a parquet table of per-example scores that remembers what made it.
 
-save(BaselineJob) runs the job unless the file on disk carries the job's fingerprint (in
-the parquet schema metadata), in which case it is reused; save(DataFrame) writes as is.
-Files are written to a temporary name and renamed, so a failed run keeps the last table.
-load() -> pandas DataFrame.
+The score_baseline node asks its `baseline_scores_store` handle (ScoresStoreDataset)
+whether the file already carries the job's fingerprint (in the parquet schema metadata):
+then it returns a `StoredScores` and nothing is written; else it scores and returns the
+table with the fingerprint (`FingerprintedScores`), which save() writes with it.
+save(DataFrame) writes as is. Files are written to a temporary name and renamed, so a
+failed run keeps the last table. load() -> pandas DataFrame.
 
 `filepath` may be an fsspec URL (s3://..., gcs://..., with `credentials` / `fs_args` as in
 kedro-datasets): the fingerprint is read from the remote file's footer, and a new table is
@@ -13,7 +15,7 @@ written beside it and moved into place (storage.py `publish`).
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, DatasetError
 
-from sae_reasoning.baseline import BaselineJob
+from sae_reasoning.atomic import atomic_path
 from sae_reasoning.datasets.previews import TablePreview, table_preview
 from sae_reasoning.datasets.storage import Storage
 
@@ -29,16 +31,44 @@ log = logging.getLogger(__name__)
 FINGERPRINT_KEY = b"sae_reasoning.fingerprint"
 
 
+@dataclass(frozen=True)
+class FingerprintedScores:
+    """A scores table and the fingerprint of the job that made it (stored with it)."""
+
+    table: pd.DataFrame
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class StoredScores:
+    """The stored table was made by this fingerprint: nothing to write."""
+
+    where: str
+    fingerprint: str
+
+
 class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
-    def __init__(self, *, filepath: str, credentials: dict[str, Any] | None = None,
-                 fs_args: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
-        self._storage = Storage(filepath, credentials=credentials, fs_args=fs_args, kind="scores table")
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self._storage = Storage(
+            filepath, credentials=credentials, fs_args=fs_args, kind="scores table"
+        )
         self._url = self._storage.url
         self._protocol = self._storage.protocol
         if not self._storage.is_local:  # publish() works relative to the file's folder
             parent, _, self._name = self._storage.url.rstrip("/").rpartition("/")
-            self._storage = Storage(parent, credentials=credentials, fs_args=fs_args, kind="scores table")
-        self._path = self._storage.local if self._storage.is_local else self._storage.remote(self._name)
+            self._storage = Storage(
+                parent, credentials=credentials, fs_args=fs_args, kind="scores table"
+            )
+        self._path = (
+            self._storage.local if self._storage.is_local else self._storage.remote(self._name)
+        )
         self.metadata = metadata
 
     def _open(self):
@@ -65,23 +95,32 @@ class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
                 return pd.read_parquet(f)
         return pd.read_parquet(self._path)
 
-    def save(self, data: Any) -> None:
-        fingerprint = None
+    def store(self) -> ScoresStore:
+        """The handle the score_baseline node checks (what `<model>.baseline_scores_store`
+        loads)."""
+        return ScoresStore(self)
+
+    def _prepare(self) -> None:
+        """Fail before any scoring when the URL cannot take the file; finish a cut publish."""
         if not self._storage.is_local:
             with self._storage.errors("prepare saving"):
                 self._storage.check_writable()
                 self._storage.recover(only=self._name)
-        if isinstance(data, BaselineJob):
-            fingerprint = data.fingerprint()
-            if self.fingerprint() == fingerprint:
-                log.info("baseline %s: reusing %s (fingerprint %s matches)", data.model.name, self._path, fingerprint)
-                return
-            data = data.run()
+
+    def save(self, data: FingerprintedScores | StoredScores | pd.DataFrame) -> None:
+        if isinstance(data, StoredScores):
+            return
+        self._prepare()
+        fingerprint = None
+        if isinstance(data, FingerprintedScores):
+            data, fingerprint = data.table, data.fingerprint
         if not isinstance(data, pd.DataFrame):
-            raise DatasetError(f"{self._path}: expected a BaselineJob or a DataFrame, got {type(data).__name__}")
+            raise DatasetError(f"{self._path}: expected a scores table, got {type(data).__name__}")
         table = pa.Table.from_pandas(data, preserve_index=False)
         if fingerprint:
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: fingerprint})
+            table = table.replace_schema_metadata(
+                {**(table.schema.metadata or {}), FINGERPRINT_KEY: fingerprint}
+            )
         if not self._storage.is_local:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
@@ -89,9 +128,8 @@ class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
                 self._storage.publish_bytes(sink.getvalue().to_pybytes(), self._name)
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self._path)
+        with atomic_path(self._path) as tmp:
+            pq.write_table(table, tmp)
 
     def _exists(self) -> bool:
         if not self._storage.is_local:
@@ -105,3 +143,52 @@ class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
     def preview(self, nrows: int = 5) -> TablePreview:
         """kedro-viz: the first `nrows` scores."""
         return table_preview(self.load().head(nrows))
+
+
+class ScoresStore:
+    """What the score_baseline node checks before it scores: the stored table's fingerprint."""
+
+    def __init__(self, dataset: ScoresDataset):
+        self._ds = dataset
+        dataset._prepare()
+
+    def stored(self, fingerprint: str, model: str) -> StoredScores | None:
+        """A StoredScores when the stored table was made by this fingerprint."""
+        if self._ds.fingerprint() != fingerprint:
+            return None
+        log.info(
+            "baseline %s: reusing %s (fingerprint %s matches)", model, self._ds._path, fingerprint
+        )
+        return StoredScores(str(self._ds._path), fingerprint)
+
+
+class ScoresStoreDataset(AbstractDataset[None, ScoresStore]):
+    """A handle, not data: load() gives the score_baseline node a ScoresStore."""
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        """Args: as the scores entry (ScoresDataset) of the same model."""
+        self._target = ScoresDataset(filepath=filepath, credentials=credentials, fs_args=fs_args)
+        self._path, self._protocol = (
+            self._target._path,
+            self._target._protocol,
+        )  # the runner's location check
+        self.metadata = metadata
+
+    def load(self) -> ScoresStore:
+        return self._target.store()
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(f"{self._target._url}: a scores store handle is an input only")
+
+    def _exists(self) -> bool:
+        return True
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._target._url}

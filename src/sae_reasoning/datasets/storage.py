@@ -6,11 +6,12 @@ them, both need local files) and this module moves files between the two:
 
 - `fetch`: download what a load needs, skipping local files that are already the same
   (sha256 from a manifest, or the storage's own checksum), each file via a `.part` name;
-- `publish`: upload a finished folder (or file) beside its final name (`.<name>.new`), mark
-  it complete (`.<name>.new.json`, the file list), then move it over the final name and drop
-  files the new copy does not have. The previous copy stays until the new one is complete;
-  `recover` finishes a publish an interruption cut short, so the URL never keeps a half
-  upload.
+- `publish`: the project's publish scheme (sae_reasoning.publish) on the remote store:
+  upload a finished folder (or file) beside its final name (`.<name>.new`), mark it
+  complete (`.<name>.new.json`, the file list), then move it over the final name and drop
+  files the new copy does not have (`RemoteSwap`). The previous copy stays until the new
+  one is complete; `recover` finishes a publish an interruption cut short, so the URL
+  never keeps a half upload.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from fsspec.registry import known_implementations
 from kedro.io import DatasetError
 from kedro.io.core import get_protocol_and_path
 
-from sae_reasoning.activations.store import sha256_file
+from sae_reasoning.activations.digests import sha256_file
+from sae_reasoning.atomic import atomic_path, atomic_write_json
+from sae_reasoning.publish import StagedSwap
 
 FETCHED = ".fetched.json"  # per local folder: {file: [size, mtime_ns, checksum]} already verified
 # Object stores whose folders are only key prefixes. Their makedirs creates a missing bucket
@@ -67,18 +70,22 @@ def _join(*parts: str) -> str:
 
 
 def _write_ledger(local_dir: Path, ledger: dict) -> None:
-    tmp = local_dir / f".{FETCHED}.tmp"
-    tmp.write_text(json.dumps(ledger))
-    os.replace(tmp, local_dir / FETCHED)
+    atomic_write_json(local_dir / FETCHED, ledger)
 
 
 class Storage:
     """A dataset's location. `is_local`: use `local` directly; else `fs` + `root` remotely,
     with `local` as the staging folder."""
 
-    def __init__(self, url: str | os.PathLike, *, credentials: dict[str, Any] | None = None,
-                 fs_args: dict[str, Any] | None = None, local_cache: str | None = None,
-                 kind: str = "dataset"):
+    def __init__(
+        self,
+        url: str | os.PathLike,
+        *,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        local_cache: str | None = None,
+        kind: str = "dataset",
+    ):
         self.url, self.kind = str(url), kind
         self.protocol, path = get_protocol_and_path(self.url)
         self.is_local = self.protocol == "file"
@@ -92,12 +99,15 @@ class Storage:
         try:
             self.fs = fsspec.filesystem(self.protocol, **deepcopy(credentials or {}), **fs_args)
         except ImportError as exc:
-            raise DatasetError(f"{kind} {self.url}: the {self.protocol}:// protocol needs a package "
-                               f"that is not installed ({exc}); `pip install {_package(self.protocol)}` "
-                               "on every machine that runs this pipeline") from exc
+            raise DatasetError(
+                f"{kind} {self.url}: the {self.protocol}:// protocol needs a package "
+                f"that is not installed ({exc}); `pip install {_package(self.protocol)}` "
+                "on every machine that runs this pipeline"
+            ) from exc
         except ValueError as exc:
-            raise DatasetError(f"{kind} {self.url}: fsspec does not know the protocol "
-                               f"{self.protocol!r} ({exc})") from exc
+            raise DatasetError(
+                f"{kind} {self.url}: fsspec does not know the protocol {self.protocol!r} ({exc})"
+            ) from exc
         self.root = self.fs._strip_protocol(path).rstrip("/")
 
     @property
@@ -121,8 +131,9 @@ class Storage:
         except DatasetError:
             raise
         except Exception as exc:
-            raise DatasetError(f"{self.kind} {self.url}: cannot {action}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            raise DatasetError(
+                f"{self.kind} {self.url}: cannot {action}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def exists(self, rel: str = "") -> bool:
         return self.fs.exists(self.remote(rel))
@@ -137,7 +148,7 @@ class Storage:
         """Paths relative to the root matching pattern, leaving out any path with a hidden
         part (staging and publish names start with '.')."""
         prefix = self.remote() + "/"
-        found = (p[len(prefix):] for p in self.fs.glob(self.remote(pattern)))
+        found = (p[len(prefix) :] for p in self.fs.glob(self.remote(pattern)))
         return sorted(p for p in found if not any(part.startswith(".") for part in p.split("/")))
 
     def cat_glob(self, pattern: str) -> dict[str, bytes]:
@@ -169,12 +180,15 @@ class Storage:
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
         except Exception as exc:
-            raise DatasetError(f"{self.kind} {self.url} is not writable ({type(exc).__name__}: {exc}); "
-                               "check the credentials / fs_args in the catalog") from exc
+            raise DatasetError(
+                f"{self.kind} {self.url} is not writable ({type(exc).__name__}: {exc}); "
+                "check the credentials / fs_args in the catalog"
+            ) from exc
 
     # -- download ------------------------------------------------------------------------
-    def fetch(self, rel_dir: str, local_dir: Path, names: list[str],
-              sha256: dict[str, str] | None = None) -> None:
+    def fetch(
+        self, rel_dir: str, local_dir: Path, names: list[str], sha256: dict[str, str] | None = None
+    ) -> None:
         """Make local_dir/<name> equal to the remote rel_dir/<name> for each name.
 
         A local file is kept when it matches `sha256[name]` (or, without sha256, the
@@ -195,13 +209,13 @@ class Storage:
                 if sha256 and sha256_file(target) == expected:
                     ledger[name] = [st.st_size, st.st_mtime_ns, expected]
                     continue
-            part = target.with_name(f".{target.name}.part")
-            self.fs.get_file(remote, str(part))
-            if sha256 and sha256_file(part) != expected:
-                part.unlink()
-                raise DatasetError(f"{self.display(_join(rel_dir, name))}: the downloaded file's sha256 "
-                                   "does not match its manifest")
-            os.replace(part, target)
+            with atomic_path(target) as part:
+                self.fs.get_file(remote, str(part))
+                if sha256 and sha256_file(part) != expected:
+                    raise DatasetError(
+                        f"{self.display(_join(rel_dir, name))}: the downloaded file's sha256 "
+                        "does not match its manifest"
+                    )
             st = target.stat()
             ledger[name] = [st.st_size, st.st_mtime_ns, expected]
         _write_ledger(local_dir, {k: v for k, v in ledger.items() if k in names})
@@ -216,60 +230,44 @@ class Storage:
             ledger[name] = [st.st_size, st.st_mtime_ns, checksum]
         _write_ledger(local_dir, ledger)
 
-    # -- upload ----------------------------------------------------------------------------
-    def _new(self, rel: str) -> str:
-        parent, _, name = rel.rpartition("/")
-        return _join(parent, f".{name}.new")
-
+    # -- upload ------------------------------------------------------------------------
     def publish(self, local: Path, rel: str, exclude: tuple[str, ...] = ()) -> None:
         """Replace rel (a folder, or a file when `local` is a file) with `local`."""
         if local.is_file():
             files = [""]
         else:
-            files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*")
-                           if p.is_file() and not any(part.startswith(".") or part in exclude
-                                                      for part in p.relative_to(local).parts))
-        new = self._new(rel)
-        try:
-            if self.exists(new):
-                self.fs.rm(self.remote(new), recursive=True)
+            files = sorted(
+                p.relative_to(local).as_posix()
+                for p in local.rglob("*")
+                if p.is_file()
+                and not any(
+                    part.startswith(".") or part in exclude for part in p.relative_to(local).parts
+                )
+            )
+
+        def upload(new: str) -> list[str]:
             targets = [self.remote(_join(new, f)) for f in files]
             self._parents(targets)
             self.fs.put([str(local / f) if f else str(local) for f in files], targets)
-            self.fs.pipe_file(self.remote(new + ".json"), json.dumps({"files": files}).encode())
-            self._finish(rel)
+            return files
+
+        try:
+            RemoteSwap(self).publish(rel, upload)
         except Exception as exc:
-            raise DatasetError(f"{self.kind}: uploading {local} to {self.display(rel)} failed "
-                               f"({type(exc).__name__}: {exc}); the copy there before this run is "
-                               f"kept (or completed on the next access), the local copy stays in "
-                               f"{local}") from exc
+            raise DatasetError(
+                f"{self.kind}: uploading {local} to {self.display(rel)} failed "
+                f"({type(exc).__name__}: {exc}); the copy there before this run is "
+                f"kept (or completed on the next access), the local copy stays in "
+                f"{local}"
+            ) from exc
 
     def publish_bytes(self, data: bytes, rel: str) -> None:
-        new = self._new(rel)
-        self._parents([self.remote(new)])
-        self.fs.pipe_file(self.remote(new), data)
-        self.fs.pipe_file(self.remote(new + ".json"), json.dumps({"files": [""]}).encode())
-        self._finish(rel)
+        def upload(new: str) -> list[str]:
+            self._parents([self.remote(new)])
+            self.fs.pipe_file(self.remote(new), data)
+            return [""]
 
-    def _finish(self, rel: str) -> None:
-        """Move a complete `.<name>.new` over rel, then drop rel's files it lacks.
-        Idempotent: re-running it after an interruption completes the same state."""
-        new, final = self.remote(self._new(rel)), self.remote(rel)
-        files = json.loads(self.fs.cat_file(new + ".json"))["files"]
-        pending = set(self._files(new))
-        src = [_join(new, f) for f in files if _join(new, f) in pending]
-        if src:
-            dst = [_join(final, f[len(new):]) for f in src]
-            self._parents(dst)
-            self.fs.copy(src, dst)  # server-side on object stores; the list form batches
-            self.fs.rm(src)
-        wanted = {_join(final, f) for f in files}
-        extra = [p for p in self._files(final) if p not in wanted]
-        if extra:
-            self.fs.rm(extra)
-        if self.fs.exists(new):
-            self.fs.rm(new, recursive=True)
-        self.fs.rm_file(new + ".json")
+        RemoteSwap(self).publish(rel, upload)
 
     def recover(self, rel: str = "", only: str | None = None) -> None:
         """Complete publishes in rel (of `only`, when given) that an interruption cut short."""
@@ -280,7 +278,7 @@ class Storage:
         for name in names:
             m = re.fullmatch(r"\.(.+)\.new\.json", name)
             if m and only in (None, m.group(1)):
-                self._finish(_join(rel, m.group(1)))
+                RemoteSwap(self).finish(_join(rel, m.group(1)))
 
     def _parents(self, paths: list[str]) -> None:
         """Create the parent folders (needed where folders are real: sftp, hdfs...; not needed
@@ -296,3 +294,50 @@ class Storage:
         if self.fs.isfile(path):
             return [self.fs._strip_protocol(path)]
         return [self.fs._strip_protocol(p) for p in self.fs.find(path)]
+
+
+class RemoteSwap(StagedSwap):
+    """The publish scheme (sae_reasoning.publish) on an fsspec store, where names are paths
+    relative to the storage root. Object stores cannot rename, so `finish` copies the staged
+    files over the final name (server-side) and then drops the final's files the new copy
+    lacks; the marker `.<name>.new.json` lists the files, so `finish` can run again."""
+
+    def __init__(self, storage: Storage):
+        self.s = storage
+
+    def staging(self, rel: str) -> str:
+        parent, _, name = rel.rpartition("/")
+        return _join(parent, f".{name}.new")
+
+    def _marker(self, rel: str) -> str:
+        return self.s.remote(self.staging(rel) + ".json")
+
+    def clear(self, rel: str) -> None:
+        if self.s.exists(self.staging(rel)):
+            self.s.fs.rm(self.s.remote(self.staging(rel)), recursive=True)
+
+    def mark(self, rel: str, record=None) -> None:
+        self.s.fs.pipe_file(self._marker(rel), json.dumps({"files": record}).encode())
+
+    def is_marked(self, rel: str) -> bool:
+        return self.s.fs.exists(self._marker(rel))
+
+    def finish(self, rel: str) -> None:
+        """Move a complete `.<name>.new` over rel, then drop rel's files it lacks."""
+        s = self.s
+        new, final = s.remote(self.staging(rel)), s.remote(rel)
+        files = json.loads(s.fs.cat_file(self._marker(rel)))["files"]
+        pending = set(s._files(new))
+        src = [_join(new, f) for f in files if _join(new, f) in pending]
+        if src:
+            dst = [_join(final, f[len(new) :]) for f in src]
+            s._parents(dst)
+            s.fs.copy(src, dst)  # server-side on object stores; the list form batches
+            s.fs.rm(src)
+        wanted = {_join(final, f) for f in files}
+        extra = [p for p in s._files(final) if p not in wanted]
+        if extra:
+            s.fs.rm(extra)
+        if s.fs.exists(new):
+            s.fs.rm(new, recursive=True)
+        s.fs.rm_file(self._marker(rel))

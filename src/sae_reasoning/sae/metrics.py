@@ -20,12 +20,23 @@ Chan et al.'s pairwise update, so the result does not depend on how tokens are b
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
-METRIC_NAMES = ("n_tokens", "mse", "fvu", "explained_variance", "l0", "dead_fraction",
-                "dense_fraction", "mean_norm", "n_dead", "n_dense", "d_sae")
+METRIC_NAMES = (
+    "n_tokens",
+    "mse",
+    "fvu",
+    "explained_variance",
+    "l0",
+    "dead_fraction",
+    "dense_fraction",
+    "mean_norm",
+    "n_dead",
+    "n_dense",
+    "d_sae",
+)
 
 
 class MetricsAccumulator:
@@ -36,8 +47,8 @@ class MetricsAccumulator:
         self.sq_err = 0.0
         self.norm_sum = 0.0
         self.l0_sum = 0.0
-        self.mean: torch.Tensor | None = None   # running mean of x (float64)
-        self.m2 = 0.0                           # sum ||x - mean||^2
+        self.mean: torch.Tensor | None = None  # running mean of x (float64)
+        self.m2 = 0.0  # sum ||x - mean||^2
         self.fire_counts = torch.zeros(d_sae, dtype=torch.float64)
 
     @torch.no_grad()
@@ -86,8 +97,13 @@ class MetricsAccumulator:
 
 
 @torch.no_grad()
-def evaluate_sae(sae, batches: Iterable[torch.Tensor], *, dense_threshold: float = 0.1,
-                 device: str | torch.device | None = None) -> dict[str, float]:
+def evaluate_sae(
+    sae,
+    batches: Iterable[torch.Tensor],
+    *,
+    dense_threshold: float = 0.1,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
     """Metrics of `sae` over the activation batches [n, d_in] (raw units)."""
     if device is not None:
         sae.to(device)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-PANELS = (("loss", "loss (MSE + sparsity / auxiliary terms)", "log"),
-          ("mse", "MSE per token (normalised units)", "log"),
-          ("l0", "L0 (active latents / token)", "log"),
-          ("dead_fraction", "dead fraction (silent for dead_window_tokens)", "linear"))
+PANELS = (
+    ("loss", "loss (MSE + sparsity / auxiliary terms)", "log"),
+    ("mse", "MSE per token (normalised units)", "log"),
+    ("l0", "L0 (active latents / token)", "log"),
+    ("dead_fraction", "dead fraction (silent for dead_window_tokens)", "linear"),
+)
 
 
 def plot_training_curves(histories: dict[str, dict[str, list]], title: str | None = None) -> Figure:
@@ -47,7 +49,13 @@ def plot_planted_recovery(result: dict, title: str | None = None) -> Figure:
     ax.set_xlabel("best cosine of a planted direction with a decoder row")
     ax.set_ylabel("planted directions")
     d, s = result.get("data", {}), result.get("sae", {})
-    ax.set_title(title or (f"{100 * result['fraction_recovered']:.0f}% recovered at cos >= {thr} "
-                           f"({s.get('architecture', '?')}, d_sae {s.get('d_sae', '?')}, "
-                           f"{d.get('n_features', '?')} planted)"), fontsize=9)
+    ax.set_title(
+        title
+        or (
+            f"{100 * result['fraction_recovered']:.0f}% recovered at cos >= {thr} "
+            f"({s.get('architecture', '?')}, d_sae {s.get('d_sae', '?')}, "
+            f"{d.get('n_features', '?')} planted)"
+        ),
+        fontsize=9,
+    )
     return fig

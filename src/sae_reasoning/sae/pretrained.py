@@ -11,8 +11,8 @@ on random inputs against SAELens's own encode/decode before it is used. SAELens 
 imported only here, inside the functions that load (it takes ~10 s to import).
 
 `PretrainedSAEJob` has the interface of `SAETrainingJob` (hook_point, fingerprint, inputs,
-reuse_reason, run): the `sae` dataset saves it like a training job, so the hook point skips
-training and writes the SAE folder with a `source` block (provenance) in
+reuse_reason, make_sae, run): the sae_training node runs it like a training job, so the
+hook point skips training and the SAE folder gets a `source` block (provenance) in
 training_summary.json. A later run reuses the folder while the source is unchanged.
 
 Hook names: SAELens SAEs carry TransformerLens names; `blocks.L.hook_resid_pre` is used
@@ -37,19 +37,24 @@ import torch
 
 from sae_reasoning.models.hooks import HookPointError, canonical_hook_point, hook_point
 from sae_reasoning.sae.model import SAE
-from sae_reasoning.sae.saelens_format import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, load_sae, read_cfg
-from sae_reasoning.sae.training_job import (
+from sae_reasoning.sae.sae_folder import (
     SUMMARY_FILENAME,
     load_sae_folder,
     read_summary,
     recover_sae_folder,
-    write_sae_folder,
+    store_sae_folder,
+)
+from sae_reasoning.sae.saelens_format import (
+    SAE_CFG_FILENAME,
+    SAE_WEIGHTS_FILENAME,
+    load_sae,
+    read_cfg,
 )
 from sae_reasoning.sae.train import fingerprint_of
 
 logger = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1   # bump when the conversion of a loaded SAE changes
+CONVERTER_VERSION = 1  # bump when the conversion of a loaded SAE changes
 CHECK_TOLERANCE = 1e-4  # relative, float32: our encode/decode vs SAELens's on random inputs
 
 
@@ -66,16 +71,25 @@ class SAESource:
     sae_id: str | None = None
 
     @classmethod
-    def from_params(cls, value: Any, where: str) -> "SAESource":
+    def from_params(cls, value: Any, where: str) -> SAESource:
         if not isinstance(value, dict):
-            raise SAESourceError(f"{where}: expected {{path: ...}} or {{release: ..., sae_id: ...}}, "
-                                 f"got {value!r}")
+            raise SAESourceError(
+                f"{where}: expected {{path: ...}} or {{release: ..., sae_id: ...}}, got {value!r}"
+            )
         unknown = set(value) - {"path", "release", "sae_id"}
-        src = cls(**{k: (str(v) if v is not None else None) for k, v in value.items() if k not in unknown})
-        if unknown or bool(src.path) == bool(src.release or src.sae_id) or (
-                src.release and not src.sae_id) or (src.sae_id and not src.release):
-            raise SAESourceError(f"{where}: {value!r} must give either `path` (a local SAELens folder) "
-                                 "or both `release` and `sae_id` (an SAELens registry entry)")
+        src = cls(
+            **{k: (str(v) if v is not None else None) for k, v in value.items() if k not in unknown}
+        )
+        if (
+            unknown
+            or bool(src.path) == bool(src.release or src.sae_id)
+            or (src.release and not src.sae_id)
+            or (src.sae_id and not src.release)
+        ):
+            raise SAESourceError(
+                f"{where}: {value!r} must give either `path` (a local SAELens folder) "
+                "or both `release` and `sae_id` (an SAELens registry entry)"
+            )
         return src
 
     @property
@@ -87,30 +101,41 @@ class SAESource:
         return self.path if self.path else f"{self.release}/{self.sae_id}"
 
     def as_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (("path", self.path), ("release", self.release),
-                                  ("sae_id", self.sae_id)) if v}
+        return {
+            k: v
+            for k, v in (("path", self.path), ("release", self.release), ("sae_id", self.sae_id))
+            if v
+        }
 
 
-def parse_sae_sources(model_params: dict[str, Any], hook_points: list[str],
-                      model: str = "model") -> dict[str, SAESource]:
+def parse_sae_sources(
+    model_params: dict[str, Any], hook_points: list[str], model: str = "model"
+) -> dict[str, SAESource]:
     """{hook point (project name) -> SAESource} from `models.<model>.sae_source`. Keys are
     layers (the block output, as `layers`) or hook names (resid_pre/resid_post); each must
     be one of the configured hook points, so capture records the activations it needs."""
     raw = model_params.get("sae_source") or {}
     if not isinstance(raw, dict):
-        raise SAESourceError(f"models.{model}.sae_source: expected a mapping of layer or hook "
-                             f"point to a source, got {raw!r}")
+        raise SAESourceError(
+            f"models.{model}.sae_source: expected a mapping of layer or hook "
+            f"point to a source, got {raw!r}"
+        )
     out: dict[str, SAESource] = {}
     for key, value in raw.items():
         where = f"models.{model}.sae_source[{key!r}]"
         try:
-            hook = hook_point(int(key)) if isinstance(key, int) or str(key).isdigit() \
+            hook = (
+                hook_point(int(key))
+                if isinstance(key, int) or str(key).isdigit()
                 else canonical_hook_point(str(key))
+            )
         except HookPointError as exc:
             raise SAESourceError(f"{where}: {exc}") from None
         if hook not in hook_points:
-            raise SAESourceError(f"{where} is used at {hook}, which is not one of model {model!r}'s "
-                                 f"hook points {hook_points}; add its layer to models.{model}.layers")
+            raise SAESourceError(
+                f"{where} is used at {hook}, which is not one of model {model!r}'s "
+                f"hook points {hook_points}; add its layer to models.{model}.layers"
+            )
         if hook in out:
             raise SAESourceError(f"{where}: {hook} already has a source ({out[hook].label})")
         out[hook] = SAESource.from_params(value, where)
@@ -134,28 +159,44 @@ def _sha256(path: Path) -> str:
 
 def _file_hashes(root: Path) -> dict[str, str]:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return {(p.name if root.is_file() else p.relative_to(root).as_posix()): _sha256(p) for p in files}
+    return {
+        (p.name if root.is_file() else p.relative_to(root).as_posix()): _sha256(p) for p in files
+    }
 
 
 def _describe(sae: SAE) -> dict[str, Any]:
     c = sae.cfg
-    return {"architecture": c.architecture, "d_in": c.d_in, "d_sae": c.d_sae, "hook_name": c.hook_name,
-            "model_name": c.model_name, "normalize_activations": c.normalize_activations,
-            "norm_scaling_factor": c.norm_scaling_factor, "dtype": c.dtype}
+    return {
+        "architecture": c.architecture,
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "hook_name": c.hook_name,
+        "model_name": c.model_name,
+        "normalize_activations": c.normalize_activations,
+        "norm_scaling_factor": c.norm_scaling_factor,
+        "dtype": c.dtype,
+    }
 
 
 # -- loading ---------------------------------------------------------------------------
 
+
 def load_local(source: SAESource) -> tuple[SAE, dict[str, Any]]:
     folder = Path(source.path).expanduser()
     if not (folder / SAE_CFG_FILENAME).is_file() or not (folder / SAE_WEIGHTS_FILENAME).is_file():
-        raise SAESourceError(f"sae_source path {folder}: not an SAELens folder (needs "
-                             f"{SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME})")
+        raise SAESourceError(
+            f"sae_source path {folder}: not an SAELens folder (needs "
+            f"{SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME})"
+        )
     sae = load_sae(folder)
     cfg = read_cfg(folder)
-    provenance = {"kind": "path", "path": str(folder.resolve()), "files": _file_hashes(folder),
-                  "sae_lens_version": (cfg.get("metadata") or {}).get("sae_lens_version"),
-                  **_describe(sae)}
+    provenance = {
+        "kind": "path",
+        "path": str(folder.resolve()),
+        "files": _file_hashes(folder),
+        "sae_lens_version": (cfg.get("metadata") or {}).get("sae_lens_version"),
+        **_describe(sae),
+    }
     return sae, provenance
 
 
@@ -182,11 +223,15 @@ def load_registry(source: SAESource) -> tuple[SAE, dict[str, Any]]:
 
     entry = get_pretrained_saes_directory().get(source.release)
     if entry is None:
-        raise SAESourceError(f"sae_source release {source.release!r} is not in SAELens "
-                             f"{sae_lens_version()}'s pretrained_saes.yaml")
+        raise SAESourceError(
+            f"sae_source release {source.release!r} is not in SAELens "
+            f"{sae_lens_version()}'s pretrained_saes.yaml"
+        )
     if source.sae_id not in entry.saes_map:
-        raise SAESourceError(f"sae_source {source.label}: no sae_id {source.sae_id!r} in release "
-                             f"{source.release!r} (e.g. {sorted(entry.saes_map)[:5]})")
+        raise SAESourceError(
+            f"sae_source {source.label}: no sae_id {source.sae_id!r} in release "
+            f"{source.release!r} (e.g. {sorted(entry.saes_map)[:5]})"
+        )
     repo_id, repo_folder = get_repo_id_and_folder_name(source.release, source.sae_id)
     try:
         theirs = SAELensSAE.from_pretrained(source.release, source.sae_id, device="cpu")
@@ -194,16 +239,25 @@ def load_registry(source: SAESource) -> tuple[SAE, dict[str, Any]]:
         raise SAESourceError(
             f"SAELens could not load {source.label} (repo {repo_id}, folder {repo_folder}): {exc}. "
             "Offline it must be in the local Hugging Face cache (HF_HUB_CACHE); download it "
-            "once with `huggingface-cli download` where the hub is reachable.") from exc
+            "once with `huggingface-cli download` where the hub is reachable."
+        ) from exc
     overrides = dict((entry.config_overrides or {}).get("model_from_pretrained_kwargs") or {})
     centred = bool(overrides.get("center_writing_weights"))
     ours = from_saelens(theirs, centred)
     check_same_function(ours, theirs, centred, source.label)
-    provenance = {"kind": "registry", "release": source.release, "sae_id": source.sae_id,
-                  "sae_lens_model": entry.model, **hf_snapshot(repo_id, repo_folder),
-                  "sae_lens_version": sae_lens_version(), "model_from_pretrained_kwargs": overrides,
-                  "adjustments": ["center_writing_weights: residual centring folded into W_enc, b_enc"]
-                  if centred else [], **_describe(ours)}
+    provenance = {
+        "kind": "registry",
+        "release": source.release,
+        "sae_id": source.sae_id,
+        "sae_lens_model": entry.model,
+        **hf_snapshot(repo_id, repo_folder),
+        "sae_lens_version": sae_lens_version(),
+        "model_from_pretrained_kwargs": overrides,
+        "adjustments": ["center_writing_weights: residual centring folded into W_enc, b_enc"]
+        if centred
+        else [],
+        **_describe(ours),
+    }
     return ours, provenance
 
 
@@ -232,20 +286,27 @@ def check_same_function(ours: SAE, theirs, centred: bool, label: str, n: int = 6
     """Max relative difference of encode and decode(encode) between our SAE and SAELens's on
     random inputs at the SAE's own scale; SAESourceError above CHECK_TOLERANCE."""
     g = torch.Generator().manual_seed(0)
-    scale = float(theirs.b_dec.detach().float().norm()) / ours.d_in ** 0.5 + 1.0
+    scale = float(theirs.b_dec.detach().float().norm()) / ours.d_in**0.5 + 1.0
     x = torch.randn(n, ours.d_in, generator=g) * scale * 3
     x_theirs = x - x.mean(-1, keepdim=True) if centred else x
     dtype = theirs.W_enc.dtype
-    pairs = {"encode": (ours.encode(x.to(ours.dtype)), theirs.encode(x_theirs.to(dtype))),
-             "decode": (ours.decode(ours.encode(x.to(ours.dtype))), theirs.decode(theirs.encode(x_theirs.to(dtype))))}
+    pairs = {
+        "encode": (ours.encode(x.to(ours.dtype)), theirs.encode(x_theirs.to(dtype))),
+        "decode": (
+            ours.decode(ours.encode(x.to(ours.dtype))),
+            theirs.decode(theirs.encode(x_theirs.to(dtype))),
+        ),
+    }
     worst = 0.0
     for what, (a, b) in pairs.items():
         a, b = a.double(), b.double()
         err = float((a - b).abs().max() / (b.abs().max() + 1e-12))
         worst = max(worst, err)
         if err > CHECK_TOLERANCE:
-            raise SAESourceError(f"{label}: our conversion's {what} differs from SAELens's by {err:.2g} "
-                                 f"(relative); architecture {ours.cfg.architecture!r} is not converted exactly")
+            raise SAESourceError(
+                f"{label}: our conversion's {what} differs from SAELens's by {err:.2g} "
+                f"(relative); architecture {ours.cfg.architecture!r} is not converted exactly"
+            )
     return worst
 
 
@@ -264,8 +325,10 @@ def source_config(source: SAESource) -> dict[str, Any]:
     try:
         cfg = load_sae_config_from_huggingface(source.release, source.sae_id)
     except Exception as exc:  # noqa: BLE001
-        raise SAESourceError(f"sae_source {source.label}: SAELens cannot read its config ({exc}); "
-                             "offline it must be in the local Hugging Face cache") from exc
+        raise SAESourceError(
+            f"sae_source {source.label}: SAELens cannot read its config ({exc}); "
+            "offline it must be in the local Hugging Face cache"
+        ) from exc
     meta = cfg.get("metadata") or {}
     return {"d_in": cfg.get("d_in"), "hook_name": cfg.get("hook_name") or meta.get("hook_name")}
 
@@ -274,26 +337,34 @@ def load_source(source: SAESource) -> tuple[SAE, dict[str, Any]]:
     return load_local(source) if source.path else load_registry(source)
 
 
-def check_fits(sae_hook: str | None, d_in: int | None, hook: str, d_model: int | None,
-               where: str) -> None:
+def check_fits(
+    sae_hook: str | None, d_in: int | None, hook: str, d_model: int | None, where: str
+) -> None:
     """The SAE's own hook name must be the tensor at `hook`, its d_in the model's width."""
     if sae_hook:
         try:
             same = canonical_hook_point(sae_hook) == hook
         except HookPointError as exc:
-            raise SAESourceError(f"{where}: the SAE's hook {sae_hook!r} cannot be served: {exc}") from None
+            raise SAESourceError(
+                f"{where}: the SAE's hook {sae_hook!r} cannot be served: {exc}"
+            ) from None
         if not same:
-            raise SAESourceError(f"{where}: the SAE was trained at {sae_hook}, which is "
-                                 f"{canonical_hook_point(sae_hook)}, not {hook}")
+            raise SAESourceError(
+                f"{where}: the SAE was trained at {sae_hook}, which is "
+                f"{canonical_hook_point(sae_hook)}, not {hook}"
+            )
     if d_model is not None and d_in is not None and int(d_in) != int(d_model):
-        raise SAESourceError(f"{where}: the SAE's d_in is {d_in} but the model's d_model is {d_model}")
+        raise SAESourceError(
+            f"{where}: the SAE's d_in is {d_in} but the model's d_model is {d_model}"
+        )
 
 
-# -- the job the sae dataset saves ---------------------------------------------------------
+# -- the job the sae_training node runs ---------------------------------------------------------
+
 
 @dataclass
 class PretrainedSAEJob:
-    """A pretrained SAE for one hook point; loaded and written when the SAE dataset saves it."""
+    """A pretrained SAE for one hook point, loaded by the sae_training node."""
 
     hook_point: str
     source: SAESource
@@ -309,8 +380,12 @@ class PretrainedSAEJob:
             src["files"] = _file_hashes(folder) if folder.is_dir() else {}
         else:
             src["sae_lens_version"] = sae_lens_version()
-        self.inputs = {"kind": "pretrained", "converter_version": CONVERTER_VERSION,
-                       "hook_point": self.hook_point, "source": src}
+        self.inputs = {
+            "kind": "pretrained",
+            "converter_version": CONVERTER_VERSION,
+            "hook_point": self.hook_point,
+            "source": src,
+        }
         self.fingerprint = fingerprint_of(self.inputs)
 
     @property
@@ -325,10 +400,15 @@ class PretrainedSAEJob:
         if summary.get("fingerprint") == self.fingerprint:
             return None
         old = (summary.get("fingerprint_inputs") or {}).get("source")
-        return f"sae_source changed ({old} -> {self.inputs['source']})" if old else \
-            "the folder holds an SAE trained here"
+        return (
+            f"sae_source changed ({old} -> {self.inputs['source']})"
+            if old
+            else "the folder holds an SAE trained here"
+        )
 
-    def run(self, folder: str | Path) -> SAE:
+    def make_sae(self, folder: str | Path) -> SAE:
+        """The SAE in `folder` when it came from this source, else the source's SAE (checked
+        against the hook point and width) with its provenance summary, not yet written."""
         folder = Path(folder)
         recover_sae_folder(folder)
         if self.reuse_reason(folder) is None:
@@ -336,11 +416,22 @@ class PretrainedSAEJob:
             sae = load_sae_folder(folder)
             check_fits(None, sae.d_in, self.hook_point, self.d_model, self.where)
             return sae
-        logger.info("loading pretrained SAE %s for %s into %s", self.source.label, self.hook_point, folder)
+        logger.info(
+            "loading pretrained SAE %s for %s into %s", self.source.label, self.hook_point, folder
+        )
         sae, provenance = load_source(self.source)
         check_fits(sae.cfg.hook_name, sae.d_in, self.hook_point, self.d_model, self.where)
-        summary = {"finished": True, "kind": "pretrained", "fingerprint": self.fingerprint,
-                   "fingerprint_inputs": self.inputs, "source": {**provenance, "hook_point": self.hook_point}}
-        write_sae_folder(folder, sae, summary)
-        sae.training_summary = summary
+        sae.training_summary = {
+            "finished": True,
+            "kind": "pretrained",
+            "fingerprint": self.fingerprint,
+            "fingerprint_inputs": self.inputs,
+            "source": {**provenance, "hook_point": self.hook_point},
+        }
+        return sae
+
+    def run(self, folder: str | Path) -> SAE:
+        """make_sae, then write the folder (unless it holds that SAE already)."""
+        sae = self.make_sae(folder)
+        store_sae_folder(folder, sae)
         return sae

@@ -14,7 +14,12 @@ active entries are a list (rows, cols) sorted by row, and
 
 so their cost is nnz * d_in instead of batch * d_sae * d_in. `Codes` holds the entry
 lists (and, once, their order by latent); `encode_at` and `decode` are autograd
-Functions whose gradients equal the dense products' (tests/sae/test_sparse_ops.py).
+Functions whose gradients equal the dense products' (tests/sae/test_architectures.py);
+`dense=True` gives those dense products, the reference the sparse path is tested against.
+
+Every autograd Function of the SAEs lives here: besides the sparse products, `encode_all`
+(the dense regime), `encode_rows_topk` (AuxK's dead latents) and the JumpReLU
+straight-through estimators `jumprelu_ste` and `step_ste` (Rajamanoharan et al. 2024).
 """
 
 from __future__ import annotations
@@ -41,35 +46,48 @@ def bag_offsets(sorted_keys: torch.Tensor, n_bags: int) -> torch.Tensor:
 class Codes:
     """Active entries (rows[n], cols[n]) of a [n_rows, d_sae] code matrix, sorted by row."""
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, d_sae: int,
-                 values: torch.Tensor | None = None):
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        n_rows: int,
+        d_sae: int,
+        values: torch.Tensor | None = None,
+    ):
         self.rows, self.cols = rows, cols
-        self.values = values      # pre-activations at the entries, when the selection has them
+        self.values = values  # pre-activations at the entries, when the selection has them
         self.n_rows, self.d_sae = n_rows, d_sae
         self.row_offsets = bag_offsets(rows, n_rows)
         self._by_col: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "Codes":
-        rows, cols = mask.nonzero(as_tuple=True)      # row-major, so sorted by row
+    def from_mask(cls, mask: torch.Tensor) -> Codes:
+        rows, cols = mask.nonzero(as_tuple=True)  # row-major, so sorted by row
         return cls(rows, cols, mask.shape[0], mask.shape[1])
 
     @classmethod
-    def from_topk(cls, indices: torch.Tensor, d_sae: int,
-                  values: torch.Tensor | None = None) -> "Codes":
+    def from_topk(
+        cls, indices: torch.Tensor, d_sae: int, values: torch.Tensor | None = None
+    ) -> Codes:
         n, k = indices.shape
         rows = torch.arange(n, device=indices.device).repeat_interleave(k)
-        return cls(rows, indices.reshape(-1), n, d_sae,
-                   None if values is None else values.reshape(-1))
+        return cls(
+            rows, indices.reshape(-1), n, d_sae, None if values is None else values.reshape(-1)
+        )
 
     @classmethod
-    def from_flat(cls, flat: torch.Tensor, n_rows: int, d_sae: int) -> "Codes":
+    def from_flat(cls, flat: torch.Tensor, n_rows: int, d_sae: int) -> Codes:
         flat = flat[_argsort_small_ints(flat)]
         return cls(flat // d_sae, flat % d_sae, n_rows, d_sae)
 
-    def subset(self, keep: torch.Tensor) -> "Codes":
-        return Codes(self.rows[keep], self.cols[keep], self.n_rows, self.d_sae,
-                     None if self.values is None else self.values[keep])
+    def subset(self, keep: torch.Tensor) -> Codes:
+        return Codes(
+            self.rows[keep],
+            self.cols[keep],
+            self.n_rows,
+            self.d_sae,
+            None if self.values is None else self.values[keep],
+        )
 
     def gather(self, pre: torch.Tensor) -> torch.Tensor:
         """pre at the entries (a copy)."""
@@ -95,8 +113,9 @@ class Codes:
     def scatter_by_col(self, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """[d_sae, width]: row i = sum over the entries n of latent i of weights_n table[rows_n]."""
         perm, offsets = self.by_col()
-        return F.embedding_bag(self.rows[perm], table, offsets, mode="sum",
-                               per_sample_weights=weights[perm])
+        return F.embedding_bag(
+            self.rows[perm], table, offsets, mode="sum", per_sample_weights=weights[perm]
+        )
 
 
 def sddmm(codes: Codes, a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -105,8 +124,9 @@ def sddmm(codes: Codes, a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         # embedding_bag's own per-sample-weight gradient: one dot product per entry, with
         # no [nnz, d] gather materialised.
         return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            a, W, codes.cols, codes.row_offsets, codes.rows, 0, -1)
-    except (RuntimeError, AttributeError):   # kernel missing for this device / dtype
+            a, W, codes.cols, codes.row_offsets, codes.rows, 0, -1
+        )
+    except (RuntimeError, AttributeError):  # kernel missing for this device / dtype
         out = a.new_empty(codes.nnz)
         for s in range(0, codes.nnz, 8192):
             sl = slice(s, s + 8192)
@@ -137,6 +157,16 @@ class _EncodeAt(Function):
         return None, grad_W_enc, grad_c, None, None
 
 
+class _DenseEncodeAt(_EncodeAt):
+    """Reference for `_EncodeAt`: the same values, gradients by dense matmuls."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        G = ctx.codes.to_dense(g)
+        return None, x.T @ G, G.sum(0), None, None
+
+
 class _Decode(Function):
     """sum over entries of v_n W_dec[cols_n] into row rows_n: [n_rows, d_in]."""
 
@@ -144,8 +174,9 @@ class _Decode(Function):
     def forward(ctx, values, W_dec, codes):
         ctx.save_for_backward(values, W_dec)
         ctx.codes = codes
-        return F.embedding_bag(codes.cols, W_dec, codes.row_offsets, mode="sum",
-                               per_sample_weights=values)
+        return F.embedding_bag(
+            codes.cols, W_dec, codes.row_offsets, mode="sum", per_sample_weights=values
+        )
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -157,17 +188,118 @@ class _Decode(Function):
         return grad_v, grad_W, None
 
 
-def encode_at(x: torch.Tensor, W_enc: torch.Tensor, c: torch.Tensor, pre: torch.Tensor,
-              codes: Codes) -> torch.Tensor:
+def encode_at(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    c: torch.Tensor,
+    pre: torch.Tensor,
+    codes: Codes,
+    dense: bool = False,
+) -> torch.Tensor:
     """Entries of x @ W_enc + c at `codes` (values taken from `pre`), differentiable in
-    W_enc and c; the backward costs nnz * d_in."""
+    W_enc and c; the backward costs nnz * d_in (dense: batch * d_sae * d_in)."""
+    if dense:
+        return _DenseEncodeAt.apply(x, W_enc, c, pre, codes)
     if codes.nnz == 0:
-        return pre.new_zeros(0) + 0 * (W_enc.sum() + c.sum())   # keeps the graph connected
+        return pre.new_zeros(0) + 0 * (W_enc.sum() + c.sum())  # keeps the graph connected
     return _EncodeAt.apply(x, W_enc, c, pre, codes)
 
 
-def decode(values: torch.Tensor, W_dec: torch.Tensor, codes: Codes) -> torch.Tensor:
+def decode(
+    values: torch.Tensor, W_dec: torch.Tensor, codes: Codes, dense: bool = False
+) -> torch.Tensor:
     """codes-with-values @ W_dec ([n_rows, d_in], no bias)."""
+    if dense:
+        return codes.to_dense(values) @ W_dec
     if codes.nnz == 0:
         return W_dec.new_zeros(codes.n_rows, W_dec.shape[1]) + 0 * (values.sum() + W_dec.sum())
     return _Decode.apply(values, W_dec, codes)
+
+
+class _EncodeAll(Function):
+    """x @ W_enc + c given its value `pre` (computed without grad): the forward is free."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, c, pre):
+        ctx.save_for_backward(x)
+        return pre.clone()
+
+    @staticmethod
+    def backward(ctx, G):
+        (x,) = ctx.saved_tensors
+        return None, x.T @ G, G.sum(0), None
+
+
+def encode_all(
+    x: torch.Tensor, W_enc: torch.Tensor, c: torch.Tensor, pre: torch.Tensor
+) -> torch.Tensor:
+    """All of x @ W_enc + c ([n, d_sae], a copy of `pre`), differentiable in W_enc and c."""
+    return _EncodeAll.apply(x, W_enc, c, pre)
+
+
+class _RowTopKEncode(Function):
+    """values [n, k] of x @ W + c at columns idx [n, k] (given, computed without grad);
+    gradients for W and c by one dense matmul."""
+
+    @staticmethod
+    def forward(ctx, x, W, c, values, idx):
+        ctx.save_for_backward(x, idx)
+        ctx.width = W.shape[1]
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, idx = ctx.saved_tensors
+        G = g.new_zeros(x.shape[0], ctx.width).scatter_(1, idx, g)
+        return None, x.T @ G, G.sum(0), None, None
+
+
+def encode_rows_topk(
+    x: torch.Tensor, W: torch.Tensor, c: torch.Tensor, values: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
+    """x @ W + c at the per-row columns idx [n, k] (values given), differentiable in W, c."""
+    return _RowTopKEncode.apply(x, W, c, values, idx)
+
+
+class _JumpReLUSTE(Function):
+    """v * H(v - t); d/dv = H(v - t), d/dt = -(t / eps) * rect((v - t) / eps)."""
+
+    @staticmethod
+    def forward(ctx, v, t, eps):
+        ctx.save_for_backward(v, t)
+        ctx.eps = eps
+        return v * (v > t)
+
+    @staticmethod
+    def backward(ctx, g):
+        v, t = ctx.saved_tensors
+        eps = ctx.eps
+        rect = ((v - t).abs() < eps / 2).to(g)
+        return (v > t).to(g) * g, -(t / eps) * rect * g, None
+
+
+class _StepSTE(Function):
+    """H(v - t); d/dv = 0, d/dt = -(1 / eps) * rect((v - t) / eps) (Rajamanoharan et al.)."""
+
+    @staticmethod
+    def forward(ctx, v, t, eps):
+        ctx.save_for_backward(v, t)
+        ctx.eps = eps
+        return (v > t).to(v)
+
+    @staticmethod
+    def backward(ctx, g):
+        v, t = ctx.saved_tensors
+        eps = ctx.eps
+        rect = ((v - t).abs() < eps / 2).to(g)
+        return torch.zeros_like(v), -(1.0 / eps) * rect * g, None
+
+
+def jumprelu_ste(v: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """JumpReLU v * H(v - threshold) with the straight-through gradient for the threshold."""
+    return _JumpReLUSTE.apply(v, threshold, bandwidth)
+
+
+def step_ste(v: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """H(v - threshold) (the L0 count) with the straight-through gradient for the threshold."""
+    return _StepSTE.apply(v, threshold, bandwidth)

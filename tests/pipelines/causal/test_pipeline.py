@@ -1,4 +1,5 @@
-"""The causal node on a tiny model with real captured activations; its outputs through the catalog."""
+"""The causal node on a tiny model with real captured activations; its outputs through the
+catalog."""
 
 import json
 from pathlib import Path
@@ -50,7 +51,9 @@ def test_top_activating_contexts_highlight_the_strongest_tokens(captured):
     f = sae.encode(rows).detach()
     for feat in feats:
         got = ctx[feat]
-        assert [c["activation"] for c in got] == pytest.approx(f[:, feat].topk(len(got)).values.tolist(), rel=1e-5)
+        assert [c["activation"] for c in got] == pytest.approx(
+            f[:, feat].topk(len(got)).values.tolist(), rel=1e-5
+        )
         for c in got:
             assert OPEN + c["token"] + CLOSE in c["text"]
             assert c["benchmark"] in {"arith", "logic"}
@@ -59,15 +62,32 @@ def test_top_activating_contexts_highlight_the_strongest_tokens(captured):
 def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
     handle, prompts, acts = captured
     params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
-    params.update(top_k=3, n_random_controls=2, n_random_sets=2, n_random_directions=1, n_boot=100,
-                  stats_tokens=400, batch_size=8, n_context_features=3, n_contexts=2, n_null_features=6,
-                  require_above_chance=False)
-    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts,
-                                                                  _baseline(handle, prompts), params)
+    params.update(
+        top_k=3,
+        n_random_controls=2,
+        n_random_sets=2,
+        n_random_directions=1,
+        n_boot=100,
+        stats_tokens=400,
+        batch_size=8,
+        n_context_features=3,
+        n_contexts=2,
+        n_null_features=6,
+        require_above_chance=False,
+    )
+    effects, ranking, summary, graph, contexts = analyse_features(
+        handle, {HOOK: random_sae()}, prompts, acts, _baseline(handle, prompts), params
+    )
     s = summary["hook_points"][HOOK]
     assert {"controls", "error_term", "circuit", "significance", "token_injection"} <= set(s)
-    assert {"delta_logprob_lo", "delta_logprob_hi", "p_accuracy", "q_logprob", "q_logit_diff",
-            "important"} <= set(effects.columns)
+    assert {
+        "delta_logprob_lo",
+        "delta_logprob_hi",
+        "p_accuracy",
+        "q_logprob",
+        "q_logit_diff",
+        "important",
+    } <= set(effects.columns)
     assert summary["selection"]["analysed"] == ["arith", "logic"]
     # Choice questions get the logit difference beside gold log-prob; open answers do not.
     logic = effects[(effects.benchmark == "logic") & (effects.role == "candidate")]
@@ -84,7 +104,9 @@ def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
     catalog.save("tiny.circuit", graph)
     catalog.save("tiny.feature_contexts", contexts)
     again = catalog.load("tiny.circuit")
-    assert set(again.nodes) == set(graph.nodes) and again.graph[HOOK] == json.loads(json.dumps(graph.graph[HOOK]))
+    assert set(again.nodes) == set(graph.nodes) and again.graph[HOOK] == json.loads(
+        json.dumps(graph.graph[HOOK])
+    )
     preview = json.loads(catalog.get("tiny.circuit").preview())
     assert any(n["id"] == "answer" for n in preview["nodes"])
 
@@ -94,22 +116,43 @@ def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
 
 
 def test_causal_node_ablates_at_all_positions(captured):
-    """positions: all runs every path (singles, sets, directions, error term, circuit) end to end."""
+    """positions: all runs every path (singles, sets, directions, error term, circuit) end to
+    end."""
     from sae_reasoning.reporting.causal_section import where as _where
 
     handle, prompts, acts = captured
     params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
     assert params["positions"] == "answer"
-    params.update(positions="all", top_k=2, n_random_controls=1, n_random_sets=1, n_random_directions=1, n_boot=50,
-                  stats_tokens=400, batch_size=8, n_context_features=1, n_contexts=1, modes=["zero", "mean"],
-                  n_null_features=2, require_above_chance=False)
-    effects, ranking, summary, graph, contexts = analyse_features(handle, {HOOK: random_sae()}, prompts, acts,
-                                                                  _baseline(handle, prompts), params)
+    params.update(
+        positions="all",
+        top_k=2,
+        n_random_controls=1,
+        n_random_sets=1,
+        n_random_directions=1,
+        n_boot=50,
+        stats_tokens=400,
+        batch_size=8,
+        n_context_features=1,
+        n_contexts=1,
+        modes=["zero", "mean"],
+        n_null_features=2,
+        require_above_chance=False,
+    )
+    effects, ranking, summary, graph, contexts = analyse_features(
+        handle, {HOOK: random_sae()}, prompts, acts, _baseline(handle, prompts), params
+    )
     s = summary["hook_points"][HOOK]
     assert s["positions"] == "all" and s["first_position_exempt"] is True
     assert "except position 0" in _where(s)
     # The splice with nothing ablated leaves every rebuilt context as it was.
     assert s["splice_identity_max_abs_logprob_change"] < 1e-4
-    assert {"direction:0", "zero:random_set0", "error:zero", "zero:all", "mean:all", "mean:all+error"} <= set(effects.condition)
+    assert {
+        "direction:0",
+        "zero:random_set0",
+        "error:zero",
+        "zero:all",
+        "mean:all",
+        "mean:all+error",
+    } <= set(effects.condition)
     assert effects.delta_logprob.notna().all()
     assert s["circuit"]["checked_sizes"] or not s["circuit"]["found"]

@@ -13,10 +13,14 @@ from kedro.runner import SequentialRunner
 from sae_reasoning.benchmarks.prompts import EXAMPLE_COLUMNS, PROMPT_COLUMNS
 from sae_reasoning.benchmarks.sources import generate_native
 from sae_reasoning.pipelines.data_loading import create_pipeline
+from sae_reasoning.pipelines.data_loading.nodes import normalizer
 
 CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
-OUTPUTS = {"examples": "examples.parquet", "few_shot_examples": "shots.parquet",
-           "prompts": "prompts.parquet"}
+OUTPUTS = {
+    "examples": "examples.parquet",
+    "few_shot_examples": "shots.parquet",
+    "prompts": "prompts.parquet",
+}
 
 
 def _conf():
@@ -34,8 +38,10 @@ def _small_params(n_examples=6, n_shots=2, shot_pool=4):
 
 
 def _run(raw_config: dict, params: dict, tmp_path: Path):
-    config = {name: {"type": "pandas.ParquetDataset", "filepath": str(tmp_path / "out" / f)}
-              for name, f in OUTPUTS.items()}
+    config = {
+        name: {"type": "pandas.ParquetDataset", "filepath": str(tmp_path / "out" / f)}
+        for name, f in OUTPUTS.items()
+    }
     config.update(raw_config)
     catalog = DataCatalog.from_config(config)
     catalog["params:data_loading"] = params
@@ -54,7 +60,9 @@ def _check_outputs(out, counts):
     assert prompts["target"].str.startswith(" ").all()
     assert prompts["generation_prompt"].str.endswith("Answer:").all()
     answer_only = prompts["prompt_format"] == "answer_only"
-    assert (prompts.loc[answer_only, "prompt"] == prompts.loc[answer_only, "generation_prompt"]).all()
+    assert (
+        prompts.loc[answer_only, "prompt"] == prompts.loc[answer_only, "generation_prompt"]
+    ).all()
     assert all(p.startswith(g) for p, g in zip(prompts["prompt"], prompts["generation_prompt"]))
     for row in prompts.itertuples():
         if row.answer_type == "choice":
@@ -69,6 +77,16 @@ def test_pipeline_shape():
     assert pipe.inputs() == {"gsm8k_raw", "math_raw", "logic_raw", "params:data_loading"}
     assert {"examples", "few_shot_examples", "prompts"} <= pipe.all_outputs()
     assert pipe.outputs() == {"prompts"}
+
+
+def test_each_benchmark_has_its_normalizer_and_an_unknown_one_is_named():
+    assert {b: normalizer(b).__name__ for b in ("gsm8k", "math", "logic")} == {
+        "gsm8k": "normalize_gsm8k",
+        "math": "normalize_math",
+        "logic": "normalize_logic",
+    }
+    with pytest.raises(ValueError, match=r"no normalizer for benchmark 'arc'; known: gsm8k"):
+        normalizer("arc")
 
 
 def test_default_configuration_end_to_end(tmp_path):
@@ -103,11 +121,17 @@ def test_worked_solutions_for_gsm8k_through_the_pipeline(tmp_path):
     _check_outputs(out, {"gsm8k": 6, "math": 6, "logic": 6})
     prompts, examples = out["prompts"], out["examples"].set_index("id")
     formats = prompts.groupby("benchmark")["prompt_format"].unique().map(list).to_dict()
-    assert formats == {"gsm8k": ["worked_solution"], "math": ["answer_only"], "logic": ["answer_only"]}
+    assert formats == {
+        "gsm8k": ["worked_solution"],
+        "math": ["answer_only"],
+        "logic": ["answer_only"],
+    }
     for row in prompts[prompts["benchmark"] == "gsm8k"].itertuples():
         gold = examples.loc[row.id, "solution"]
-        assert row.prompt == f"{row.generation_prompt} {gold}\n####" and row.target == f" {row.answer}"
-        assert row.generation_prompt.count("\n#### ") == 2      # the two shots' answers
+        assert (
+            row.prompt == f"{row.generation_prompt} {gold}\n####" and row.target == f" {row.answer}"
+        )
+        assert row.generation_prompt.count("\n#### ") == 2  # the two shots' answers
 
 
 def test_worked_solutions_on_a_benchmark_without_them_fail_the_run(tmp_path):
@@ -143,8 +167,11 @@ def test_swap_to_local_jsonl(tmp_path, native_frames):
     for bench, frame in native_frames.items():
         path = tmp_path / f"{bench}.jsonl"
         frame.to_json(path, orient="records", lines=True)
-        raw[f"{bench}_raw"] = {"type": "pandas.JSONDataset", "filepath": str(path),
-                               "load_args": {"lines": True}}
+        raw[f"{bench}_raw"] = {
+            "type": "pandas.JSONDataset",
+            "filepath": str(path),
+            "load_args": {"lines": True},
+        }
     _check_outputs(_run(raw, _small_params(), tmp_path), {"gsm8k": 6, "math": 6, "logic": 6})
 
 
@@ -164,7 +191,9 @@ def test_swap_to_hf_datasets_on_local_files(tmp_path, native_frames):
         frame.to_json(path, orient="records", lines=True)
         raw[f"{bench}_raw"] = {
             "type": "sae_reasoning.datasets.hf_datasets.HFDatasetsDataset",
-            "path": "json", "data_files": str(path), "split": "train",
+            "path": "json",
+            "data_files": str(path),
+            "split": "train",
             "load_args": {"cache_dir": str(tmp_path / "hf_cache")},
         }
     _check_outputs(_run(raw, _small_params(), tmp_path), {"gsm8k": 6, "math": 6, "logic": 6})
@@ -176,8 +205,11 @@ def test_swap_to_kedro_huggingface_json_dataset(tmp_path, native_frames):
     for bench, frame in native_frames.items():
         path = tmp_path / f"{bench}.jsonl"
         frame.to_json(path, orient="records", lines=True)
-        raw[f"{bench}_raw"] = {"type": "huggingface.JSONDataset", "path": str(path),
-                               "load_args": {"cache_dir": str(tmp_path / "hf_cache")}}
+        raw[f"{bench}_raw"] = {
+            "type": "huggingface.JSONDataset",
+            "path": str(path),
+            "load_args": {"cache_dir": str(tmp_path / "hf_cache")},
+        }
     _check_outputs(_run(raw, _small_params(), tmp_path), {"gsm8k": 6, "math": 6, "logic": 6})
 
 
@@ -189,7 +221,9 @@ def test_malformed_raw_rows_fail_the_run_with_the_row_named(tmp_path, native_fra
     raw = {"gsm8k_raw": {"type": "pandas.ParquetDataset", "filepath": str(path)}}
     for bench in ("math", "logic"):
         native_frames[bench].to_parquet(tmp_path / f"{bench}.parquet")
-        raw[f"{bench}_raw"] = {"type": "pandas.ParquetDataset",
-                               "filepath": str(tmp_path / f"{bench}.parquet")}
+        raw[f"{bench}_raw"] = {
+            "type": "pandas.ParquetDataset",
+            "filepath": str(tmp_path / f"{bench}.parquet"),
+        }
     with pytest.raises(ValueError, match=r"gsm8k_raw row 3: answer has no '#### <number>'"):
         _run(raw, _small_params(), tmp_path)

@@ -31,12 +31,27 @@ def effects_table() -> pd.DataFrame:
     for feat, (role, pooled, per) in FEATURES.items():
         for mode in ("zero", "resample"):
             for bench, d in {**per, "all": pooled}.items():
-                d = d if mode == "zero" else d + 0.5    # resample rows must not leak into the zero-ablation views
-                rows.append({"model": "m", "hook_point": HOOK, "feature": feat, "role": role, "mode": mode,
-                             "condition": f"{mode}:{feat}", "benchmark": bench, "n": N[bench],
-                             "n_clusters": N[bench] // 2, "delta_logprob": d, "delta_logprob_lo": d - 0.01,
-                             "delta_logprob_hi": d + 0.01, "null_threshold_logprob": 0.02,
-                             "important_logprob": bool(feat == 741 and bench in ("math", "all"))})
+                d = (
+                    d if mode == "zero" else d + 0.5
+                )  # resample rows must not leak into the zero-ablation views
+                rows.append(
+                    {
+                        "model": "m",
+                        "hook_point": HOOK,
+                        "feature": feat,
+                        "role": role,
+                        "mode": mode,
+                        "condition": f"{mode}:{feat}",
+                        "benchmark": bench,
+                        "n": N[bench],
+                        "n_clusters": N[bench] // 2,
+                        "delta_logprob": d,
+                        "delta_logprob_lo": d - 0.01,
+                        "delta_logprob_hi": d + 0.01,
+                        "null_threshold_logprob": 0.02,
+                        "important_logprob": bool(feat == 741 and bench in ("math", "all")),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -52,10 +67,20 @@ def cells(lines: list[str]) -> dict[str, dict[str, str]]:
 
 
 def test_per_benchmark_table_lists_each_benchmark_with_cis_candidates_then_controls():
-    lines = per_benchmark_table(effects_table(), {741: 1, 12: 2, 3005: 3}, {"n_boot": 2000, "procedure": "p"})
+    lines = per_benchmark_table(
+        effects_table(), {741: 1, 12: 2, 3005: 3}, {"n_boot": 2000, "procedure": "p"}
+    )
     t = cells(lines)
-    assert list(t) == ["741", "12", "3005", "4242", "77"]     # rank order, then the controls; no null feature
-    assert t["741"]["math (n 40, 20 clusters)"] == "**-0.229 [-0.239, -0.219]**"   # important there: bold
+    assert list(t) == [
+        "741",
+        "12",
+        "3005",
+        "4242",
+        "77",
+    ]  # rank order, then the controls; no null feature
+    assert (
+        t["741"]["math (n 40, 20 clusters)"] == "**-0.229 [-0.239, -0.219]**"
+    )  # important there: bold
     assert t["741"]["gsm8k (n 30, 15 clusters)"] == "-0.048 [-0.058, -0.038]"
     assert t["741"]["logic (n 20, 10 clusters)"] == "+0.000 [-0.010, +0.010]"
     assert t["741"]["pooled Δ [95% CI]"] == "**-0.092 [-0.102, -0.082]**"
@@ -66,9 +91,11 @@ def test_per_benchmark_table_lists_each_benchmark_with_cis_candidates_then_contr
 def test_feature_effects_plot_has_feature_ids_per_benchmark_and_controls_in_their_own_panel():
     fig = plots.feature_effects(effects_table())
     cand, ctrl = fig.axes[:2]
-    assert cand.get_title().endswith("candidates (rank order)") and ctrl.get_title().endswith("random controls")
+    assert cand.get_title().endswith("candidates (rank order)") and ctrl.get_title().endswith(
+        "random controls"
+    )
     ticks = [t.get_text() for t in cand.get_xticklabels()]
-    assert ticks == ["741", "12", "3005"]               # feature ids by pooled Δ, not ranks 0..n
+    assert ticks == ["741", "12", "3005"]  # feature ids by pooled Δ, not ranks 0..n
     assert [t.get_text() for t in ctrl.get_xticklabels()] == ["4242", "77"]
     # One errorbar series per benchmark plus the pooled one; 741's math marker is at its tick.
     series = {c.get_label(): c for c in cand.containers}
@@ -77,17 +104,32 @@ def test_feature_effects_plot_has_feature_ids_per_benchmark_and_controls_in_thei
     i = ticks.index("741")
     assert y[i] == pytest.approx(-0.229) and abs(x[i] - cand.get_xticks()[i]) < 0.5
     assert list(series["gsm8k"].lines[0].get_ydata()) == pytest.approx([-0.048, -0.120, -0.006])
-    assert list({c.get_label(): c for c in ctrl.containers}["pooled"].lines[0].get_ydata()) == pytest.approx(
-        [-0.002, 0.001])
+    assert list(
+        {c.get_label(): c for c in ctrl.containers}["pooled"].lines[0].get_ydata()
+    ) == pytest.approx([-0.002, 0.001])
 
 
 def test_feature_ids_link_to_their_dashboards_and_each_sae_links_its_index():
-    s = {"d_sae": 4096, "alive_features": 4000, "n_select_examples": 10, "n_heldout_examples": 90,
-         "clean": {}, "all_features_zero": {"delta_accuracy": -0.3, "delta_logprob": -4.0, "kl": 1.0},
-         "splice_identity_max_abs_logprob_change": 0.0, "spearman_attribution_vs_exact": 0.5,
-         "token_injection": {"741": {"tokens": ["7"], "survival": 0.1, "token_driven": False}}}
-    ranking = [{"rank": 1, "feature": 741, "delta_logprob": -0.092, "attribution_estimate": -0.1,
-                "firing_rate": 0.01}]
+    s = {
+        "d_sae": 4096,
+        "alive_features": 4000,
+        "n_select_examples": 10,
+        "n_heldout_examples": 90,
+        "clean": {},
+        "all_features_zero": {"delta_accuracy": -0.3, "delta_logprob": -4.0, "kl": 1.0},
+        "splice_identity_max_abs_logprob_change": 0.0,
+        "spearman_attribution_vs_exact": 0.5,
+        "token_injection": {"741": {"tokens": ["7"], "survival": 0.1, "token_driven": False}},
+    }
+    ranking = [
+        {
+            "rank": 1,
+            "feature": 741,
+            "delta_logprob": -0.092,
+            "attribution_estimate": -0.1,
+            "firing_rate": 0.01,
+        }
+    ]
     contexts = {"741": [{"activation": 3.0, "text": "2 + ⟦2⟧"}]}
     md = "\n".join(hook_section("m", HOOK, s, ranking, contexts, effects=effects_table()))
     page = f"features/m/{HOOK}/feature_741.html"
@@ -96,14 +138,22 @@ def test_feature_ids_link_to_their_dashboards_and_each_sae_links_its_index():
     assert md.count(f"[741]({page})") == 4
     for feat in (12, 3005, 77, 4242):
         assert f"[{feat}](features/m/{HOOK}/feature_{feat}.html)" in md
-    assert not re.search(r"\| (741|12|3005|77|4242) \|", md)     # no bare id left in any table
+    assert not re.search(r"\| (741|12|3005|77|4242) \|", md)  # no bare id left in any table
 
 
 @pytest.mark.parametrize("share, sparse", [(0.045, False), (0.004, True)])
 def test_circuit_wording_on_both_sides_of_the_sparsity_threshold(share, sparse):
-    circ = {"found": True, "ablation_mode": "mean", "n_features": round(share * 4000), "share_of_alive": share,
-            "search_recovered": 0.8, "fraction_target": 0.8, "estimate_size": None,
-            "sparse_fraction": 0.02, "sparse": sparse}
+    circ = {
+        "found": True,
+        "ablation_mode": "mean",
+        "n_features": round(share * 4000),
+        "share_of_alive": share,
+        "search_recovered": 0.8,
+        "fraction_target": 0.8,
+        "estimate_size": None,
+        "sparse_fraction": 0.02,
+        "sparse": sparse,
+    }
     line = circuit_lines(circ)[0]
     assert f"{share:.1%} of alive features" in line
     assert ("**not sparse**: above 2.0%" in line) is not sparse
@@ -114,7 +164,7 @@ def test_circuit_summary_records_the_threshold_and_checks_it():
     cfg = CausalConfig.from_params({"circuit_sparse_fraction": 0.05})
     none = CircuitSearch([], 0.8, None, 0.0, {}, None, found=False)
     out = circuit_summary(none, None, None, None, cfg, alive=1000)
-    assert out["sparse_fraction"] == 0.05 and out["sparse"] is None     # no circuit, no verdict
+    assert out["sparse_fraction"] == 0.05 and out["sparse"] is None  # no circuit, no verdict
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="causal.circuit_sparse_fraction"):
             CausalConfig.from_params({"circuit_sparse_fraction": bad})
@@ -122,11 +172,20 @@ def test_circuit_summary_records_the_threshold_and_checks_it():
 
 def test_markdown_passes_each_sae_its_own_effects():
     eff = pd.concat([effects_table(), effects_table().assign(model="other")])
-    s = {"d_sae": 4096, "alive_features": 4000, "n_select_examples": 10, "n_heldout_examples": 90, "clean": {},
-         "all_features_zero": {"delta_accuracy": -0.3, "delta_logprob": -4.0, "kl": 1.0},
-         "splice_identity_max_abs_logprob_change": 0.0, "spearman_attribution_vs_exact": 0.5}
+    s = {
+        "d_sae": 4096,
+        "alive_features": 4000,
+        "n_select_examples": 10,
+        "n_heldout_examples": 90,
+        "clean": {},
+        "all_features_zero": {"delta_accuracy": -0.3, "delta_logprob": -4.0, "kl": 1.0},
+        "splice_identity_max_abs_logprob_change": 0.0,
+        "spearman_attribution_vs_exact": 0.5,
+    }
     baseline = pd.DataFrame(columns=["model", "benchmark", "correct", "chance", "gold_logprob"])
     training = {"m": {"activations": {}, "sae_metrics": {}}}
     md = markdown(baseline, training, {"m": {HOOK: s}}, {"m": {HOOK: []}}, effects=eff)
-    assert md.count(f"[741](features/m/{HOOK}/feature_741.html)") == 1      # per-benchmark table, model m only
+    assert (
+        md.count(f"[741](features/m/{HOOK}/feature_741.html)") == 1
+    )  # per-benchmark table, model m only
     assert "features/other/" not in md and "feature_effects.png" in md

@@ -17,12 +17,12 @@ from sae_reasoning.activations import ActivationSet
 from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.pipelines.causal.nodes import analyse_features
-from sae_reasoning.pipelines.sae_training.nodes import train_sae
+from sae_reasoning.pipelines.sae_training.nodes import training_jobs
 from sae_reasoning.sae.pretrained import SAESourceError
 from tests.pipelines.sae_training.test_pipeline import PARAMS, PROJECT, make_catalog, toy_pipeline
 from tests.prompts_fixture import tiny_prompts
 
-HOOK = "blocks.1.hook_resid_post"     # where the SAE is used ...
+HOOK = "blocks.1.hook_resid_post"  # where the SAE is used ...
 SAE_HOOK = "blocks.2.hook_resid_pre"  # ... and the name it was trained under (the same tensor)
 
 
@@ -52,7 +52,9 @@ def saelens_folder(tmp_path_factory):
     return folder, sae
 
 
-def test_local_saelens_folder_runs_through_sae_training_and_causal(captured, saelens_folder, tmp_path, caplog):
+def test_local_saelens_folder_runs_through_sae_training_and_causal(
+    captured, saelens_folder, tmp_path, caplog
+):
     handle, prompts, acts = captured
     folder, theirs = saelens_folder
     catalog = make_catalog(tmp_path, acts, PARAMS, handle)
@@ -62,17 +64,19 @@ def test_local_saelens_folder_runs_through_sae_training_and_causal(captured, sae
     catalog["params:models.toy"] = {"layers": [1], "sae_source": {SAE_HOOK: {"path": str(folder)}}}
     with caplog.at_level(logging.INFO, logger="sae_reasoning"):
         SequentialRunner().run(toy_pipeline(), catalog)
-    assert "training SAE" not in caplog.text   # the hook point skipped training
+    assert "training SAE" not in caplog.text  # the hook point skipped training
 
     out = tmp_path / "data/06_models/sae/toy" / HOOK
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["source"]["kind"] == "path" and summary["source"]["path"] == str(folder.resolve())
+    assert summary["source"]["kind"] == "path" and summary["source"]["path"] == str(
+        folder.resolve()
+    )
     assert summary["source"]["hook_name"] == SAE_HOOK and summary["source"]["d_sae"] == 48
     metrics = json.loads((tmp_path / "data/07_model_output/toy/sae_metrics.json").read_text())[HOOK]
     assert metrics["training"]["source"]["path"] == str(folder.resolve())
     assert metrics["spliced"]["n_prompts"] > 0 and 0 <= metrics["l0"] <= 48
 
-    sae = catalog.load("toy.sae")   # what the causal stage gets: SAELens's function
+    sae = catalog.load("toy.sae")  # what the causal stage gets: SAELens's function
     x = torch.randn(10, 64)
     torch.testing.assert_close(sae[HOOK].encode(x), theirs.encode(x).detach())
     torch.testing.assert_close(sae[HOOK](x), theirs(x).detach())
@@ -82,10 +86,22 @@ def test_local_saelens_folder_runs_through_sae_training_and_causal(captured, sae
     lm = handle.load()
     baseline = score_conditions(lm, encode_prompts(lm.tokenizer, prompts), progress=None)["clean"]
     params = yaml.safe_load((PROJECT / "conf/base/parameters_causal.yml").read_text())["causal"]
-    params.update(top_k=2, n_random_controls=1, n_random_sets=1, n_random_directions=1, n_boot=50,
-                  stats_tokens=300, batch_size=8, n_context_features=1, n_contexts=1, n_null_features=4,
-                  require_above_chance=False)
-    effects, _ranking, summary, _graph, _contexts = analyse_features(handle, sae, prompts, acts, baseline, params)
+    params.update(
+        top_k=2,
+        n_random_controls=1,
+        n_random_sets=1,
+        n_random_directions=1,
+        n_boot=50,
+        stats_tokens=300,
+        batch_size=8,
+        n_context_features=1,
+        n_contexts=1,
+        n_null_features=4,
+        require_above_chance=False,
+    )
+    effects, _ranking, summary, _graph, _contexts = analyse_features(
+        handle, sae, prompts, acts, baseline, params
+    )
     assert HOOK in summary["hook_points"] and effects.delta_logprob.notna().any()
 
 
@@ -93,4 +109,4 @@ def test_bad_sae_source_is_named_before_any_loading(captured, saelens_folder):
     _, _, acts = captured
     folder, _ = saelens_folder
     with pytest.raises(SAESourceError, match=r"models\.acts\d*\.sae_source\[3\].*add its layer"):
-        train_sae(acts, acts, PARAMS, {"layers": [1], "sae_source": {3: {"path": str(folder)}}})
+        training_jobs(acts, acts, PARAMS, {"layers": [1], "sae_source": {3: {"path": str(folder)}}})

@@ -15,10 +15,12 @@ BAD = {"model": "b", "ok": False, "error": "layers [99]: the model has 4 blocks 
 
 
 def test_report_lists_failures_and_the_next_node_fails():
-    report = summarize_validation(OK, BAD)   # returned (and so saved), not raised
+    report = summarize_validation(OK, BAD)  # returned (and so saved), not raised
     assert report["ok"] is False and report["failed"] == ["b"]
     assert report["models"] == [OK, BAD]
-    with pytest.raises(preflight.PreflightError, match=r"failed for 1 of 2 model\(s\):\n  - b: layers"):
+    with pytest.raises(
+        preflight.PreflightError, match=r"failed for 1 of 2 model\(s\):\n  - b: layers"
+    ):
         fail_on_errors(report)
     fail_on_errors(summarize_validation(OK))
 

@@ -8,16 +8,60 @@ def create_pipeline(**kwargs) -> Pipeline:
         train_probes,
     )
 
-    return Pipeline([
-        Node(analyse_features, ["model", "sae", "prompts", "activations", "baseline_scores", "params:causal"],
-             ["feature_effects", "feature_ranking", "causal_summary", "circuit", "feature_contexts"],
-             name="analyse_features"),
-        Node(train_probes, ["model", "sae", "prompts", "activations", "baseline_scores", "feature_ranking",
-                            "causal_summary", "params:probes"], "probe_results", name="train_probes"),
-        # Dashboards in the causal stage: they need this namespace's model, SAE and capture store
-        # (its device slot) and read the analysed features from the outputs above.
-        Node(feature_dashboards, ["model", "sae", "activations", "feature_effects", "feature_ranking",
-                                  "causal_summary", "circuit", "params:dashboards",
-                                  "params:causal.massive_activations"],
-             "feature_dashboards", name="feature_dashboards"),
-    ], tags="causal")
+    return Pipeline(
+        [
+            Node(
+                analyse_features,
+                inputs=[
+                    "model",
+                    "sae",
+                    "prompts",
+                    "activations",
+                    "baseline_scores",
+                    "params:causal",
+                ],
+                outputs=[
+                    "feature_effects",
+                    "feature_ranking",
+                    "causal_summary",
+                    "circuit",
+                    "feature_contexts",
+                ],
+                name="analyse_features",
+            ),
+            Node(
+                train_probes,
+                inputs=[
+                    "model",
+                    "sae",
+                    "prompts",
+                    "activations",
+                    "baseline_scores",
+                    "feature_ranking",
+                    "causal_summary",
+                    "params:probes",
+                ],
+                outputs="probe_results",
+                name="train_probes",
+            ),
+            # Dashboards in the causal stage: they need this namespace's model, SAE and capture
+            # store (its device slot) and read the analysed features from the outputs above.
+            Node(
+                feature_dashboards,
+                inputs=[
+                    "model",
+                    "sae",
+                    "activations",
+                    "feature_effects",
+                    "feature_ranking",
+                    "causal_summary",
+                    "circuit",
+                    "params:dashboards",
+                    "params:causal.massive_activations",
+                ],
+                outputs="feature_dashboards",
+                name="feature_dashboards",
+            ),
+        ],
+        tags="causal",
+    )

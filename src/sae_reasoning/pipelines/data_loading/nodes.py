@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,8 @@ def normalize_benchmark(raw: Any, benchmark: str) -> pd.DataFrame:
     return normalize_raw(as_dataframe(raw, name=name), benchmark, name=name)
 
 
+# One node function per benchmark: Kedro shows each by name, and its argument names the
+# catalog entry it reads.
 def normalize_gsm8k(gsm8k_raw: Any) -> pd.DataFrame:
     return normalize_benchmark(gsm8k_raw, "gsm8k")
 
@@ -27,6 +30,23 @@ def normalize_math(math_raw: Any) -> pd.DataFrame:
 
 def normalize_logic(logic_raw: Any) -> pd.DataFrame:
     return normalize_benchmark(logic_raw, "logic")
+
+
+NORMALIZERS: dict[str, Callable[[Any], pd.DataFrame]] = {
+    "gsm8k": normalize_gsm8k,
+    "math": normalize_math,
+    "logic": normalize_logic,
+}
+
+
+def normalizer(benchmark: str) -> Callable[[Any], pd.DataFrame]:
+    """The node function that normalises `benchmark`'s raw table."""
+    if benchmark not in NORMALIZERS:
+        raise ValueError(
+            f"data_loading: no normalizer for benchmark {benchmark!r}; "
+            f"known: {', '.join(NORMALIZERS)}"
+        )
+    return NORMALIZERS[benchmark]
 
 
 def select_examples(
@@ -41,5 +61,6 @@ def make_prompts(
 ) -> pd.DataFrame:
     """One few-shot prompt per example, with its gold target and choice continuations
     (worked-solution prompts where ``worked_solutions`` asks for them)."""
-    return build_prompts(examples, few_shot_examples, params.get("prompt_format"),
-                         params.get("benchmarks"))
+    return build_prompts(
+        examples, few_shot_examples, params.get("prompt_format"), params.get("benchmarks")
+    )

@@ -1,7 +1,9 @@
+"""Nodes of the validate pipeline: thin wrappers over `preflight` and `budget`."""
+
 import logging
 
 from sae_reasoning import budget as budgets
-from sae_reasoning import preflight
+from sae_reasoning import budget_table, preflight
 
 log = logging.getLogger(__name__)
 
@@ -10,11 +12,26 @@ def check_model(model, model_params: dict, capture: dict, causal: dict, sae_trai
     return preflight.check_model(model, model_params, capture, causal, sae_training)
 
 
-def plan_budget(model, model_params: dict, capture: dict, causal: dict, sae_training: dict,
-                data_loading: dict, budget: dict) -> dict:
+def plan_budget(
+    model,
+    model_params: dict,
+    capture: dict,
+    causal: dict,
+    sae_training: dict,
+    data_loading: dict,
+    budget: dict,
+) -> dict:
     """The model's planned tokens, disk and device-hours, from its shapes (no weights)."""
-    return budgets.plan(model, model.name, model_params, capture=capture, sae_training=sae_training,
-                        causal=causal, data_loading=data_loading, budget=budget)
+    return budgets.plan(
+        model,
+        model.name,
+        model_params,
+        capture=capture,
+        sae_training=sae_training,
+        causal=causal,
+        data_loading=data_loading,
+        budget=budget,
+    )
 
 
 def summarize_validation(*results: dict) -> dict:
@@ -25,9 +42,11 @@ def summarize_validation(*results: dict) -> dict:
 def add_budget(checks: dict, budget: dict, *plans: dict) -> dict:
     """The report with the budget of every model; logs the budget table. A model that fails
     its checks (e.g. weights missing here) is still planned from its declared shapes."""
-    summary = budgets.summarize(list(plans), int(budget.get("n_devices") or 1))
-    log.info("Planned budget (sae_reasoning/budget.py; estimates at the device in params:budget):\n%s",
-             budgets.format_table(summary))
+    summary = budget_table.summarize(list(plans), int(budget.get("n_devices") or 1))
+    log.info(
+        "Planned budget (sae_reasoning/budget.py; estimates at the device in params:budget):\n%s",
+        budget_table.format_table(summary),
+    )
     return {**checks, "budget": summary}
 
 

@@ -1,0 +1,104 @@
+"""From an answer pass's logits to each example's scores (the columns: scoring/__init__.py)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from sae_reasoning.models.cached_forward import forward
+from sae_reasoning.models.loading import LanguageModel
+from sae_reasoning.scoring.passes import AnswerBatch
+
+
+def answer_logprobs(batch: AnswerBatch, logits: torch.Tensor):
+    """Per answer row: summed gold-token log-probs, all-argmax flag, log-softmax at positions.
+
+    Position j of an answer row predicts answer token j; position len(answer) predicts what
+    follows the answer (a line break, for a greedy exact match).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tokens = batch.ids[:, 1:]
+    tok_lp = logp[:, :-1].gather(-1, tokens[..., None])[..., 0]  # [R, S-1]
+    pos = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    in_answer = pos < batch.answer_len[:, None]
+    summed = (tok_lp * in_answer).sum(1)
+    argmax_ok = ((logp[:, :-1].argmax(-1) == tokens) | ~in_answer).all(1)
+    return logp, summed, argmax_ok
+
+
+def score_batch(
+    batch: AnswerBatch,
+    logits: torch.Tensor,
+    stop_ids: torch.Tensor,
+    clean_logp: torch.Tensor | None = None,
+) -> tuple[pd.DataFrame, torch.Tensor]:
+    """(one row of scores per example, the answer rows' log-softmax: the clean one for `kl`)."""
+    logp, summed, argmax_ok = answer_logprobs(batch, logits)
+    rows = []
+    r = 0
+    for ex in batch.examples:
+        rows.append(_example_row(batch, ex, r, logp, summed, argmax_ok, stop_ids, clean_logp))
+        r += len(ex.answers)
+    return pd.DataFrame(rows), logp
+
+
+def _example_row(batch, ex, r, logp, summed, argmax_ok, stop_ids, clean_logp) -> dict:
+    """The scores of the example whose answer rows start at row `r`."""
+    n = len(ex.answers)
+    gold_row = r + ex.gold
+    logit_diff = float("nan")
+    if ex.is_choice:
+        predicted = int(summed[r : r + n].argmax())
+        correct = predicted == ex.gold
+        # Gold choice against the best other choice (summed log-probs; for one-token
+        # choices this is the logit difference, the softmax normaliser cancels).
+        others = torch.cat([summed[r:gold_row], summed[gold_row + 1 : r + n]])
+        if len(others):
+            logit_diff = float(summed[gold_row] - others.max())
+    else:
+        end = int(batch.answer_len[gold_row])
+        stop = logp[gold_row, end].argmax()
+        predicted = None
+        correct = bool(argmax_ok[gold_row]) and bool(torch.isin(stop, stop_ids.to(stop.device)))
+    kl = 0.0
+    if clean_logp is not None:
+        end = int(batch.answer_len[gold_row]) + 1
+        p = clean_logp[gold_row, :end]
+        q = logp[gold_row, :end]
+        kl = float((p.exp() * (p - q)).sum(-1).mean())
+    return {
+        "row": ex.row,
+        "id": ex.id,
+        "benchmark": ex.benchmark,
+        "split": ex.split,
+        "gold_logprob": float(summed[gold_row]),
+        "logit_diff": logit_diff,
+        "n_answer_tokens": len(ex.answers[ex.gold]),
+        "correct": bool(correct),
+        "predicted_choice": predicted,
+        "chance": ex.chance,
+        "kl": kl,
+    }
+
+
+def greedy_continuations(
+    lm: LanguageModel, batch: AnswerBatch, stop_ids: torch.Tensor, max_new_tokens: int = 12
+) -> list[str]:
+    """What the model actually writes after each prompt of the batch (greedy, one line)."""
+    ctx = batch.context
+    n = len(batch.examples)
+    nxt = torch.tensor([[e.question[-1]] for e in batch.examples], device=lm.device)
+    out = torch.zeros((n, 0), dtype=torch.long, device=lm.device)
+    done = torch.zeros(n, dtype=torch.bool, device=lm.device)
+    stop_ids = stop_ids.to(lm.device)
+    pad = lm.tokenizer.pad_token_id
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            res, ctx = forward(lm.model, nxt, torch.ones_like(nxt), ctx, keep=True)
+            nxt = res.logits[:, -1].argmax(-1, keepdim=True)
+            done |= torch.isin(nxt[:, 0], stop_ids)
+            out = torch.cat([out, torch.where(done[:, None], pad, nxt)], 1)
+            if done.all():
+                break
+    texts = [lm.tokenizer.decode([t for t in toks if t != pad]) for toks in out.tolist()]
+    return [t.split("\n")[0].strip() for t in texts]

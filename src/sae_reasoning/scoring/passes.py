@@ -1,0 +1,256 @@
+"""The cached passes scoring runs (see models/cached_forward.py, models/partial_forward.py).
+
+Per benchmark the shared few-shot block runs once, per batch the questions run once, and
+every answer pass (clean, or under a condition) runs only the answer tokens on top of that
+cached context. Under positions="all" the contexts are rebuilt with the condition acting
+at every position: only the blocks above the intervened layer rerun, from the clean
+residual there recorded while the clean contexts were built (`record_layer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from sae_reasoning.models.cached_forward import Context, forward, select
+from sae_reasoning.models.hooks import keep_clean, recording
+from sae_reasoning.models.loading import LanguageModel
+from sae_reasoning.models.partial_forward import forward_above
+from sae_reasoning.scoring.encoding import EncodedBenchmark, EncodedExample, pad_right
+
+# A condition installs its intervention for one pass: condition(batch, segment), with
+# segment the pass being run, "prefix" (the benchmark's few-shot block, batch 1), "question"
+# (the batch's question segment) or "answer" (the answer rows), so that an intervention can
+# depend on where it acts (mean/resample ablation references: causal/references.py).
+Condition = Callable[["AnswerBatch", str], contextlib.AbstractContextManager]
+POSITIONS = ("answer", "all")
+SEGMENTS = ("prefix", "question", "answer")
+
+
+@dataclass
+class Segment:
+    """A clean context-building pass (few-shot block or questions), kept to rerun it."""
+
+    ids: torch.Tensor  # [B, S] right-padded tokens
+    mask: torch.Tensor
+    positions: torch.Tensor  # [B, S] position ids
+    resid: torch.Tensor  # [B, S, d_model] clean residual after the recorded layer
+    context: Context  # clean context after the pass
+
+
+@dataclass
+class AnswerBatch:
+    """One batch of examples with its cached context, ready for answer passes."""
+
+    index: int
+    examples: list[EncodedExample]
+    context: Context | None
+    pair_example: torch.Tensor  # [R] example (within batch) of each answer row
+    pair_answer: torch.Tensor  # [R] candidate index of each answer row
+    ids: torch.Tensor  # [R, S] last question token + candidate answer, right-padded
+    mask: torch.Tensor
+    answer_len: torch.Tensor  # [R]
+    # With iter_answer_batches(record_layer=): the passes that built `context`, to rerun
+    # them under an intervention (rebuild_context). `prefix` is the benchmark's (batch 1),
+    # the same object for all its batches.
+    prefix: Segment | None = None
+    question: Segment | None = None
+    last_of_benchmark: bool = False
+
+    _rows_context: Context | None = field(default=None, repr=False)
+
+    def run(self, model, *, grad: bool = False, context: Context | None = None):
+        """Logits of the answer rows, on the batch's clean context or on `context` (same
+        examples)."""
+        ctx = self.context if context is None else context
+        if ctx is not None and len(self.pair_example) != ctx.batch_size:
+            # One row per answer candidate; the clean one copied once per batch, not once per
+            # condition.
+            if context is not None:
+                ctx = select(ctx, self.pair_example)
+            else:
+                if self._rows_context is None:
+                    self._rows_context = select(ctx, self.pair_example)
+                ctx = self._rows_context
+        with torch.set_grad_enabled(grad):
+            out, _ = forward(model, self.ids, self.mask, ctx)
+        return out.logits
+
+    def gold_rows(self) -> torch.Tensor:
+        """[R] bool: the answer rows that hold their example's gold answer."""
+        gold = torch.tensor([e.gold for e in self.examples], device=self.pair_answer.device)
+        return self.pair_answer == gold[self.pair_example]
+
+    def answer_positions(self) -> torch.Tensor:
+        """[R, S] position ids of the answer rows."""
+        start = (
+            self.context.length[self.pair_example]
+            if self.context is not None
+            else torch.zeros(len(self.pair_example), dtype=torch.long, device=self.ids.device)
+        )
+        return start[:, None].to(self.ids.device) + torch.arange(
+            self.ids.shape[1], device=self.ids.device
+        )
+
+
+def iter_answer_batches(
+    lm: LanguageModel,
+    benchmarks: list[EncodedBenchmark],
+    batch_size: int = 16,
+    progress: str | None = None,
+    record_layer: int | None = None,
+) -> Iterator[AnswerBatch]:
+    """Build contexts (shared block once per benchmark, then questions) batch by batch.
+
+    record_layer: also keep each context-building pass with its residual after that block
+    (batch.prefix, batch.question), so that rebuild_context can rerun the blocks above it.
+    """
+    total = sum(len(b.examples) for b in benchmarks)
+    bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
+    index = 0
+    for bench in benchmarks:
+        prefix_ctx = prefix_seg = None
+        if bench.prefix:
+            ids = torch.tensor([bench.prefix], device=lm.device)
+            prefix_ctx, prefix_seg = _clean_pass(
+                lm.model, ids, torch.ones_like(ids), None, record_layer
+            )
+        order = sorted(bench.examples, key=lambda e: len(e.question))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            yield _answer_batch(
+                lm,
+                chunk,
+                prefix_ctx,
+                record_layer,
+                index=index,
+                prefix=prefix_seg,
+                last_of_benchmark=start + batch_size >= len(order),
+            )
+            index += 1
+            bar.update(len(chunk))
+    bar.close()
+
+
+def _clean_pass(model, ids, mask, ctx, record_layer):
+    """A clean context-building pass: (new context, its Segment if recording)."""
+    # Grad mode is global state: never hold no_grad across a yield (the consumer may need
+    # gradients, e.g. attribution), only around the context-building passes.
+    dev = ids.device
+    start = ctx.length if ctx is not None else torch.zeros(len(ids), dtype=torch.long, device=dev)
+    with (
+        torch.no_grad(),
+        (
+            recording(model, [record_layer], stop=False)
+            if record_layer is not None
+            else contextlib.nullcontext({})
+        ) as rec,
+    ):
+        _, new = forward(model, ids, mask, ctx, keep=True, logits=False)
+    if record_layer is None:
+        return new, None
+    positions = start[:, None].to(dev) + torch.arange(ids.shape[1], device=dev)
+    return new, Segment(ids, mask, positions, rec[record_layer], new)
+
+
+def _answer_batch(
+    lm, chunk: list[EncodedExample], prefix_ctx, record_layer, **where
+) -> AnswerBatch:
+    """The batch's question pass on the benchmark's block, and its answer rows (one per
+    candidate)."""
+    dev, pad = lm.device, lm.tokenizer.pad_token_id
+    ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
+    heads = [e.question[:-1] for e in chunk]
+    question_seg = None
+    if any(heads):
+        ids, mask = pad_right(heads, pad, dev)
+        ctx, question_seg = _clean_pass(lm.model, ids, mask, ctx, record_layer)
+    pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
+    seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
+    ids, mask = pad_right(seqs, pad, dev)
+    return AnswerBatch(
+        examples=chunk,
+        context=ctx,
+        pair_example=torch.tensor([i for i, _ in pairs], device=dev),
+        pair_answer=torch.tensor([j for _, j in pairs], device=dev),
+        ids=ids,
+        mask=mask,
+        answer_len=torch.tensor([len(chunk[i].answers[j]) for i, j in pairs], device=dev),
+        question=question_seg,
+        **where,
+    )
+
+
+def rerun_segment(
+    model,
+    layer: int,
+    segment: Segment,
+    context: Context | None,
+    intervention: Callable[[], contextlib.AbstractContextManager],
+    *,
+    exclude_first: bool = True,
+) -> Context:
+    """The context after `segment` with `intervention()` acting at block `layer`'s output at
+    every position of it (bar position 0 when exclude_first), from its clean residual there.
+
+    `context`: the context before the segment under the same intervention (None at the start)."""
+    first = segment.positions == 0 if exclude_first else None
+    exempt = (
+        keep_clean(model, layer, segment.resid, first)
+        if first is not None and bool(first.any())
+        else contextlib.nullcontext()
+    )
+    with (
+        intervention(),
+        exempt,
+    ):  # in this order: the exemption's hook runs after the intervention's
+        return forward_above(
+            model, layer, segment.resid, segment.ids, segment.mask, context, segment.context
+        )
+
+
+def rebuild_context(
+    model,
+    layer: int,
+    batch: AnswerBatch,
+    condition: Condition,
+    prefixes: dict,
+    key,
+    *,
+    exclude_first: bool = True,
+) -> Context | None:
+    """The batch's context (shared block, then questions) with the condition at every position:
+    condition(batch, "prefix") over the shared block, condition(batch, "question") over the
+    questions.
+
+    The shared block is the same for all the batches of a benchmark: its context is built at
+    the first and kept in `prefixes[key]`; the caller drops it after the benchmark's last batch.
+    (So a condition must act on the block the same way whichever of the benchmark's batches
+    it is bound to.)
+    """
+    ctx = None
+    if batch.prefix is not None:
+        if key not in prefixes:
+            prefixes[key] = rerun_segment(
+                model,
+                layer,
+                batch.prefix,
+                None,
+                lambda: condition(batch, "prefix"),
+                exclude_first=exclude_first,
+            )
+        ctx = prefixes[key].expand(len(batch.examples))
+    if batch.question is not None:
+        ctx = rerun_segment(
+            model,
+            layer,
+            batch.question,
+            ctx,
+            lambda: condition(batch, "question"),
+            exclude_first=exclude_first,
+        )
+    return ctx

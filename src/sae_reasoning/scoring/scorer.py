@@ -1,0 +1,212 @@
+"""Every example scored clean and under each condition: `Scorer`, the API causal code calls.
+
+start_layer: every condition intervenes at that block's output or above, so the clean
+pass records the residual there and the other passes run only the blocks above it
+(models/partial_forward.py).
+
+positions: where the conditions act, "answer" (the answer pass only) or "all" (every
+position: the condition also runs while the few-shot block's and the questions'
+contexts are rebuilt above `start_layer`, which it then needs: it must be the one layer
+the conditions act at). exclude_first ("all"): position 0 keeps its clean residual.
+Position 0 is the attention sink (BOS where the tokenizer adds one) whose massive
+residual norm SAE training leaves out (activations.store.MassiveActivationFilter): an
+SAE applied there is off its training distribution; and its residual depends on that
+one token alone (attention is causal), so it carries nothing about the problem.
+
+Memory with "all": one condition's question contexts at a time, and each condition's
+few-shot-block context (the layers above start_layer, batch 1) for as long as its
+benchmark's batches last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from sae_reasoning.models.hooks import keep_clean, recording
+from sae_reasoning.models.loading import LanguageModel
+from sae_reasoning.models.partial_forward import start_at
+from sae_reasoning.scoring.encoding import EncodedBenchmark, check_lengths, stop_token_ids
+from sae_reasoning.scoring.metrics import greedy_continuations, score_batch
+from sae_reasoning.scoring.passes import (
+    POSITIONS,
+    AnswerBatch,
+    Condition,
+    iter_answer_batches,
+    rebuild_context,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """`lm` scored on benchmarks, clean or with conditions acting at block `layer`'s output.
+
+    `layer`: every condition intervenes at that block's output (None: no conditions, or
+    conditions anywhere; every pass then runs the whole model). `positions`, `exclude_first`:
+    where they act (score_conditions).
+    """
+
+    lm: LanguageModel
+    layer: int | None = None
+    positions: str = "answer"
+    exclude_first: bool = True
+    batch_size: int = 16
+
+    def baseline(
+        self,
+        benchmarks: list[EncodedBenchmark],
+        *,
+        generate_tokens: int = 0,
+        progress: str | None = "scoring",
+    ) -> pd.DataFrame:
+        """The clean scores (with the greedy answer in `generated` when generate_tokens > 0)."""
+        return self.score(benchmarks, None, generate_tokens=generate_tokens, progress=progress)[
+            "clean"
+        ]
+
+    def score(
+        self,
+        benchmarks: list[EncodedBenchmark],
+        conditions: dict[str, Condition] | None,
+        *,
+        generate_tokens: int = 0,
+        progress: str | None = "scoring",
+    ) -> dict[str, pd.DataFrame]:
+        """condition name -> scores ("clean" included), all conditions in one sweep of the
+        batches."""
+        return score_conditions(
+            self.lm,
+            benchmarks,
+            conditions,
+            batch_size=self.batch_size,
+            progress=progress,
+            generate_tokens=generate_tokens,
+            start_layer=self.layer,
+            positions=self.positions,
+            exclude_first=self.exclude_first,
+        )
+
+
+def score_conditions(
+    lm: LanguageModel,
+    benchmarks: list[EncodedBenchmark],
+    conditions: dict[str, Condition] | None = None,
+    *,
+    batch_size: int = 16,
+    progress: str | None = "scoring",
+    generate_tokens: int = 0,
+    start_layer: int | None = None,
+    positions: str = "answer",
+    exclude_first: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Score every example under each condition; 'clean' (no intervention) always included.
+
+    A condition (`Condition`) is a function of (batch, segment) returning a context manager
+    that installs the intervention (e.g. an SAE splice with features ablated,
+    causal.splice.condition) for one pass: segment "answer" for the answer pass, and with
+    positions="all" also "prefix" and "question" while those contexts are rebuilt.
+    generate_tokens > 0 also records the model's own greedy answer (column `generated` of
+    the clean table), decoded from the same cached contexts. start_layer, positions,
+    exclude_first: where the conditions act (module docstring).
+    """
+    _check_positions(positions, start_layer)
+    conditions = {"clean": lambda _b, _s: contextlib.nullcontext(), **(conditions or {})}
+    check_lengths(lm, benchmarks)
+    sweep = _Sweep(lm, start_layer, positions == "all", exclude_first, stop_token_ids(lm.tokenizer))
+    results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
+    t0, n = time.time(), 0
+    for batch in iter_answer_batches(
+        lm, benchmarks, batch_size, progress, record_layer=start_layer if sweep.every else None
+    ):
+        for name, df in sweep.score(batch, conditions, generate_tokens).items():
+            results[name].append(df)
+        n += len(batch.examples)
+    log.info(
+        "scored %d examples under %d condition(s) in %.1f s", n, len(conditions), time.time() - t0
+    )
+    return {
+        name: pd.concat(dfs, ignore_index=True).sort_values("row").reset_index(drop=True)
+        for name, dfs in results.items()
+    }
+
+
+def _check_positions(positions: str, start_layer: int | None) -> None:
+    if positions not in POSITIONS:
+        raise ValueError(f"positions {positions!r}: expected one of {POSITIONS}")
+    if positions == "all" and start_layer is None:
+        raise ValueError(
+            "positions='all' needs start_layer, the layer the conditions act at: the "
+            "contexts are rebuilt from the clean residual there"
+        )
+
+
+class _Sweep:
+    """One score_conditions call: every condition's passes over one batch at a time."""
+
+    def __init__(self, lm, layer, every: bool, exclude_first: bool, stop_ids: torch.Tensor):
+        self.lm, self.layer, self.every, self.exclude_first, self.stop_ids = (
+            lm,
+            layer,
+            every,
+            exclude_first,
+            stop_ids,
+        )
+        # condition -> its few-shot-block context, for the benchmark at hand
+        self.prefixes: dict = {}
+
+    def score(
+        self, batch: AnswerBatch, conditions: dict[str, Condition], generate_tokens: int
+    ) -> dict:
+        """condition -> the batch's scores; "clean" first: it records the residual the others
+        start from."""
+        out, clean_logp, resid = {}, None, None
+        first = batch.answer_positions() == 0 if self.every and self.exclude_first else None
+        for name, cond in conditions.items():
+            logits, recorded = self._answer_pass(batch, name, cond, resid, first)
+            if batch.last_of_benchmark:
+                self.prefixes.pop(name, None)
+            if name == "clean" and self.layer is not None:
+                resid = recorded[self.layer]
+            df, logp = score_batch(batch, logits, self.stop_ids, clean_logp)
+            if name == "clean":
+                clean_logp = logp
+                if generate_tokens:
+                    df["generated"] = greedy_continuations(
+                        self.lm, batch, self.stop_ids, generate_tokens
+                    )
+            out[name] = df
+        return out
+
+    def _answer_pass(self, batch: AnswerBatch, name: str, cond: Condition, resid, first):
+        """(logits of the answer rows under `cond`, what the clean pass recorded)."""
+        model, layer = self.lm.model, self.layer
+        context, exempt = None, contextlib.nullcontext()
+        if layer is None:
+            start = contextlib.nullcontext({})
+        elif name == "clean":
+            start = recording(model, [layer], stop=False)
+        else:
+            start = start_at(model, layer, resid)
+            if self.every:
+                with torch.no_grad():
+                    context = rebuild_context(
+                        model,
+                        layer,
+                        batch,
+                        cond,
+                        self.prefixes,
+                        name,
+                        exclude_first=self.exclude_first,
+                    )
+                if first is not None and bool(first.any()):
+                    exempt = keep_clean(model, layer, resid, first)
+        with start as recorded, cond(batch, "answer"), exempt, torch.no_grad():
+            logits = batch.run(model, context=context)
+        return logits, recorded
