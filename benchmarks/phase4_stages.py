@@ -32,7 +32,9 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
 Seconds: model FLOPs at the FLOP/s the bare full forward (logits, no hooks) reaches here at
 its best batching (random token ids, no padding; best of --repeats, shapes interleaved),
 SAE FLOPs at the FLOP/s of the SAE's own dense matmuls (batch 4096) measured likewise.
-"within 1.5x" when wall <= 1.5 x limit.
+"within 1.5x" when wall <= 1.5 x limit. A node whose counts come from an output that is not
+there (a run still going) says "no limit (<count> missing)". Counts are read from the run's
+project as it is now: run this on the project's latest run.
 
     PYTHONPATH=$PWD/src .venv/bin/python benchmarks/phase4_stages.py [--ledger DIR]
         [--repeats 3] [--json out.json] [--quick]
@@ -86,18 +88,32 @@ def run_counts(run: Path, records: list[dict], tokenizer) -> dict:
     prompts["answer_length"] = [len(x) for x in targets]
     capture = params["capture"]
     by_node = {base_name(r["node"]): r for r in records}
-    metrics = json.loads((data / f"07_model_output/{ns}/sae_metrics.json").read_text())[hook]
-    planted = metrics.get("planted_dictionary") or {}
-    spliced = metrics.get("spliced") or {}
-    return {
+    counts = {
         "namespace": ns,
         "layer": layer,
         "corpus_ctx": int((capture.get("corpus") or {}).get("context_tokens", 1024)),
         "prompt_ctx": float(prompts["length"].mean()),
         "prompt_tokens": (by_node.get("capture_activations") or {}).get("model_tokens"),
-        "generated": _generated_tokens(
-            data / f"07_model_output/{ns}/baseline_scores.parquet", tokenizer, capture
-        ),
+    }
+    # Counts from outputs a node writes: absent while (or when) it has not run.
+    scores = data / f"07_model_output/{ns}/baseline_scores.parquet"
+    if scores.exists():
+        counts["generated"] = _generated_tokens(scores, tokenizer, capture)
+    metrics = data / f"07_model_output/{ns}/sae_metrics.json"
+    if metrics.exists():
+        counts.update(_sae_counts(json.loads(metrics.read_text())[hook]))
+    elif (data / f"06_models/sae/{ns}/{hook}/cfg.json").exists():
+        cfg = json.loads((data / f"06_models/sae/{ns}/{hook}/cfg.json").read_text())
+        counts.update(d_in=cfg["d_in"], d_sae=cfg["d_sae"])
+    if (data / f"07_model_output/{ns}/causal_summary.json").exists():
+        counts["causal"] = _causal_counts(data, ns, hook, prompts, params["causal"])
+    return counts
+
+
+def _sae_counts(metrics: dict) -> dict:
+    planted = metrics.get("planted_dictionary") or {}
+    spliced = metrics.get("spliced") or {}
+    return {
         "d_in": metrics["d_in"],
         "d_sae": metrics["d_sae"],
         "heldout_tokens": metrics["n_tokens"],
@@ -106,7 +122,6 @@ def run_counts(run: Path, records: list[dict], tokenizer) -> dict:
         "planted_d_in": (planted.get("data") or {}).get("d_in", 0),
         "planted_d_sae": (planted.get("sae") or {}).get("d_sae", 0),
         "planted_tokens": (planted.get("sae") or {}).get("tokens_seen", 0),
-        "causal": _causal_counts(data, ns, hook, prompts, params["causal"]),
     }
 
 
@@ -116,7 +131,7 @@ def _generated_tokens(path: Path, tokenizer, capture: dict) -> int:
     import pandas as pd
 
     cap = int(capture.get("max_new_tokens", 0)) if capture.get("generate") else 0
-    if not cap or not path.exists():
+    if not cap:
         return 0
     texts = pd.read_parquet(path, columns=["generated"])["generated"].fillna("").tolist()
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -106,3 +106,10 @@ def test_verdicts_and_stage_sums(run):
     assert capture["x_limit"] == pytest.approx(16.0 / capture["limit_s"])
     text = format_table(table)
     assert "baseline" in text and "no model work" in text and "all nodes" in text
+
+
+def test_a_node_whose_counts_are_missing_says_so(run):
+    counts = {k: v for k, v in COUNTS.items() if k != "generated"}  # baseline not scored yet
+    table = rows(read_ledger(run[1]), counts, SHAPE, RATES)
+    baseline = next(r for r in table if r["label"] == "baseline")
+    assert baseline["limit_s"] is None and baseline["verdict"] == "no limit (generated missing)"

@@ -135,8 +135,11 @@ def rows(records: list[dict], counts: dict, shape, rates: dict) -> list[dict]:
 
 
 def _row(label: str, rec: dict, counts, shape, rates) -> dict:
-    flops = node_limit(rec["node"], rec, counts, shape)
-    return _figures(
+    try:
+        flops, missing = node_limit(rec["node"], rec, counts, shape), None
+    except KeyError as exc:  # an output the limit is counted from is not there (yet)
+        flops, missing = None, exc.args[0]
+    row = _figures(
         label,
         rec.get("wall_s") or 0.0,
         rec.get("model_tokens") or 0,
@@ -144,14 +147,22 @@ def _row(label: str, rec: dict, counts, shape, rates) -> dict:
         flops,
         rates,
     )
+    if missing:
+        row["verdict"] = f"no limit ({missing} missing)"
+    if rec.get("status", "done") != "done":
+        row["verdict"] += f" [{rec.get('status')}]"
+    return row
 
 
 def _sum_row(stage: str, nodes: list[dict], rates: dict) -> dict:
     limited = [n for n in nodes if n["limit_s"] is not None]
+    missing = [n["verdict"] for n in nodes if n["verdict"].startswith("no limit")]
     flops = (
-        {k: sum(n[k] for n in limited) for k in ("model_flops", "sae_flops")} if limited else None
+        {k: sum(n[k] for n in limited) for k in ("model_flops", "sae_flops")}
+        if limited and not missing  # a partial sum would pass for the stage's limit
+        else None
     )
-    return _figures(
+    row = _figures(
         stage,
         sum(n["wall_s"] for n in nodes),
         sum(n["model_tokens"] for n in nodes),
@@ -159,6 +170,9 @@ def _sum_row(stage: str, nodes: list[dict], rates: dict) -> dict:
         flops,
         rates,
     )
+    if missing:
+        row["verdict"] = missing[0]
+    return row
 
 
 def _figures(label, wall, model_tokens, sae_tokens, flops, rates) -> dict:
