@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from sae_reasoning.ledger import add_tokens
@@ -23,8 +25,15 @@ def forward_known_batch(model) -> int:
 
 
 def hold_memory(n_mb: int) -> np.ndarray:
-    """An array of n_mb MiB, touched, and returned: still alive when the node's window closes."""
-    return np.ones(n_mb * 2**20 // 8)
+    """An array of n_mb MiB, touched, and returned: still alive when the node's window closes.
+
+    Its own anonymous mapping, not malloc: malloc may hand back heap pages an earlier test
+    freed but kept resident (mallopt thresholds raised in-process), and RSS would not grow.
+    """
+    buf = mmap.mmap(-1, n_mb * 2**20)
+    array = np.frombuffer(buf, dtype=np.float64)
+    array[:] = 1.0  # touch every page
+    return array
 
 
 def consume(n: int, upstream) -> int:
