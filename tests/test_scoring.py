@@ -293,3 +293,14 @@ def test_logit_difference_of_choice_questions_is_gold_minus_best_other_choice(ti
         r = clean.loc[ex.row]
         assert r["logit_diff"] == pytest.approx(lp[ex.gold] - best_other, abs=1e-3)
         assert (r["logit_diff"] > 0) == bool(r["correct"])
+
+
+def test_stop_token_ids_are_computed_once_per_tokenizer(tiny_lms):
+    from sae_reasoning.scoring import stop_token_ids
+    from sae_reasoning.scoring.encoding import _stop_token_ids
+
+    tok = tiny_lms["llama"].tokenizer
+    first = stop_token_ids(tok)
+    assert torch.equal(first, _stop_token_ids(tok))
+    first[:] = -1  # callers get their own copy
+    assert torch.equal(stop_token_ids(tok), _stop_token_ids(tok))

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from sae_reasoning.models.cached_forward import Context, combine, cut_above, forward
+from sae_reasoning.models.cached_forward import Context, combine, cut_above, forward, with_room
 from sae_reasoning.scoring import pad_right
 
 
@@ -30,3 +31,24 @@ def test_contexts_share_tensors_and_combine_takes_the_lower_layers(tiny_lms):
         leaf.requires_grad for leaf in leaves
     )
     assert isinstance(leafy, Context) and leafy.cache.layers[0].keys is a.cache.layers[0].keys
+
+
+def test_decoding_in_place_gives_the_same_logits_as_concatenating(tiny_lms):
+    """with_room + in_place (greedy decoding) writes into reserved room instead of copying
+    the cache per step: same logits bit for bit, and the room is enforced."""
+    lm = tiny_lms["llama"]
+    q, mask = pad_right([[5, 9, 30, 31], [7, 8]], lm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        _, ctx = forward(lm.model, q, mask, keep=True)
+        room = with_room(ctx, 3)
+        grown, copied = room, ctx
+        for step in ([[11], [12]], [[13], [14]], [[15], [16]]):
+            nxt = torch.tensor(step)
+            a, copied = forward(lm.model, nxt, torch.ones_like(nxt), copied, keep=True)
+            b, grown = forward(lm.model, nxt, torch.ones_like(nxt), grown, in_place=True)
+            assert torch.equal(a.logits, b.logits)
+        assert torch.equal(copied.mask, grown.mask) and torch.equal(copied.length, grown.length)
+        # the reserved buffer was written, not reallocated
+        assert grown.cache.layers[0].keys.data_ptr() == room.cache.layers[0].keys.data_ptr()
+        with pytest.raises(RuntimeError, match="room"):
+            forward(lm.model, nxt, torch.ones_like(nxt), grown, in_place=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from sae_reasoning.models.hooks import _StopForward
 
@@ -58,6 +59,40 @@ def _cache(pairs) -> DynamicCache:
     return cache
 
 
+class _RoomyLayer(DynamicLayer):
+    """A cache layer with room for `room` more tokens: update writes them in place.
+
+    DynamicLayer.update concatenates, i.e. copies the whole cache at every decoding step.
+    Attention sees views of the same values (keys[:, :, :n]), so its results do not change.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        b, h, t, d = keys.shape
+        self._keys = keys.new_empty((b, h, t + room, d))
+        self._values = values.new_empty((b, h, t + room, values.shape[-1]))
+        self._keys[:, :, :t], self._values[:, :, :t] = keys, values
+        self.keys, self.values = self._keys[:, :, :t], self._values[:, :, :t]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        t = self.keys.shape[-2]
+        n = t + key_states.shape[-2]
+        if n > self._keys.shape[-2]:
+            raise RuntimeError(f"cache room exhausted: {n} > {self._keys.shape[-2]} tokens")
+        self._keys[:, :, t:n], self._values[:, :, t:n] = key_states, value_states
+        self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+        return self.keys, self.values
+
+
+def with_room(context: Context, room: int) -> Context:
+    """A copy of `context` that forward(..., in_place=True) extends by up to `room` tokens
+    without copying the cache at every pass (greedy decoding)."""
+    cache = DynamicCache()
+    cache.layers = [_RoomyLayer(layer.keys, layer.values, room) for layer in context.cache.layers]
+    return Context(cache, context.mask, context.length)
+
+
 def _cache_kwarg(model) -> str:
     # transformers 5.2x renames `past_key_values` to `cache`; accept both generations.
     params = inspect.signature(model.forward).parameters
@@ -82,12 +117,16 @@ def forward(
     *,
     keep: bool = False,
     logits: bool = True,
+    in_place: bool = False,
 ):
     """Run right-padded `input_ids` after `context`.
 
     Returns (model output or None if a hook stopped the pass early, new Context if `keep`).
     With keep=False the context is left exactly as it was, so it can serve many passes.
+    in_place (a context from with_room; implies keep): the context's cache is extended
+    in place and shared by the returned context, so the passed one must not be reused.
     """
+    keep = keep or in_place
     attention_mask = attention_mask.to(input_ids.device)
     start = (
         context.length
@@ -102,7 +141,7 @@ def forward(
             context.cache,
             torch.cat([context.mask.to(attention_mask), attention_mask], 1),
         )
-        snap = _snapshot(cache)
+        snap = None if in_place else _snapshot(cache)
     else:
         cache, full_mask, snap = (DynamicCache() if keep else None), attention_mask, None
     kwargs = {} if logits else {"logits_to_keep": 1}

@@ -119,7 +119,20 @@ def check_lengths(lm: LanguageModel, benchmarks: list[EncodedBenchmark]) -> None
 
 
 def stop_token_ids(tokenizer) -> torch.Tensor:
-    """Tokens that end an answer line: anything starting with a line break, and EOS."""
+    """Tokens that end an answer line: anything starting with a line break, and EOS.
+
+    Kept on the tokenizer: decoding the whole vocabulary takes seconds, and causal scoring
+    asks once per score_conditions call."""
+    key = (len(tokenizer), tokenizer.eos_token_id)
+    cached = getattr(tokenizer, "_sae_stop_token_ids", None)
+    if cached is not None and cached[0] == key:
+        return cached[1].clone()
+    ids = _stop_token_ids(tokenizer)
+    tokenizer._sae_stop_token_ids = (key, ids)
+    return ids.clone()
+
+
+def _stop_token_ids(tokenizer) -> torch.Tensor:
     vocab = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(vocab)])
     ids = [i for i, t in enumerate(texts) if t.startswith("\n")]

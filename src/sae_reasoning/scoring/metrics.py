@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from sae_reasoning.models.cached_forward import forward
+from sae_reasoning.models.cached_forward import forward, with_room
 from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring.passes import AnswerBatch
 
@@ -85,7 +85,9 @@ def greedy_continuations(
     lm: LanguageModel, batch: AnswerBatch, stop_ids: torch.Tensor, max_new_tokens: int = 12
 ) -> list[str]:
     """What the model actually writes after each prompt of the batch (greedy, one line)."""
-    ctx = batch.context
+    # Room for every step: each one then appends its keys/values instead of copying the
+    # whole cache (the same values, so the same tokens).
+    ctx = with_room(batch.context, max_new_tokens) if batch.context is not None else None
     n = len(batch.examples)
     nxt = torch.tensor([[e.question[-1]] for e in batch.examples], device=lm.device)
     out = torch.zeros((n, 0), dtype=torch.long, device=lm.device)
@@ -94,7 +96,9 @@ def greedy_continuations(
     pad = lm.tokenizer.pad_token_id
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            res, ctx = forward(lm.model, nxt, torch.ones_like(nxt), ctx, keep=True)
+            res, ctx = forward(
+                lm.model, nxt, torch.ones_like(nxt), ctx, keep=True, in_place=ctx is not None
+            )
             nxt = res.logits[:, -1].argmax(-1, keepdim=True)
             done |= torch.isin(nxt[:, 0], stop_ids)
             out = torch.cat([out, torch.where(done[:, None], pad, nxt)], 1)
