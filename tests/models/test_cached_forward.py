@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from sae_reasoning.models.cached_forward import Context, combine, cut_above, forward, with_room
+from sae_reasoning.models.cached_forward import (
+    Context,
+    combine,
+    cut_above,
+    forward,
+    select,
+    with_room,
+)
 from sae_reasoning.scoring import pad_right
 
 
@@ -52,3 +59,36 @@ def test_decoding_in_place_gives_the_same_logits_as_concatenating(tiny_lms):
         assert grown.cache.layers[0].keys.data_ptr() == room.cache.layers[0].keys.data_ptr()
         with pytest.raises(RuntimeError, match="room"):
             forward(lm.model, nxt, torch.ones_like(nxt), grown, in_place=True)
+
+
+def test_rows_with_room_serve_many_passes_unchanged(tiny_lms):
+    """select(..., room): keep=False passes (one per condition) write into reserved room and
+    leave the context as they found it: the same logits as on a plain copy, pass after pass,
+    and a pass that fails midway leaves it intact too."""
+    lm = tiny_lms["llama"]
+    q, mask = pad_right([[5, 9, 30, 31], [7, 8]], lm.tokenizer.pad_token_id, "cpu")
+    rows = torch.tensor([0, 0, 1])
+    ans, amask = pad_right([[31, 4, 5], [31, 6], [8, 9, 10]], lm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        _, ctx = forward(lm.model, q, mask, keep=True)
+        plain, roomy = select(ctx, rows), select(ctx, rows, room=ans.shape[1])
+        before = [layer.keys.clone() for layer in roomy.cache.layers]
+        for _ in range(3):
+            a, _ = forward(lm.model, ans, amask, plain)
+            b, _ = forward(lm.model, ans, amask, roomy)
+            assert torch.equal(a.logits, b.logits)
+        assert all(
+            torch.equal(layer.keys, k) for layer, k in zip(roomy.cache.layers, before, strict=True)
+        )
+
+        def fail(*_):
+            raise ValueError("hook failed")
+
+        handle = lm.model.model.layers[1].register_forward_hook(fail)
+        try:
+            with pytest.raises(ValueError, match="hook failed"):
+                forward(lm.model, ans, amask, roomy)
+        finally:
+            handle.remove()
+        b, _ = forward(lm.model, ans, amask, roomy)  # room intact after the failure
+        assert torch.equal(a.logits, b.logits)

@@ -4,6 +4,7 @@ and the clean cross-entropy is the model's own loss."""
 import pytest
 import torch
 
+from sae_reasoning.models.hooks import patch_residual
 from sae_reasoning.sae import SAEConfig, build_sae
 from sae_reasoning.sae.spliced_eval import heldout_texts, spliced_eval
 from tests.prompts_fixture import tiny_prompts
@@ -62,3 +63,33 @@ def test_heldout_texts_follow_the_trainer_split():
 def test_width_mismatch_is_a_clear_error(lm, texts):
     with pytest.raises(ValueError, match="d_in=7.*d_model=64"):
         spliced_eval(lm, build_sae(SAEConfig(d_in=7, d_sae=8)), HOOK, texts)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gemma", "phi", "llama"])
+def test_spliced_passes_from_the_recorded_residual_equal_full_passes(tiny_lms, texts, family):
+    """The spliced and ablated passes start above the hook from the clean pass's residual:
+    the CE they give is the model's own loss with the splice hooked into a full pass."""
+    lm = tiny_lms[family]
+    torch.manual_seed(0)
+    sae = build_sae(SAEConfig(d_in=lm.d_model, d_sae=16))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 1.0)
+    ids = lm.tokenizer(texts[0], return_tensors="pt")["input_ids"]
+
+    def spliced(x):  # position 0 stays clean, as spliced_eval leaves it
+        out = sae(x)
+        out[:, 0] = x[:, 0]
+        return out
+
+    def ablated(x):
+        return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], 1)
+
+    expected = {}
+    for name, fn in (("sae", spliced), ("ablation", ablated)):
+        with torch.no_grad(), patch_residual(lm.model, 1, fn):
+            expected[name] = lm.model(input_ids=ids, labels=ids).loss.item()
+    got = spliced_eval(lm, sae, HOOK, texts[:1])
+    assert got["ce_loss_with_sae"] == pytest.approx(expected["sae"], rel=1e-6)
+    assert got["ce_loss_with_ablation"] == pytest.approx(expected["ablation"], rel=1e-6)
+    assert abs(got["ce_loss_with_ablation"] - got["ce_loss_without_sae"]) > 1e-3

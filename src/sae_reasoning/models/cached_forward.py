@@ -157,6 +157,10 @@ def forward(
         )
     except _StopForward:
         pass
+    except BaseException:
+        if snap is not None:  # a failed pass leaves the context as it found it
+            _restore(cache, snap)
+        raise
     new_context = None
     if keep:
         if out is None:
@@ -171,9 +175,18 @@ def forward(
     return out, new_context
 
 
-def select(context: Context, rows: torch.Tensor) -> Context:
-    """The context of the given rows (e.g. one row per answer choice)."""
-    cache = _cache((layer.keys[rows], layer.values[rows]) for layer in context.cache.layers)
+def select(context: Context, rows: torch.Tensor, room: int = 0) -> Context:
+    """The context of the given rows (e.g. one row per answer choice).
+
+    room > 0: with room for that many tokens per pass (with_room), so that keep=False passes
+    write their keys/values in place instead of copying the whole cache (no-grad passes only:
+    an in-place write into a tensor a graph saved would invalidate that graph)."""
+    pairs = [(layer.keys[rows], layer.values[rows]) for layer in context.cache.layers]
+    if room:
+        cache = DynamicCache()
+        cache.layers = [_RoomyLayer(k, v, room) for k, v in pairs]
+    else:
+        cache = _cache(pairs)
     return Context(cache, context.mask[rows], context.length[rows])
 
 

@@ -31,7 +31,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sae_reasoning.models.hooks import parse_hook_point, patch_residual
+from sae_reasoning.models.hooks import parse_hook_point, patch_residual, recording
+from sae_reasoning.models.partial_forward import start_at
 
 
 @dataclass
@@ -110,14 +111,9 @@ class _Splice:
         return torch.where(keep[..., None], resid, new)
 
 
-def _logprobs(model, layer: int, splice: _Splice, ids, mask, mode: str | None) -> torch.Tensor:
-    """Next-token log-probabilities [batch, seq - 1, vocab], clean (mode None) or spliced."""
-    if mode is None:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    else:
-        splice.mode, splice.mask = mode, mask.bool()
-        with patch_residual(model, layer, splice):
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+def _logprobs(model, ids, mask) -> torch.Tensor:
+    """Next-token log-probabilities [batch, seq - 1, vocab] under the hooks installed."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return torch.log_softmax(logits[:, :-1].float(), dim=-1)
 
 
@@ -125,11 +121,15 @@ def _add_batch(sums: dict[str, float], model, layer: int, splice: _Splice, ids, 
     """Add one batch's summed CE (clean, sae, ablation) and KL to `sums`; its predictions."""
     target = ids[:, 1:]
     valid = (mask[:, 1:] * mask[:, :-1]).bool()  # predictions of real next tokens
-    clean = _logprobs(model, layer, splice, ids, mask, None)
+    with recording(model, [layer], stop=False) as rec:
+        clean = _logprobs(model, ids, mask)
     p_clean = clean.exp()
     sums["ce_clean"] += float(-clean.gather(-1, target[..., None])[..., 0][valid].sum())
     for mode in ("sae", "ablation"):
-        lp = _logprobs(model, layer, splice, ids, mask, mode)
+        splice.mode, splice.mask = mode, mask.bool()
+        # The splice cannot change blocks 0..layer: start from the clean residual there.
+        with start_at(model, layer, rec[layer]), patch_residual(model, layer, splice):
+            lp = _logprobs(model, ids, mask)
         sums[f"ce_{mode}"] += float(-lp.gather(-1, target[..., None])[..., 0][valid].sum())
         kl = (p_clean * (clean - lp)).sum(-1)
         sums[f"kl_{mode}"] += float(kl[valid].sum())

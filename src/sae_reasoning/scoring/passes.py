@@ -61,21 +61,22 @@ class AnswerBatch:
     question: Segment | None = None
     last_of_benchmark: bool = False
 
-    _rows_context: Context | None = field(default=None, repr=False)
+    _rows_contexts: dict = field(default_factory=dict, repr=False)  # room -> rows context
 
     def run(self, model, *, grad: bool = False, context: Context | None = None):
         """Logits of the answer rows, on the batch's clean context or on `context` (same
         examples)."""
         ctx = self.context if context is None else context
-        if ctx is not None and len(self.pair_example) != ctx.batch_size:
-            # One row per answer candidate; the clean one copied once per batch, not once per
-            # condition.
+        # One row per answer candidate, the clean one copied once per batch, not once per
+        # condition; no-grad passes write their keys/values into room reserved beside it.
+        room = 0 if grad else self.ids.shape[1]
+        if ctx is not None and (room or len(self.pair_example) != ctx.batch_size):
             if context is not None:
-                ctx = select(ctx, self.pair_example)
+                ctx = select(ctx, self.pair_example, room)
             else:
-                if self._rows_context is None:
-                    self._rows_context = select(ctx, self.pair_example)
-                ctx = self._rows_context
+                if room not in self._rows_contexts:
+                    self._rows_contexts[room] = select(ctx, self.pair_example, room)
+                ctx = self._rows_contexts[room]
         with torch.set_grad_enabled(grad):
             out, _ = forward(model, self.ids, self.mask, ctx)
         return out.logits
