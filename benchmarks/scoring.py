@@ -1,12 +1,15 @@
-"""Baseline scoring on SmolLM2-135M before and after the decoding changes of issue 17.
+"""Baseline scoring on SmolLM2-135M before and after the scoring changes of issue 17.
 
 Same prompts (the default study's, data/05_model_input/prompts.parquet, the first
-`--per-benchmark` rows of each benchmark), same batches, one run, interleaved:
-  before    greedy decoding as it was: every step concatenates its keys/values onto the
-            whole cache (a copy of it per step), and the stop tokens are found by decoding
-            the whole vocabulary at every score_conditions call
-  after     scoring as it is: decoding writes into a cache with room reserved, stop tokens
-            cached on the tokenizer
+`--per-benchmark` rows of each benchmark; 0: all of them), same batches, one run, interleaved:
+  before    as on main before issue 17: greedy decoding concatenating each step's keys/values
+            onto the whole cache (a copy of it per step) and running every row to the
+            batch's last step; the answer pass concatenating onto the rows' context (a copy
+            per pass); the stop tokens found by decoding the whole vocabulary at every
+            score_conditions call
+  after     scoring as it is: decoding writes into a cache with room reserved and, once most
+            rows have ended their line, goes on with the others only; the answer pass writes
+            into room beside the rows' context; stop tokens cached on the tokenizer
 Scorer(lm).baseline(..., generate_tokens=12), as the score_baseline node runs it. The
 score tables must be identical (asserted, exact); the fastest of `--repeats` runs counts.
 
@@ -29,8 +32,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from capture import smollm2  # noqa: E402
 
+from sae_reasoning.models import cached_forward  # noqa: E402
 from sae_reasoning.models.cached_forward import forward  # noqa: E402
-from sae_reasoning.scoring import Scorer, encode_prompts, scorer  # noqa: E402
+from sae_reasoning.scoring import Scorer, encode_prompts, passes, scorer  # noqa: E402
 from sae_reasoning.scoring.encoding import _stop_token_ids  # noqa: E402
 
 
@@ -55,11 +59,17 @@ def greedy_before(lm, batch, stop_ids, max_new_tokens=12):
     return [t.split("\n")[0].strip() for t in texts]
 
 
+def select_before(context, rows, room=0):
+    """The answer rows' context as before issue 17: no room, each pass concatenates."""
+    return cached_forward.select(context, rows)
+
+
 def run(lm, encoded, before: bool) -> tuple[float, pd.DataFrame]:
     patches = (
         [
             mock.patch.object(scorer, "greedy_continuations", greedy_before),
             mock.patch.object(scorer, "stop_token_ids", _stop_token_ids),
+            mock.patch.object(passes, "select", select_before),
         ]
         if before
         else []
@@ -82,7 +92,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     prompts = pd.read_parquet(args.prompts)
-    prompts = prompts.groupby("benchmark", sort=False).head(args.per_benchmark)
+    if args.per_benchmark:
+        prompts = prompts.groupby("benchmark", sort=False).head(args.per_benchmark)
     lm = smollm2().load()
     encoded = encode_prompts(lm.tokenizer, prompts)
     print(f"{len(prompts)} examples, torch threads {torch.get_num_threads()}, {os.getloadavg()=}")

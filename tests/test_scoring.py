@@ -304,3 +304,50 @@ def test_stop_token_ids_are_computed_once_per_tokenizer(tiny_lms):
     assert torch.equal(first, _stop_token_ids(tok))
     first[:] = -1  # callers get their own copy
     assert torch.equal(stop_token_ids(tok), _stop_token_ids(tok))
+
+
+def _decode_alone(lm, ids: list[int], stop: set[int], steps: int) -> list[int]:
+    """Reference greedy decoding: the whole sequence through the model at each step."""
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(lm.model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+            if nxt in stop:
+                break
+            out.append(nxt)
+    return out
+
+
+def _stop_token_ending_rows_apart(free: list[list[int]]) -> int:
+    """A token that ends most rows' answers, at different steps, and leaves one unended."""
+
+    def ends(c):
+        return [toks.index(c) if c in toks else len(toks) for toks in free]
+
+    def spread(c):
+        e = ends(c)
+        full = sum(x == len(t) for x, t in zip(e, free, strict=True))
+        return (2 * (len(e) - full) >= len(e) and full > 0, len(set(e)))
+
+    return max(sorted({t for toks in free for t in toks[1:]}), key=spread)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi"])
+def test_greedy_rows_that_end_early_leave_the_others_unchanged(tiny_lms, family):
+    """Decoding goes on with the unfinished rows only once most have ended their line: every
+    row's answer is still what decoding that prompt alone writes."""
+    from sae_reasoning.scoring.metrics import greedy_continuations
+    from sae_reasoning.scoring.passes import iter_answer_batches
+
+    lm = tiny_lms[family]
+    prompts = tiny_prompts(n_open=12, n_choice=0)
+    (bench,) = [b for b in encode_prompts(lm.tokenizer, prompts) if b.examples]
+    (batch,) = iter_answer_batches(lm, [bench], batch_size=12)
+    free = [_decode_alone(lm, bench.prefix + e.question, set(), 6) for e in batch.examples]
+    stop = {_stop_token_ending_rows_apart(free)}
+    want = [_decode_alone(lm, bench.prefix + e.question, stop, 6) for e in batch.examples]
+    lengths = [len(w) for w in want]
+    # most rows end early and one runs to the last step: decoding drops rows midway
+    assert 2 * sum(n < 6 for n in lengths) >= len(lengths) and 6 in lengths, lengths
+    got = greedy_continuations(lm, batch, torch.tensor(sorted(stop)), max_new_tokens=6)
+    assert got == [lm.tokenizer.decode(w).split("\n")[0].strip() for w in want]

@@ -60,20 +60,26 @@ def _cache(pairs) -> DynamicCache:
 
 
 class _RoomyLayer(DynamicLayer):
-    """A cache layer with room for `room` more tokens: update writes them in place.
+    """A cache layer over a buffer with room beyond its `length` tokens: update writes the new
+    tokens there in place.
 
-    DynamicLayer.update concatenates, i.e. copies the whole cache at every decoding step.
-    Attention sees views of the same values (keys[:, :, :n]), so its results do not change.
+    DynamicLayer.update concatenates, i.e. copies the whole cache at every pass. Attention sees
+    views of the same values (keys[:, :, :n]), so its results do not change.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
         super().__init__()
-        b, h, t, d = keys.shape
-        self._keys = keys.new_empty((b, h, t + room, d))
-        self._values = values.new_empty((b, h, t + room, values.shape[-1]))
-        self._keys[:, :, :t], self._values[:, :, :t] = keys, values
-        self.keys, self.values = self._keys[:, :, :t], self._values[:, :, :t]
+        self._keys, self._values = keys, values
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
         self.device, self.is_initialized = keys.device, True
+
+    @classmethod
+    def around(cls, keys: torch.Tensor, values: torch.Tensor, room: int) -> _RoomyLayer:
+        """A copy of (keys, values) with room for `room` more tokens."""
+        b, h, t, d = keys.shape
+        k, v = keys.new_empty((b, h, t + room, d)), values.new_empty((b, h, t + room, d))
+        k[:, :, :t], v[:, :, :t] = keys, values
+        return cls(k, v, t)
 
     def update(self, key_states, value_states, *args, **kwargs):
         t = self.keys.shape[-2]
@@ -85,12 +91,26 @@ class _RoomyLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def _roomy(layers: list[_RoomyLayer]) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
 def with_room(context: Context, room: int) -> Context:
     """A copy of `context` that forward(..., in_place=True) extends by up to `room` tokens
     without copying the cache at every pass (greedy decoding)."""
-    cache = DynamicCache()
-    cache.layers = [_RoomyLayer(layer.keys, layer.values, room) for layer in context.cache.layers]
-    return Context(cache, context.mask, context.length)
+    layers = [_RoomyLayer.around(lay.keys, lay.values, room) for lay in context.cache.layers]
+    return Context(_roomy(layers), context.mask, context.length)
+
+
+def keep_rows(context: Context, rows: torch.Tensor) -> Context:
+    """Those rows of a context from with_room/stack, with the room they have left (a copy)."""
+    layers = [
+        _RoomyLayer(lay._keys[rows], lay._values[rows], lay.keys.shape[-2])
+        for lay in context.cache.layers
+    ]
+    return Context(_roomy(layers), context.mask[rows], context.length[rows])
 
 
 def _cache_kwarg(model) -> str:
@@ -182,11 +202,7 @@ def select(context: Context, rows: torch.Tensor, room: int = 0) -> Context:
     write their keys/values in place instead of copying the whole cache (no-grad passes only:
     an in-place write into a tensor a graph saved would invalidate that graph)."""
     pairs = [(layer.keys[rows], layer.values[rows]) for layer in context.cache.layers]
-    if room:
-        cache = DynamicCache()
-        cache.layers = [_RoomyLayer(k, v, room) for k, v in pairs]
-    else:
-        cache = _cache(pairs)
+    cache = _roomy([_RoomyLayer.around(k, v, room) for k, v in pairs]) if room else _cache(pairs)
     return Context(cache, context.mask[rows], context.length[rows])
 
 
