@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/python -m sae_reasoning.models.prepare   # set-up: GGUF weights dequantised once (~25 s), then reused
 	$(VENV)/bin/kedro run --pipelines=phase4   # --pipeline (singular) is deprecated in Kedro 1.x and warns
 
 # Optional: SAELens, for benchmarks/sae_train.py (adds packages, upgrades none here).

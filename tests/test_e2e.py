@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
-from tests.tiny_project import KEDRO, copy_project, kedro, make_tiny_env
+from tests.tiny_project import KEDRO, TINY_MODELS, copy_project, kedro, make_tiny_env
 
 pytestmark = pytest.mark.slow
 
@@ -19,6 +20,20 @@ def project(tmp_path_factory, tiny_model_dirs):
     root = copy_project(tmp_path_factory.mktemp("project"))
     make_tiny_env(root, tiny_model_dirs)
     return root
+
+
+def test_prepare_names_every_model_and_its_folder(project, tiny_model_dirs):
+    """`make run`'s set-up step on a project: each configured model, where it loads from
+    (the tiny models are plain HF folders: nothing to convert)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "sae_reasoning.models.prepare", "--env", "tiny"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    for name, (family, _) in TINY_MODELS.items():
+        assert f"{name}: {tiny_model_dirs[family]} (" in run.stdout
 
 
 def test_phase4_end_to_end(project):

@@ -1,5 +1,7 @@
 """The embedded default model, for real: SmolLM2-135M-Instruct from its GGUF file."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,6 +23,16 @@ def smollm2(tmp_path_factory):
         converted_cache=str(tmp_path_factory.mktemp("converted")),
     )
     return ModelHandle(spec)
+
+
+def test_prepare_converts_the_gguf_once(smollm2):
+    """`make run`'s set-up step (models/prepare.py): the dequantised folder is written once;
+    a second prepare checks the GGUF's digest and reuses it."""
+    folder = Path(smollm2.prepare())
+    stamp = folder / "source.json"
+    assert (folder / "config.json").is_file() and stamp.is_file()
+    written = stamp.stat().st_mtime_ns
+    assert Path(smollm2.prepare()) == folder and stamp.stat().st_mtime_ns == written
 
 
 def test_gguf_loads_as_a_30_block_llama_and_caches_the_conversion(smollm2):

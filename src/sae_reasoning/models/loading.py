@@ -146,6 +146,17 @@ class ModelHandle:
         except Exception as exc:  # noqa: BLE001 - the cause is reported, by model name
             raise ModelLoadError(_explain(spec, exc)) from exc
 
+    def prepare(self) -> str:
+        """The folder the weights load from. A GGUF model is dequantised into its converted
+        cache first, once (later calls check the GGUF's sha256 and return the cache)."""
+        try:
+            path = self.spec.resolved_path()
+            return _converted_gguf(self.spec, path) if self.spec.gguf_file else path
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the cause is reported, by model name
+            raise ModelLoadError(_explain(self.spec, exc)) from exc
+
     def load(self, device: str | torch.device | None = None) -> LanguageModel:
         if self._loaded is None:
             self._loaded = load_model(self.spec, device)
