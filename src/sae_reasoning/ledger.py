@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 
 STAGES = ("data_loading", "capture", "sae_training", "causal", "reporting", "validate")
 TOKEN_KINDS = ("model", "sae_training")
+# The node meter's figures each record carries (datasets/ledger.py's columns follow them).
+METER_FIELDS = (
+    "wall_s",
+    "device",
+    "device_name",
+    "devices",
+    "peak_memory_bytes",
+    "peak_rss_bytes",
+    "rss_at_start_bytes",
+    "device_hours",
+)
 
 # ---------------------------------------------------------------- token counter
 
@@ -211,19 +222,7 @@ class LedgerRecorder:
             "error": error[:500],
             "started_at": _iso(w.meter._started_at),
             "finished_at": _iso(w.meter._started_at + figures["wall_s"]) if figures else None,
-            **{
-                k: figures.get(k)
-                for k in (
-                    "wall_s",
-                    "device",
-                    "device_name",
-                    "devices",
-                    "peak_memory_bytes",
-                    "peak_rss_bytes",
-                    "rss_at_start_bytes",
-                    "device_hours",
-                )
-            },
+            **{k: figures.get(k) for k in METER_FIELDS},
             "tokens": sum(used.values()),
             **{f"{k}_tokens": v for k, v in used.items()},
             "host": socket.gethostname(),

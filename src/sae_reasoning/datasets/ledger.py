@@ -14,28 +14,13 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
 from sae_reasoning.datasets.previews import TablePreview, table_preview
-from sae_reasoning.ledger import read_records
+from sae_reasoning.ledger import METER_FIELDS, TOKEN_KINDS, read_records
 
 COLUMNS = [
-    "run_id",
-    "node",
-    "namespace",
-    "stage",
-    "status",
-    "error",
-    "started_at",
-    "finished_at",
-    "wall_s",
-    "device",
-    "device_name",
-    "devices",
-    "peak_memory_bytes",
-    "peak_rss_bytes",
-    "rss_at_start_bytes",
-    "device_hours",
+    *("run_id", "node", "namespace", "stage", "status", "error", "started_at", "finished_at"),
+    *METER_FIELDS,
     "tokens",
-    "model_tokens",
-    "sae_training_tokens",
+    *(f"{k}_tokens" for k in TOKEN_KINDS),
     "host",
     "pid",
 ]
