@@ -77,7 +77,8 @@ class _RoomyLayer(DynamicLayer):
     def around(cls, keys: torch.Tensor, values: torch.Tensor, room: int) -> _RoomyLayer:
         """A copy of (keys, values) with room for `room` more tokens."""
         b, h, t, d = keys.shape
-        k, v = keys.new_empty((b, h, t + room, d)), values.new_empty((b, h, t + room, d))
+        k = keys.new_empty((b, h, t + room, d))
+        v = values.new_empty((b, h, t + room, values.shape[-1]))  # value width may differ
         k[:, :, :t], v[:, :, :t] = keys, values
         return cls(k, v, t)
 
@@ -105,7 +106,7 @@ def with_room(context: Context, room: int) -> Context:
 
 
 def keep_rows(context: Context, rows: torch.Tensor) -> Context:
-    """Those rows of a context from with_room/stack, with the room they have left (a copy)."""
+    """Those rows of a context from with_room, with the room they have left (a copy)."""
     layers = [
         _RoomyLayer(lay._keys[rows], lay._values[rows], lay.keys.shape[-2])
         for lay in context.cache.layers
