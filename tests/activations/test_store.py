@@ -11,6 +11,7 @@ from sae_reasoning.activations import (
     ShardWriter,
 )
 from sae_reasoning.activations import digests as store_mod
+from sae_reasoning.activations.store import storage_rows
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -63,6 +64,29 @@ def test_storage_dtype_reads_back_as_float32(tmp_path, dtype):
     a = store.shard(0)["activations"]
     assert a.dtype == torch.float32
     torch.testing.assert_close(a, rows[:50], rtol=1e-2, atol=1e-2 * 200)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rows_prepared_by_the_caller_are_stored_bit_for_bit(tmp_path, dtype):
+    # Capture converts rows and takes their norms on its own thread (storage_rows); the
+    # writer copies the bits, across a shard boundary, and keeps the float32 norms.
+    x = torch.randn(70, 8, generator=torch.Generator().manual_seed(3)) * 50
+    rows, norm = storage_rows(x, dtype)
+    assert rows.dtype == getattr(torch, dtype)
+    torch.testing.assert_close(norm, x.norm(dim=-1), rtol=0, atol=0)
+    w = ShardWriter(tmp_path / HOOK, header={}, d_model=8, dtype=dtype, shard_tokens=50)
+    meta = dict(
+        example_index=torch.arange(70), position=torch.arange(70), token_id=torch.arange(70)
+    )
+    w.add(rows[:30], norm=norm[:30], **{k: v[:30] for k, v in meta.items()})
+    w.add(rows[30:], norm=norm[30:], **{k: v[30:] for k, v in meta.items()})
+    w.close()
+    store = ActivationStore(tmp_path / HOOK)
+    shards = [store.shard(i) for i in range(2)]
+    got = torch.cat([s["activations"] for s in shards])
+    assert torch.equal(got, rows.float())
+    assert torch.equal(torch.cat([s["norm"] for s in shards]), norm)
+    assert torch.equal(torch.cat([s["position"] for s in shards]).long(), torch.arange(70))
 
 
 def test_corrupted_shard_fails_checksum(tmp_path):

@@ -45,6 +45,7 @@ from sae_reasoning.activations.store import (
     MANIFEST,
     ShardWriter,
     release_free_memory,
+    storage_rows,
     write_json_atomic,
 )
 from sae_reasoning.activations.tokens import PackedBenchmark, check_context, pack_prompts
@@ -288,7 +289,16 @@ class CaptureJob:
                 with recording(lm.model, layers) as acts:
                     forward(lm.model, ids, mask, ctx)
             sink.put(
-                _rows(acts, layers, ids, mask, bench.rows[list(batch.items)], offset, max(skip, 0))
+                _rows(
+                    acts,
+                    layers,
+                    ids,
+                    mask,
+                    bench.rows[list(batch.items)],
+                    offset,
+                    max(skip, 0),
+                    self.dtype,
+                )
             )
             bar.update(batch.tokens - max(skip, 0))
         return prefix_norms
@@ -374,15 +384,21 @@ def _rows(
     rows,
     offset: int,
     skip: int,
+    dtype: str,
 ) -> dict:
     """One batch's stored rows per layer (padding dropped, the first `skip` rows too):
-    activations with example index, position and token id."""
+    activations (in the storage dtype, with their norms) with example index, position and
+    token id. Computed here, on the forward's thread: the writer thread only copies."""
     real = mask.bool()
     keep = slice(skip, None)
     pos = (offset + torch.arange(ids.shape[1], device=ids.device))[None].expand_as(ids)
     ex = torch.from_numpy(rows).to(ids.device)[:, None].expand_as(ids)
     meta = dict(example_index=ex[real][keep], position=pos[real][keep], token_id=ids[real][keep])
-    return {layer: dict(activations=acts[layer][real][keep], **meta) for layer in layers}
+    out = {}
+    for layer in layers:
+        rows, norm = storage_rows(acts[layer][real][keep], dtype)
+        out[layer] = dict(activations=rows, norm=norm, **meta)
+    return out
 
 
 def _shared_block_stats(norms: torch.Tensor | None, manifest: dict) -> dict | None:
