@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -92,3 +94,36 @@ def test_rows_with_room_serve_many_passes_unchanged(tiny_lms):
             handle.remove()
         b, _ = forward(lm.model, ans, amask, roomy)  # room intact after the failure
         assert torch.equal(a.logits, b.logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_grouped_attention_in_sdpa_changes_no_bit(tiny_lms, family, monkeypatch):
+    """Loading on the CPU lets SDPA read grouped key/value heads in place (no repeat_kv copy):
+    padded passes on a cached context give the same logits bit for bit as transformers'
+    copying path, and SDPA really is called with enable_gqa."""
+    from sae_reasoning.models.loading import SDPA_GQA_SWITCH
+
+    lm = tiny_lms[family]
+    cfg = lm.model.config
+    assert cfg.num_key_value_heads < cfg.num_attention_heads  # the tiny model groups its heads
+    assert os.environ.get(SDPA_GQA_SWITCH) == "1"  # set when tiny_lms loaded on the CPU
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("enable_gqa", False))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    q, mask = pad_right([[5, 9, 30, 31], [7, 8]], lm.tokenizer.pad_token_id, "cpu")
+    ans, amask = pad_right([[31, 4, 5], [31, 6], [8, 9, 10]], lm.tokenizer.pad_token_id, "cpu")
+    logits = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(SDPA_GQA_SWITCH, switch)
+        calls.clear()
+        with torch.no_grad():
+            _, ctx = forward(lm.model, q, mask, keep=True)
+            out, _ = forward(lm.model, ans, amask, select(ctx, torch.tensor([0, 0, 1])))
+        logits[switch] = out.logits
+        assert calls and set(calls) == {switch == "1"}
+    assert torch.equal(logits["0"], logits["1"])
