@@ -100,9 +100,8 @@ def _roomy(layers: list[_RoomyLayer]) -> DynamicCache:
 
 def with_room(context: Context, room: int) -> Context:
     """A copy of `context` that forward(..., in_place=True) extends by up to `room` tokens
-    without copying the cache at every pass (greedy decoding)."""
-    layers = [_RoomyLayer.around(lay.keys, lay.values, room) for lay in context.cache.layers]
-    return Context(_roomy(layers), context.mask, context.length)
+    without copying the cache at every pass (greedy decoding): select of every row."""
+    return select(context, slice(None), room)
 
 
 def keep_rows(context: Context, rows: torch.Tensor) -> Context:
@@ -196,8 +195,9 @@ def forward(
     return out, new_context
 
 
-def select(context: Context, rows: torch.Tensor, room: int = 0) -> Context:
-    """The context of the given rows (e.g. one row per answer choice).
+def select(context: Context, rows: torch.Tensor | slice, room: int = 0) -> Context:
+    """The context of the given rows (e.g. one row per answer choice; a slice: those rows as
+    views, copied only into the room's buffer).
 
     room > 0: with room for that many tokens per pass (with_room), so that keep=False passes
     write their keys/values in place instead of copying the whole cache (no-grad passes only:

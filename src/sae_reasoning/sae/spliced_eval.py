@@ -114,7 +114,9 @@ class _Splice:
 def _logprobs(model, ids, mask) -> torch.Tensor:
     """Next-token log-probabilities [batch, seq - 1, vocab] under the hooks installed."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    # Over the whole contiguous tensor, then sliced: the same values, and torch's kernel on
+    # the strided slice ran 2-10x slower here (0.12-1.3 s against 0.06-0.1 s per batch).
+    return torch.log_softmax(logits.float(), dim=-1)[:, :-1]
 
 
 def _add_batch(sums: dict[str, float], model, layer: int, splice: _Splice, ids, mask) -> int:
