@@ -23,6 +23,9 @@ def estimate_parameters(config) -> int:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
+    # from_config leaves a tied unembedding as its own matrix; tie it as loading does, so
+    # parameters() counts it once (SmolLM2-135M: 162.8M -> 134.5M, the loaded model's count).
+    model.tie_weights()
     return sum(p.numel() for p in model.parameters())
 
 

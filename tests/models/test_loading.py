@@ -12,6 +12,7 @@ from sae_reasoning.models.loading import (
     looks_like_path,
 )
 from sae_reasoning.preflight import check_model
+from tests.tiny import FAMILIES
 
 
 @pytest.mark.parametrize(
@@ -46,3 +47,13 @@ def test_hub_ids_are_not_paths():
 def test_existing_folder_still_loads(tiny_model_dirs):
     spec = ModelSpec("tiny", str(tiny_model_dirs["llama"]), converted_cache=None)
     assert ModelHandle(spec).config().hidden_size == 64
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parameter_estimate_counts_what_loading_holds(tiny_lms, family):
+    """The preflight's count from the config alone (meta device) equals the loaded model's,
+    a tied unembedding counted once (gpt2 and gemma tie theirs)."""
+    from sae_reasoning.preflight import estimate_parameters
+
+    model = tiny_lms[family].model
+    assert estimate_parameters(model.config) == sum(p.numel() for p in model.parameters())
