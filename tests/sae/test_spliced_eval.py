@@ -3,6 +3,7 @@ and the clean cross-entropy is the model's own loss."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sae_reasoning.models.hooks import patch_residual
 from sae_reasoning.sae import SAEConfig, build_sae
@@ -68,7 +69,7 @@ def test_width_mismatch_is_a_clear_error(lm, texts):
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gemma", "phi", "llama"])
 def test_spliced_passes_from_the_recorded_residual_equal_full_passes(tiny_lms, texts, family):
     """The spliced and ablated passes start above the hook from the clean pass's residual:
-    the CE they give is the model's own loss with the splice hooked into a full pass."""
+    the CE and KL they give are the model's own with the splice hooked into a full pass."""
     lm = tiny_lms[family]
     torch.manual_seed(0)
     sae = build_sae(SAEConfig(d_in=lm.d_model, d_sae=16))
@@ -85,11 +86,22 @@ def test_spliced_passes_from_the_recorded_residual_equal_full_passes(tiny_lms, t
     def ablated(x):
         return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], 1)
 
-    expected = {}
-    for name, fn in (("sae", spliced), ("ablation", ablated)):
-        with torch.no_grad(), patch_residual(lm.model, 1, fn):
-            expected[name] = lm.model(input_ids=ids, labels=ids).loss.item()
+    def log_probs(**out):  # next-token log-probs of every predicted position
+        return torch.log_softmax(out["logits"][0, :-1].float(), -1)
+
+    expected, kl = {}, {}
+    with torch.no_grad():
+        clean = log_probs(**lm.model(input_ids=ids))
+        for name, fn in (("sae", spliced), ("ablation", ablated)):
+            with patch_residual(lm.model, 1, fn):
+                out = lm.model(input_ids=ids, labels=ids)
+            expected[name] = out.loss.item()
+            # KL(p_clean || p_spliced) per position, by torch's own kl_div, then the mean
+            kl[name] = F.kl_div(log_probs(**out), clean, log_target=True, reduction="none")
+            kl[name] = kl[name].sum(-1).mean().item()
     got = spliced_eval(lm, sae, HOOK, texts[:1])
     assert got["ce_loss_with_sae"] == pytest.approx(expected["sae"], rel=1e-6)
     assert got["ce_loss_with_ablation"] == pytest.approx(expected["ablation"], rel=1e-6)
+    assert got["kl_div_with_sae"] == pytest.approx(kl["sae"], rel=1e-5)
+    assert got["kl_div_with_ablation"] == pytest.approx(kl["ablation"], rel=1e-5)
     assert abs(got["ce_loss_with_ablation"] - got["ce_loss_without_sae"]) > 1e-3
