@@ -72,15 +72,23 @@ def estimate_group_memory(
     estimator: Estimator | None = None,
 ) -> MemoryNeed | None:
     """The memory the group `namespace` (whose nodes read `inputs`) needs on its slot."""
-    params = group_param(catalog, f"params:models.{namespace}", inputs) or {}
-    if isinstance(params, dict) and params.get("memory_gb") is not None:
-        return MemoryNeed(
-            namespace,
-            int(float(params["memory_gb"]) * GiB),
-            namespace,
-            f"memory_gb in params:models.{namespace}",
-        )
+    declared = declared_need(namespace, group_param(catalog, f"params:models.{namespace}", inputs))
+    if declared is not None:
+        return declared
     return estimator(namespace, inputs, catalog) if estimator is not None else None
+
+
+def declared_need(namespace: str, params: Any) -> MemoryNeed | None:
+    """Rule 1: `memory_gb` in the namespace's block of the models parameter, when set
+    (also what a project's planner shows, so both name the same need)."""
+    if not isinstance(params, dict) or params.get("memory_gb") is None:
+        return None
+    return MemoryNeed(
+        namespace,
+        int(float(params["memory_gb"]) * GiB),
+        namespace,
+        f"memory_gb in params:models.{namespace}",
+    )
 
 
 def group_param(catalog: CatalogProtocol, name: str, inputs: set[str]) -> Any:

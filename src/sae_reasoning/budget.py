@@ -358,17 +358,17 @@ def _causal_flops(
 
 
 def runner_memory(
-    config, dtype: str, model_params: dict, *, capture: dict, causal: dict, sae_training: dict
+    config, dtype: str, namespace: str, model_params: dict, *, capture, causal, sae_training
 ) -> dict:
-    """The memory need the runner places the namespace with (runner_config.py): `memory_gb`
-    in the model's block when set, else `preflight.estimate_memory` on the config."""
-    if model_params.get("memory_gb") is not None:
-        return {
-            "need_gb": round(float(model_params["memory_gb"]), 1),
-            "how": "memory_gb in the model's block",
-        }
+    """The memory need the device runner places the namespace with: its own rule for
+    `memory_gb` in the model's block, else `preflight.estimate_memory` on the config (what
+    runner_config.py's estimator computes from the catalog)."""
+    from kedro_device_runner.memory import declared_need
     from sae_reasoning.preflight import estimate_memory
 
+    declared = declared_need(namespace, model_params)
+    if declared is not None:
+        return {"need_gb": round(declared.gb, 1), "how": declared.how}
     est = estimate_memory(config, dtype, capture, causal, sae_training)
     return {
         "need_gb": round(est["total_bytes"] / GiB, 1),
@@ -396,6 +396,7 @@ def plan(
         memory = runner_memory(
             config,
             handle.spec.dtype,
+            namespace,
             model_params,
             capture=capture,
             causal=causal,
