@@ -69,33 +69,38 @@ def _sizes_doubling(estimate: int | None, n: int) -> list[int]:
     return sorted(sizes)
 
 
-def _recovered(
-    lm,
-    layer,
-    sae,
-    benchmarks,
-    order,
-    sizes,
-    references,
-    mode,
-    batch_size,
-    progress,
-    scoring=None,
-    seed: int = 0,
-):
-    """Per size k: mean Δ gold log-prob of ablating the top k of `order` (mean/resample from
-    `references`, an AblationReferences of the select split)."""
-    conds = {
-        f"top{k}": condition(
-            lm.model, layer, FeatureAblation(sae, order[:k], mode, references=references, seed=seed)
-        )
-        for k in sizes
-    }
-    scores = Scorer(lm, layer, batch_size=batch_size, **(scoring or {})).score(
-        benchmarks, conds, progress=progress
-    )
-    clean = scores["clean"]["gold_logprob"].mean()
-    return {k: float(scores[f"top{k}"]["gold_logprob"].mean() - clean) for k in sizes}
+@dataclass(frozen=True)
+class _Ablations:
+    """Exact ablation of the top k of `order` at one SAE, for any list of sizes k."""
+
+    lm: object
+    layer: int
+    sae: object
+    benchmarks: list[EncodedBenchmark]
+    order: list[int]
+    references: AblationReferences | None
+    mode: str
+    batch_size: int
+    scoring: dict | None
+    seed: int = 0
+
+    def deltas(self, sizes, progress: str) -> dict[int, float]:
+        """Per size k: mean Δ gold log-prob of ablating the top k (mean/resample from
+        `references`, an AblationReferences of the select split)."""
+        conds = {
+            f"top{k}": condition(
+                self.lm.model,
+                self.layer,
+                FeatureAblation(
+                    self.sae, self.order[:k], self.mode, references=self.references, seed=self.seed
+                ),
+            )
+            for k in sizes
+        }
+        scorer = Scorer(self.lm, self.layer, batch_size=self.batch_size, **(self.scoring or {}))
+        scores = scorer.score(self.benchmarks, conds, progress=progress)
+        clean = scores["clean"]["gold_logprob"].mean()
+        return {k: float(scores[f"top{k}"]["gold_logprob"].mean() - clean) for k in sizes}
 
 
 def find_circuit(
@@ -128,25 +133,10 @@ def find_circuit(
     n = len(order)
     if n == 0:
         return CircuitSearch([], fraction, None, 0.0, {}, None, False)
-    deltas = _recovered(
-        lm,
-        layer,
-        sae,
-        benchmarks,
-        order,
-        _sizes_doubling(None, n),
-        references,
-        mode,
-        batch_size,
-        "circuit search",
-        scoring,
-    )
+    ablate = _Ablations(lm, layer, sae, benchmarks, order, references, mode, batch_size, scoring)
+    deltas = ablate.deltas(_sizes_doubling(None, n), "circuit search")
     delta_all = deltas[n]
-    # The estimate's own guess: the first k whose summed (linear) estimate reaches the
-    # target share of the exact whole-SAE effect (None when it never does).
-    cumulative = np.cumsum(estimate[torch.as_tensor(order)].double().numpy())
-    reached = np.flatnonzero(cumulative <= fraction * delta_all) if delta_all < 0 else []
-    est_size = int(reached[0]) + 1 if len(reached) else None
+    est_size = _estimate_size(estimate, order, fraction, delta_all)
     if delta_all >= 0:
         log.info(
             "ablating the whole SAE does not lower the gold log-prob (%.4f): no circuit to find",
@@ -154,32 +144,7 @@ def find_circuit(
         )
         return CircuitSearch([], fraction, None, delta_all, {}, est_size, False)
     share = {k: d / delta_all for k, d in deltas.items()}
-    passing = [k for k in sorted(share) if share[k] >= fraction]
-    hi = passing[0]
-    lo = max([k for k in share if k < hi], default=0)
-    rounds = 0
-    while hi - lo > 1:  # narrow to adjacent sizes: hi passes, hi - 1 fails
-        between = {int(round(x)) for x in np.linspace(lo, hi, refine + 2)[1:-1]} | {(lo + hi) // 2}
-        if rounds == 0 and est_size is not None and lo < est_size < hi:
-            between.add(est_size)
-        between = sorted(between - {lo, hi})
-        more = _recovered(
-            lm,
-            layer,
-            sae,
-            benchmarks,
-            order,
-            between,
-            references,
-            mode,
-            batch_size,
-            f"circuit sizes {lo + 1}..{hi - 1}",
-            scoring,
-        )
-        share.update({k: d / delta_all for k, d in more.items()})
-        hi = min(k for k in share if share[k] >= fraction)
-        lo = max([k for k in share if k < hi], default=0)
-        rounds += 1
+    hi = _narrow(share, fraction, refine, est_size, ablate, delta_all)
     return CircuitSearch(
         [int(f) for f in order[:hi]],
         fraction,
@@ -189,6 +154,42 @@ def find_circuit(
         est_size,
         True,
     )
+
+
+def _estimate_size(
+    estimate: torch.Tensor, order: list[int], fraction: float, delta_all: float
+) -> int | None:
+    """The estimate's own guess: the first k whose summed (linear) estimate reaches the
+    target share of the exact whole-SAE effect (None when it never does)."""
+    cumulative = np.cumsum(estimate[torch.as_tensor(order)].double().numpy())
+    reached = np.flatnonzero(cumulative <= fraction * delta_all) if delta_all < 0 else []
+    return int(reached[0]) + 1 if len(reached) else None
+
+
+def _narrow(
+    share: dict[int, float],
+    fraction: float,
+    refine: int,
+    est_size: int | None,
+    ablate: _Ablations,
+    delta_all: float,
+) -> int:
+    """Check sizes between the last failing and the first passing size until they are
+    adjacent (hi passes, hi - 1 fails); `share` gains every size checked. Returns hi."""
+    hi = min(k for k in share if share[k] >= fraction)
+    lo = max([k for k in share if k < hi], default=0)
+    rounds = 0
+    while hi - lo > 1:
+        between = {int(round(x)) for x in np.linspace(lo, hi, refine + 2)[1:-1]} | {(lo + hi) // 2}
+        if rounds == 0 and est_size is not None and lo < est_size < hi:
+            between.add(est_size)
+        between = sorted(between - {lo, hi})
+        more = ablate.deltas(between, f"circuit sizes {lo + 1}..{hi - 1}")
+        share.update({k: d / delta_all for k, d in more.items()})
+        hi = min(k for k in share if share[k] >= fraction)
+        lo = max([k for k in share if k < hi], default=0)
+        rounds += 1
+    return hi
 
 
 ANSWER = "answer"
