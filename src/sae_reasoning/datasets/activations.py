@@ -29,12 +29,12 @@ from sae_reasoning.activations.store import MANIFEST, ActivationSet, ActivationS
 from sae_reasoning.atomic import atomic_write_bytes
 from sae_reasoning.datasets.capture_store import CaptureStore
 from sae_reasoning.datasets.previews import TablePreview, records_preview
-from sae_reasoning.datasets.storage import Storage
+from sae_reasoning.datasets.storage import StorageBacked
 
 Manifests = dict[str, dict[str, dict]]  # {benchmark: {hook point: manifest}}
 
 
-class ActivationStoreDataset(AbstractDataset[Manifests, ActivationSet]):
+class ActivationStoreDataset(StorageBacked, AbstractDataset[Manifests, ActivationSet]):
     def __init__(
         self,
         *,
@@ -53,21 +53,8 @@ class ActivationStoreDataset(AbstractDataset[Manifests, ActivationSet]):
             verify: check each shard against its manifest digest before its first read.
             metadata: free-form (shown by kedro-viz).
         """
-        self._storage = Storage(
-            path,
-            credentials=credentials,
-            fs_args=fs_args,
-            local_cache=local_cache,
-            kind="activation store",
-        )
-        self._protocol = self._storage.protocol
+        self._init_storage("activation store", path, credentials, fs_args, local_cache, metadata)
         self._verify = verify
-        self.metadata = metadata
-
-    @property
-    def _path(self) -> Path:
-        """The folder the work happens in: the path itself, or the staging folder of a URL."""
-        return self._storage.local
 
     def load(self) -> ActivationSet:
         if self._storage.is_local:
@@ -142,7 +129,7 @@ class ActivationStoreDataset(AbstractDataset[Manifests, ActivationSet]):
             return bool(self._storage.glob(f"*/*/{MANIFEST}"))
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path) if self._storage.is_local else self._storage.url}
+        return {"path": self._location()}
 
     def preview(self) -> TablePreview:
         """kedro-viz: one row per benchmark and hook point, from the manifests alone."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
@@ -35,7 +35,7 @@ from kedro.io import AbstractDataset, DatasetError
 from sae_reasoning.atomic import atomic_write_text
 from sae_reasoning.datasets.previews import TablePreview, records_preview
 from sae_reasoning.datasets.sae_store import SAEStore, remote_is_sae, remote_summary, sae_folder
-from sae_reasoning.datasets.storage import Storage
+from sae_reasoning.datasets.storage import StorageBacked
 from sae_reasoning.sae.model import SAE
 from sae_reasoning.sae.sae_folder import (
     CHECKPOINT_DIRNAME,
@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 INDEX_FILENAME = "saes.json"
 
 
-class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
+class SAEDataset(StorageBacked, AbstractDataset[dict[str, Any], dict[str, SAE]]):
     """A folder of SAEs in the SAELens on-disk format, keyed by hook point."""
 
     def __init__(
@@ -78,21 +78,8 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
             local_cache: staging folder for a remote `path` (ignored for local paths).
             metadata: free-form (shown by kedro-viz).
         """
-        self._storage = Storage(
-            path,
-            credentials=credentials,
-            fs_args=fs_args,
-            local_cache=local_cache,
-            kind="SAE folder",
-        )
-        self._protocol = self._storage.protocol
+        self._init_storage("SAE folder", path, credentials, fs_args, local_cache, metadata)
         self._device = device
-        self.metadata = metadata
-
-    @property
-    def _path(self) -> Path:
-        """The folder the work happens in: the path itself, or the staging folder of a URL."""
-        return self._storage.local
 
     def store(self) -> SAEStore:
         """The handle the sae_training node makes SAEs in (what `<model>.sae_store` loads)."""
@@ -216,8 +203,7 @@ class SAEDataset(AbstractDataset[dict[str, Any], dict[str, SAE]]):
         return bool(hooks) and all(is_sae_folder(self._path / h) for h in hooks)
 
     def _describe(self) -> dict[str, Any]:
-        path = PurePosixPath(self._path).as_posix() if self._storage.is_local else self._storage.url
-        return {"path": path, "device": self._device}
+        return {"path": self._location(), "device": self._device}
 
     # -- convenience ----------------------------------------------------------------
     def stored_configs(self) -> dict[str, tuple[str, dict]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from sae_reasoning.atomic import atomic_path
 from sae_reasoning.datasets.previews import TablePreview, table_preview
-from sae_reasoning.datasets.storage import Storage
+from sae_reasoning.datasets.storage import Storage, StorageBacked
 
 log = logging.getLogger(__name__)
 FINGERPRINT_KEY = b"sae_reasoning.fingerprint"
@@ -47,7 +48,7 @@ class StoredScores:
     fingerprint: str
 
 
-class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
+class ScoresDataset(StorageBacked, AbstractDataset[Any, pd.DataFrame]):
     def __init__(
         self,
         *,
@@ -56,20 +57,19 @@ class ScoresDataset(AbstractDataset[Any, pd.DataFrame]):
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ):
-        self._storage = Storage(
-            filepath, credentials=credentials, fs_args=fs_args, kind="scores table"
-        )
+        self._init_storage("scores table", filepath, credentials, fs_args, metadata=metadata)
         self._url = self._storage.url
-        self._protocol = self._storage.protocol
         if not self._storage.is_local:  # publish() works relative to the file's folder
-            parent, _, self._name = self._storage.url.rstrip("/").rpartition("/")
+            parent, _, self._name = self._url.rstrip("/").rpartition("/")
             self._storage = Storage(
                 parent, credentials=credentials, fs_args=fs_args, kind="scores table"
             )
-        self._path = (
-            self._storage.local if self._storage.is_local else self._storage.remote(self._name)
-        )
-        self.metadata = metadata
+
+    @property
+    def _path(self) -> Path | str:
+        """The file: the local path, or its path on the remote storage (not staged)."""
+        s = self._storage
+        return s.local if s.is_local else s.remote(self._name)
 
     def _open(self):
         return self._storage.fs.open(self._path, "rb", **self._storage.open_args_load)

@@ -341,3 +341,38 @@ class RemoteSwap(StagedSwap):
         if s.fs.exists(new):
             s.fs.rm(new, recursive=True)
         s.fs.rm_file(self._marker(rel))
+
+
+class StorageBacked:
+    """The set-up the fsspec-backed datasets share (activations, SAEs, scores, store handles):
+    their Storage, `_protocol`, `metadata` and `_path`. Each dataset still lists its own
+    arguments in its __init__ (the catalog passes its YAML keys there, users read it) and
+    hands the storage ones to `_init_storage`."""
+
+    _storage: Storage
+
+    def _init_storage(
+        self,
+        kind: str,
+        path: str,
+        credentials: dict[str, Any] | None,
+        fs_args: dict[str, Any] | None,
+        local_cache: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """`kind` names the storage in errors; the rest are the dataset's own arguments."""
+        self._storage = Storage(
+            path, credentials=credentials, fs_args=fs_args, local_cache=local_cache, kind=kind
+        )
+        self._protocol = self._storage.protocol
+        self.metadata = metadata
+
+    @property
+    def _path(self) -> Path:
+        """Where the work happens: the path itself, or the staging folder of a URL. With
+        `_protocol` (is it shared storage?) what the runner's location check reads."""
+        return self._storage.local
+
+    def _location(self) -> str:
+        """For _describe: the local path, or the URL."""
+        return str(self._path) if self._storage.is_local else self._storage.url

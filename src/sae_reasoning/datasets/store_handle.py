@@ -4,15 +4,14 @@ does the work (with resume and reuse) and the other entry saves what it returns.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from sae_reasoning.datasets.storage import Storage
+from sae_reasoning.datasets.storage import StorageBacked
 
 
-class StoreHandleDataset(AbstractDataset[None, Any]):
+class StoreHandleDataset(StorageBacked, AbstractDataset[None, Any]):
     """A handle, not data: load() gives the node a handle; nothing is saved here."""
 
     KIND = "store"  # how errors name the storage
@@ -28,17 +27,7 @@ class StoreHandleDataset(AbstractDataset[None, Any]):
     ):
         """Args: as the entry this handle writes for (same path, credentials, fs_args,
         local_cache)."""
-        self._storage = Storage(
-            path, credentials=credentials, fs_args=fs_args, local_cache=local_cache, kind=self.KIND
-        )
-        self._protocol = self._storage.protocol
-        self.metadata = metadata
-
-    @property
-    def _path(self) -> Path:
-        """Where the node works (the path, or a URL's staging folder); `_protocol` says
-        whether it is shared storage (the runner's location check reads both)."""
-        return self._storage.local
+        self._init_storage(self.KIND, path, credentials, fs_args, local_cache, metadata)
 
     def save(self, data: Any) -> None:
         raise DatasetError(
