@@ -10,34 +10,25 @@ import torch
 import yaml
 from kedro.io import DataCatalog
 
-from sae_reasoning.activations import ActivationSet
-from sae_reasoning.activations.capture import CaptureJob
 from sae_reasoning.causal.contexts import CLOSE, OPEN, top_activating_contexts
-from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import hook_point
 from sae_reasoning.pipelines.causal.nodes import analyse_features
 from sae_reasoning.pipelines.causal.pipeline import create_pipeline
 from tests.causal.test_splice import random_sae
-from tests.prompts_fixture import tiny_prompts
+from tests.causal_run_fixture import (
+    CONF,
+    captured_run,
+    clean_baseline,
+    shipped_params,
+    tiny_causal_params,
+)
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
 HOOK = hook_point(1)
 
 
 @pytest.fixture(scope="module")
 def captured(tiny_model_dirs, tmp_path_factory):
-    handle = ModelHandle(ModelSpec("tiny", str(tiny_model_dirs["llama"]), converted_cache=None))
-    prompts = tiny_prompts(n_open=8, n_choice=4)
-    root = tmp_path_factory.mktemp("acts")
-    CaptureJob(handle, prompts, layers=[1]).run(root)
-    return handle, prompts, ActivationSet.open(root)
-
-
-def _baseline(handle, prompts):
-    from sae_reasoning.scoring import encode_prompts, score_conditions
-
-    lm = handle.load()
-    return score_conditions(lm, encode_prompts(lm.tokenizer, prompts), progress=None)["clean"]
+    return captured_run(tiny_model_dirs["llama"], tmp_path_factory.mktemp("acts"), layer=1)
 
 
 def test_top_activating_contexts_highlight_the_strongest_tokens(captured):
@@ -61,22 +52,9 @@ def test_top_activating_contexts_highlight_the_strongest_tokens(captured):
 
 def test_causal_node_outputs_round_trip_through_the_catalog(captured, tmp_path):
     handle, prompts, acts = captured
-    params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
-    params.update(
-        top_k=3,
-        n_random_controls=2,
-        n_random_sets=2,
-        n_random_directions=1,
-        n_boot=100,
-        stats_tokens=400,
-        batch_size=8,
-        n_context_features=3,
-        n_contexts=2,
-        n_null_features=6,
-        require_above_chance=False,
-    )
+    params = tiny_causal_params()["causal"]
     effects, ranking, summary, graph, contexts = analyse_features(
-        handle, {HOOK: random_sae()}, prompts, acts, _baseline(handle, prompts), params
+        handle, {HOOK: random_sae()}, prompts, acts, clean_baseline(handle, prompts), params
     )
     s = summary["hook_points"][HOOK]
     assert {"controls", "error_term", "circuit", "significance", "token_injection"} <= set(s)
@@ -121,25 +99,20 @@ def test_causal_node_ablates_at_all_positions(captured):
     from sae_reasoning.reporting.causal_section import where as _where
 
     handle, prompts, acts = captured
-    params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
-    assert params["positions"] == "answer"
-    params.update(
+    assert shipped_params()["causal"]["positions"] == "answer"
+    params = tiny_causal_params(
         positions="all",
         top_k=2,
         n_random_controls=1,
         n_random_sets=1,
-        n_random_directions=1,
         n_boot=50,
-        stats_tokens=400,
-        batch_size=8,
         n_context_features=1,
         n_contexts=1,
         modes=["zero", "mean"],
         n_null_features=2,
-        require_above_chance=False,
-    )
+    )["causal"]
     effects, ranking, summary, graph, contexts = analyse_features(
-        handle, {HOOK: random_sae()}, prompts, acts, _baseline(handle, prompts), params
+        handle, {HOOK: random_sae()}, prompts, acts, clean_baseline(handle, prompts), params
     )
     s = summary["hook_points"][HOOK]
     assert s["positions"] == "all" and s["first_position_exempt"] is True

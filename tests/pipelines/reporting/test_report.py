@@ -1,45 +1,19 @@
 """The report from one tiny model's real causal results: statistics, controls, circuit, contexts."""
 
 import pickle
-from pathlib import Path
 
-import yaml
-
-from sae_reasoning.activations import ActivationSet
-from sae_reasoning.activations.capture import CaptureJob
-from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import hook_point
 from sae_reasoning.pipelines.causal.nodes import analyse_features
 from sae_reasoning.pipelines.reporting.nodes import build_report, report_section
 from sae_reasoning.pipelines.reporting.pipeline import create_pipeline
-from sae_reasoning.scoring import encode_prompts, score_conditions
 from tests.causal.test_splice import random_sae
-from tests.prompts_fixture import tiny_prompts
-
-CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
+from tests.causal_run_fixture import captured_run, clean_baseline, tiny_causal_params
 
 
 def test_report_shows_cis_controls_circuit_and_contexts(tiny_model_dirs, tmp_path):
-    handle = ModelHandle(ModelSpec("tiny", str(tiny_model_dirs["gpt2"]), converted_cache=None))
-    prompts = tiny_prompts(n_open=8, n_choice=4)
-    CaptureJob(handle, prompts, layers=[2]).run(tmp_path)
-    acts = ActivationSet.open(tmp_path)
-    params = yaml.safe_load((CONF / "parameters_causal.yml").read_text())["causal"]
-    params.update(
-        top_k=3,
-        n_random_controls=2,
-        n_random_sets=2,
-        n_random_directions=1,
-        n_boot=100,
-        stats_tokens=400,
-        batch_size=8,
-        n_context_features=2,
-        n_contexts=2,
-        n_null_features=4,
-        require_above_chance=False,
-    )
-    lm = handle.load()
-    baseline = score_conditions(lm, encode_prompts(lm.tokenizer, prompts), progress=None)["clean"]
+    handle, prompts, acts = captured_run(tiny_model_dirs["gpt2"], tmp_path, layer=2)
+    params = tiny_causal_params(n_context_features=2, n_null_features=4)["causal"]
+    baseline = clean_baseline(handle, prompts)
     effects, ranking, summary, _graph, contexts = analyse_features(
         handle, {hook_point(2): random_sae()}, prompts, acts, baseline, params
     )
