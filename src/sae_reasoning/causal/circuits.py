@@ -34,6 +34,7 @@ import torch
 
 from sae_reasoning.causal.references import AblationReferences
 from sae_reasoning.causal.splice import FeatureAblation, condition
+from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring import EncodedBenchmark, Scorer
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,9 @@ def _sizes_doubling(estimate: int | None, n: int) -> list[int]:
 class _Ablations:
     """Exact ablation of the top k of `order` at one SAE, for any list of sizes k."""
 
-    lm: object
+    lm: LanguageModel
     layer: int
-    sae: object
+    sae: torch.nn.Module
     benchmarks: list[EncodedBenchmark]
     order: list[int]
     references: AblationReferences | None
