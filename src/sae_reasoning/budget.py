@@ -358,7 +358,14 @@ def _causal_flops(
 
 
 def runner_memory(
-    config, dtype: str, namespace: str, model_params: dict, *, capture, causal, sae_training
+    config,
+    dtype: str,
+    namespace: str,
+    model_params: dict,
+    *,
+    capture: dict,
+    causal: dict,
+    sae_training: dict,
 ) -> dict:
     """The memory need the device runner places the namespace with: its own rule for
     `memory_gb` in the model's block, else `preflight.estimate_memory` on the config (what

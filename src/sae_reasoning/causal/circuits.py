@@ -83,7 +83,6 @@ class _Ablations:
     mode: str
     batch_size: int
     scoring: dict | None
-    seed: int = 0
 
     def deltas(self, sizes, progress: str) -> dict[int, float]:
         """Per size k: mean Δ gold log-prob of ablating the top k (mean/resample from
@@ -92,9 +91,7 @@ class _Ablations:
             f"top{k}": condition(
                 self.lm.model,
                 self.layer,
-                FeatureAblation(
-                    self.sae, self.order[:k], self.mode, references=self.references, seed=self.seed
-                ),
+                FeatureAblation(self.sae, self.order[:k], self.mode, references=self.references),
             )
             for k in sizes
         }
