@@ -26,8 +26,9 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
                 dictionary SAE's training (12 x d_in x d_sae on its tokens).
   causal        analyse_features: budget._causal_flops (attribution forward + backward on
                 the select examples; every condition and circuit size reruns the blocks
-                above L at the answer positions) plus one clean forward of the held-out
-                examples' tokens, which the conditions start from and the budget leaves out.
+                above L at the answer positions) plus two clean forwards of the held-out
+                examples' tokens, which the budget leaves out: the one the conditions start
+                from, and the numerical floor's rescoring (causal/floor.py).
   other nodes   no model work (data loading, plots, dashboards, probes, report): no limit.
 Seconds: model FLOPs at the FLOP/s the bare full forward (logits, no hooks) reaches here at
 its best batching (random token ids, no padding; best of --repeats, shapes interleaved),

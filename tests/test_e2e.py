@@ -47,6 +47,7 @@ def test_phase4_end_to_end(project):
         "tiny_gpt2",
         "chance",
         "splice identity",
+        "numerical floor: per-example |Δ| within",
         "## 4. Across models",
         "exact one-sided binomial",
         "false positives",
@@ -63,6 +64,11 @@ def test_phase4_end_to_end(project):
         assert causal[model]["selection"]["analysed"] == ["gsm8k", "logic", "math"]
         s = causal[model]["hook_points"][hook]
         assert s["splice_identity_max_abs_logprob_change"] < 1e-4
+        floor = s["numerical_floor"]
+        assert floor["batch_sizes"][1] == 1 and floor["factor"] == 2.0
+        assert floor["floor"]["logprob"] == 2.0 * max(
+            floor["rebatched"]["logprob"], floor["identity"]["logprob"]
+        )
         assert set(s["clean"]) == {"gsm8k", "math", "logic"}
         ranking = json.loads((out / "feature_importance_ranking.json").read_text())[model][hook]
         assert [r["rank"] for r in ranking] == list(range(1, len(ranking) + 1))

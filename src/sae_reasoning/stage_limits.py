@@ -107,7 +107,11 @@ def _causal_limit(counts: dict, shape: budget.ModelShape) -> dict:
         model += budget._causal_flops(
             shape, counts["layer"], benches, b["context"], c["params"], b["answer_tokens"]
         )
-        model += budget.forward_flops(shape, b["n_heldout"] * b["tokens_per_example"], b["context"])
+        # twice: the clean pass the conditions start from, and the numerical floor's rescoring
+        # (causal/floor.py)
+        model += 2 * budget.forward_flops(
+            shape, b["n_heldout"] * b["tokens_per_example"], b["context"]
+        )
     return _flops(model)
 
 

@@ -19,6 +19,8 @@ class CausalConfig:
         40  # random live features alone: the null |Δ| an important feature exceeds
     )
     null_quantile: float = 0.95  # ... beyond this quantile of the null's |Δ|
+    # per-example changes within this many times the measured rounding change count as 0
+    numerical_floor_factor: float = 2.0
     alpha: float = 0.05  # BH level (candidates pooled over modes, benchmarks, endpoints)
     require_above_chance: bool = True  # analyse only benchmarks the clean model solves above chance
     chance_alpha: float = 0.05  # level of the exact binomial test against chance

@@ -1,5 +1,6 @@
-"""Exact ablation on the held-out split: one scoring sweep over the condition set, then
-each condition's effects against clean, tests and importance calls (effects.py)."""
+"""Exact ablation on the held-out split: one scoring sweep over the condition set, the
+numerical floor (floor.py) applied to its scores, then each condition's effects against
+clean, tests and importance calls (effects.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from sae_reasoning.causal.conditions import ConditionSet
 from sae_reasoning.causal.effects import add_calls, condition_effects
+from sae_reasoning.causal.floor import NumericalFloor, measure_floor, snap
 from sae_reasoning.causal.selection import FeatureChoice
 from sae_reasoning.scoring import EncodedBenchmark, Scorer
 
@@ -19,8 +21,9 @@ from sae_reasoning.scoring import EncodedBenchmark, Scorer
 class Measured:
     effects: pd.DataFrame  # per condition and benchmark (and "all"), with tests and calls
     calls: dict  # features tested / significant / important per role
-    scores: dict[str, pd.DataFrame]  # condition -> per-example scores ("clean" included)
+    scores: dict[str, pd.DataFrame]  # condition -> per-example scores ("clean" included), snapped
     cost: dict  # time of the ablation sweep
+    floor: NumericalFloor  # rounding changes, measured; differences within it count as 0
 
 
 def measure(
@@ -37,6 +40,10 @@ def measure(
     t0 = time.time()
     scores = scorer.score(heldout, conds.conditions, progress=f"ablations {hook}")
     seconds = time.time() - t0
+    t1 = time.time()
+    floor = measure_floor(scorer, heldout, scores, cfg.numerical_floor_factor)
+    scores = snap(scores, floor)
+    floor_seconds = time.time() - t1
     parts = []
     for name, df in scores.items():
         if name == "clean":
@@ -65,5 +72,6 @@ def measure(
         "ablation_seconds": seconds,
         "seconds_per_condition": seconds / n,
         "null_seconds": seconds * cfg.n_null_features * len(cfg.modes) / n,
+        "floor_seconds": floor_seconds,
     }
-    return Measured(eff, calls, scores, cost)
+    return Measured(eff, calls, scores, cost, floor)

@@ -115,6 +115,9 @@ def summarise(
         heldout=heldout,
     )
     summary["active_at_ablated_positions"] = int(choice.active.sum())
+    # Before the floor's snap: the identity splice's raw change is rounding alone.
+    summary["splice_identity_max_abs_logprob_change"] = measured.floor.identity["logprob"]
+    summary["numerical_floor"] = measured.floor.as_dict()
     ranking = ranking_of(eff, search.features)
     features = [
         {
@@ -175,9 +178,6 @@ def hook_summary(
             "procedure": BOOTSTRAP,
         },
         "clean": _per_benchmark(scores["clean"]),
-        "splice_identity_max_abs_logprob_change": float(
-            (scores["splice:none"]["gold_logprob"] - scores["clean"]["gold_logprob"]).abs().max()
-        ),
         "all_features_zero": effect_dict(all_row),
         "top_feature_mean_delta_logprob": float(zero_cand["delta_logprob"].mean())
         if len(zero_cand)

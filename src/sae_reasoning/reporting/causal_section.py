@@ -4,37 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sae_reasoning.reporting.causal_methods import floor_line
 from sae_reasoning.reporting.fmt import ci, fmt, md, p, yes
-
-METHODS = [
-    "Method and tests, for every table below:",
-    "- The SAE is spliced in at its layer with its error term kept, so the model is unchanged "
-    "until a feature is touched (checked: splice identity). Features are ranked by attribution "
-    "patching on the `select` split; the top candidates, controls, a null of random live features, "
-    "sets, directions, the circuit and all features are then ablated exactly on the `heldout` "
-    "split: selection and measurement never share an example.",
-    "- Ablation references come from the `select` split only, per benchmark: mean ablation uses "
-    "the feature's mean at the same position type (last prompt token, answer tokens; few-shot "
-    "block and question with positions=all); resample ablation uses its value in another example "
-    "of the same benchmark at the aligned position (in the few-shot block, which every example "
-    "shares, that is the clean value).",
-    "- With worked-solution prompts, effects are measured teacher-forced: gold log-prob and exact "
-    "match of the final answer after the gold solution (the baseline's accuracy comes from "
-    "generated solutions).",
-    "- Δ = ablated − clean, mean over held-out examples. [95% CI]: paired bootstrap over "
-    "examples, resampling whole templates where examples share one. p: two-sided sign-flip "
-    "permutation test (gold log-prob, logit difference; templates flipped whole) or McNemar's "
-    "exact test (accuracy).",
-    "- Significant: Benjamini-Hochberg q < α over the candidate features, one family pooled across "
-    "ablation modes, benchmarks and endpoints. Important: significant AND |Δ| above the null "
-    "threshold, the stated quantile of |Δ| over random live features ablated the same way (per "
-    "mode, benchmark and endpoint); controls, null and random sets are drawn from the features "
-    "that fire where the ablations act on the select split, as every candidate does (a feature "
-    "silent there has Δ = 0 exactly). Random control features go through the same procedure in a "
-    "family of their own: the features they get called important are false positives.",
-    "- Top-K vs controls: paired tests of Δ(top-K) − Δ(control) on the same examples (bootstrap "
-    "CI, sign-flip p).",
-]
 
 
 def dashboard_dir(model: str, hook: str) -> str:
@@ -356,6 +327,7 @@ def hook_section(
         f"- ablations act at: {where(s)}",
         f"- splice identity: max |Δ gold log-prob| with the SAE spliced in and nothing ablated = "
         f"{s['splice_identity_max_abs_logprob_change']:.2e}",
+        *floor_line(s.get("numerical_floor")),
         f"- all features zero-ablated: Δ accuracy {a['delta_accuracy']:+.1%}, Δ gold log-prob "
         f"{a['delta_logprob']:+.3f}, KL {a['kl']:.3f}",
         f"- Spearman correlation, attribution estimate vs exact effect over the candidates: "

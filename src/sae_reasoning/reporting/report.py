@@ -15,7 +15,8 @@ import pandas as pd
 
 from sae_reasoning.chance import baseline_vs_chance
 from sae_reasoning.reporting.baseline_section import baseline_section, benchmark_sources
-from sae_reasoning.reporting.causal_section import METHODS, hook_section, selection_lines
+from sae_reasoning.reporting.causal_methods import METHODS
+from sae_reasoning.reporting.causal_section import hook_section, selection_lines
 from sae_reasoning.reporting.fmt import fmt
 from sae_reasoning.reporting.probes_section import probes_section
 from sae_reasoning.reporting.resources_section import section as resources_section

@@ -65,7 +65,8 @@ def _example_row(batch, ex, r, logp, summed, argmax_ok, stop_ids, clean_logp) ->
         end = int(batch.answer_len[gold_row]) + 1
         p = clean_logp[gold_row, :end]
         q = logp[gold_row, :end]
-        kl = float((p.exp() * (p - q)).sum(-1).mean())
+        # KL >= 0; float32 sums over the vocabulary can land a rounding error below it
+        kl = max(0.0, float((p.exp() * (p - q)).sum(-1).mean()))
     return {
         "row": ex.row,
         "id": ex.id,

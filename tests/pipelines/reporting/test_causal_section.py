@@ -117,7 +117,14 @@ def test_feature_ids_link_to_their_dashboards_and_each_sae_links_its_index():
         "n_heldout_examples": 90,
         "clean": {},
         "all_features_zero": {"delta_accuracy": -0.3, "delta_logprob": -4.0, "kl": 1.0},
-        "splice_identity_max_abs_logprob_change": 0.0,
+        "splice_identity_max_abs_logprob_change": 3e-6,
+        "numerical_floor": {
+            "floor": {"logprob": 4e-5, "logit_diff": 2e-5},
+            "rebatched": {"logprob": 2e-5, "logit_diff": 1e-5},
+            "identity": {"logprob": 3e-6, "logit_diff": 0.0},
+            "factor": 2.0,
+            "batch_sizes": [16, 1],
+        },
         "spearman_attribution_vs_exact": 0.5,
         "token_injection": {"741": {"tokens": ["7"], "survival": 0.1, "token_driven": False}},
     }
@@ -139,6 +146,11 @@ def test_feature_ids_link_to_their_dashboards_and_each_sae_links_its_index():
     for feat in (12, 3005, 77, 4242):
         assert f"[{feat}](features/m/{HOOK}/feature_{feat}.html)" in md
     assert not re.search(r"\| (741|12|3005|77|4242) \|", md)  # no bare id left in any table
+    assert (
+        "numerical floor: per-example |Δ| within 4.0e-05 (gold log-prob), 2.0e-05 (logit diff) "
+        "counts as 0: 2 x the largest rounding change (clean rescored at batch size 1 instead "
+        "of 16: 2.0e-05; identity splice: 3.0e-06)"
+    ) in md
 
 
 @pytest.mark.parametrize("share, sparse", [(0.045, False), (0.004, True)])
