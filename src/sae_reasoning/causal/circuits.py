@@ -123,7 +123,7 @@ def find_circuit(
     split, built for the same `positions`); not needed for zero ablation.
 
     `scoring`: score_conditions' keyword arguments for where ablations act (positions=,
-    exclude_first=).
+    exclude_first=) and how they share passes (stack_tokens=).
 
     `order`: live features, largest |attribution estimate| first; ablating all of them is
     ablating the whole SAE (dead features never fire).

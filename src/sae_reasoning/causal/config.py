@@ -29,6 +29,7 @@ class CausalConfig:
     positions: str = "answer"  # where ablations act: answer (last prompt token + answer) | all
     max_examples_per_benchmark: int = 60  # per split
     batch_size: int = 16
+    stack_tokens: int = 512  # conditions share answer passes up to ~this many tokens (0: one each)
     stats_tokens: int = 20000  # captured tokens encoded for firing rates (alive features)
     n_boot: int = 2000  # bootstrap resamples per CI
     circuit_fraction: float = 0.8  # share of the whole-SAE effect a circuit must recover
@@ -72,4 +73,6 @@ class CausalConfig:
 
     def scorer(self, lm: LanguageModel, layer: int) -> Scorer:
         """The scorer of ablations at block `layer`'s output, acting where this config says."""
-        return Scorer(lm, layer, batch_size=self.batch_size, **self.scoring())
+        return Scorer(
+            lm, layer, batch_size=self.batch_size, stack_tokens=self.stack_tokens, **self.scoring()
+        )

@@ -196,6 +196,6 @@ def choose_features(
         refine=cfg.circuit_refine,
         mode=cm,
         batch_size=cfg.batch_size,
-        scoring=cfg.scoring(),
+        scoring={**cfg.scoring(), "stack_tokens": cfg.stack_tokens},
     )
     return FeatureChoice(draws, search, est, est_c, alive, active)

@@ -123,12 +123,21 @@ def condition(model, layer: int, ablation) -> Callable:
     condition; an ablation with an `at` method (FeatureAblation, WithErrorAblated) is bound
     there (mean and resample need the benchmark, the segment and the rows' examples; zero
     ablation binds to itself), any other hook (DirectionControl, ErrorAblation,
-    AttributionProbe, any resid -> resid function) is installed as it is."""
+    AttributionProbe, any resid -> resid function) is installed as it is.
+
+    The returned function also carries `layer` and `hook` (hook(batch, segment): the
+    resid -> resid function it installs there), so that the scorer may stack conditions
+    that have them: several conditions' answer passes run as one, each hook applied to its
+    own copy of the rows (scoring/stacked.py)."""
     bind = getattr(ablation, "at", None)
 
-    def cond(batch, segment: str):
-        return spliced(model, layer, bind(batch, segment) if bind is not None else ablation)
+    def hook(batch, segment: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return bind(batch, segment) if bind is not None else ablation
 
+    def cond(batch, segment: str):
+        return spliced(model, layer, hook(batch, segment))
+
+    cond.layer, cond.hook = layer, hook
     return cond
 
 

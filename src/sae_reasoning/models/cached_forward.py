@@ -195,16 +195,56 @@ def forward(
     return out, new_context
 
 
-def select(context: Context, rows: torch.Tensor | slice, room: int = 0) -> Context:
+def select(
+    context: Context, rows: torch.Tensor | slice, room: int = 0, *, from_layer: int = 0
+) -> Context:
     """The context of the given rows (e.g. one row per answer choice; a slice: those rows as
     views, copied only into the room's buffer).
 
     room > 0: with room for that many tokens per pass (with_room), so that keep=False passes
     write their keys/values in place instead of copying the whole cache (no-grad passes only:
-    an in-place write into a tensor a graph saved would invalidate that graph)."""
-    pairs = [(layer.keys[rows], layer.values[rows]) for layer in context.cache.layers]
-    cache = _roomy([_RoomyLayer.around(k, v, room) for k, v in pairs]) if room else _cache(pairs)
+    an in-place write into a tensor a graph saved would invalidate that graph).
+    from_layer: the layers below it get stand-ins of their shape that hold no memory, for
+    passes that start above them (partial_forward.start_at) and so never read them."""
+    layers = context.cache.layers
+    pairs = [
+        (lay.keys[rows], lay.values[rows])
+        if i >= from_layer
+        else (_stand_in(lay.keys, rows, room), _stand_in(lay.values, rows, room))
+        for i, lay in enumerate(layers)
+    ]
+    if room:
+        cache = _roomy(
+            [
+                _RoomyLayer.around(k, v, room)
+                if i >= from_layer
+                else _RoomyLayer(k, v, layers[i].keys.shape[-2])
+                for i, (k, v) in enumerate(pairs)
+            ]
+        )
+    else:
+        cache = _cache(pairs)
     return Context(cache, context.mask[rows], context.length[rows])
+
+
+def head_rows(context: Context, n: int) -> Context:
+    """The first `n` rows of `context` (from select), as views: no copy. A roomy context's
+    rows keep their room."""
+    layers = context.cache.layers
+    if all(isinstance(lay, _RoomyLayer) for lay in layers):
+        cache = _roomy(
+            [_RoomyLayer(lay._keys[:n], lay._values[:n], lay.keys.shape[-2]) for lay in layers]
+        )
+    else:
+        cache = _cache((lay.keys[:n], lay.values[:n]) for lay in layers)
+    return Context(cache, context.mask[:n], context.length[:n])
+
+
+def _stand_in(t: torch.Tensor, rows, room: int) -> torch.Tensor:
+    """A zero-strided tensor of the shape `t[rows]` with `room` more tokens: only its shape is
+    read (the cache's sequence length)."""
+    b = len(range(t.shape[0])[rows]) if isinstance(rows, slice) else len(rows)
+    return t.new_zeros(()).expand(b, t.shape[1], t.shape[2] + room, t.shape[3])
 
 
 def combine(lower: Context, upper: Context, layer: int) -> Context:

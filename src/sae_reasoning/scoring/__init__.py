@@ -33,6 +33,7 @@ benchmarks (clean, or under conditions at a layer); code that runs its own passe
   passes.py         the cached passes: batches, contexts, contexts rebuilt under a condition
   metrics.py        logits -> per-example scores; greedy continuations
   scorer.py         Scorer and score_conditions: every condition over every batch
+  stacked.py        several conditions' answer passes run as one (stack_tokens)
   interventions.py  the model hooks interventions use (splices, probes, recordings)
 """
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from sae_reasoning.models.cached_forward import Context, forward, select
+from sae_reasoning.models.cached_forward import Context, forward, head_rows, select
 from sae_reasoning.models.hooks import keep_clean, recording
 from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.models.partial_forward import forward_above
@@ -61,25 +61,52 @@ class AnswerBatch:
     question: Segment | None = None
     last_of_benchmark: bool = False
 
-    _rows_contexts: dict = field(default_factory=dict, repr=False)  # room -> rows context
+    # (room, from_layer) -> (stack, the rows' context that many times over): copied once
+    # per batch, not once per pass; a smaller stack takes the first rows of a larger one
+    _rows_contexts: dict = field(default_factory=dict, repr=False)
 
-    def run(self, model, *, grad: bool = False, context: Context | None = None):
+    def run(
+        self,
+        model,
+        *,
+        grad: bool = False,
+        context: Context | None = None,
+        stack: int = 1,
+        from_layer: int = 0,
+    ):
         """Logits of the answer rows, on the batch's clean context or on `context` (same
-        examples)."""
+        examples).
+
+        stack: the rows `stack` times over (rows k*R:(k+1)*R are copy k, e.g. one condition
+        each: scoring/stacked.py), logits [stack * R, S, V]. from_layer: the pass starts there
+        (partial_forward.start_at): the cached layers below it are not copied."""
         ctx = self.context if context is None else context
+        rows = self.pair_example.repeat(stack)
         # One row per answer candidate, the clean one copied once per batch, not once per
         # condition; no-grad passes write their keys/values into room reserved beside it.
         room = 0 if grad else self.ids.shape[1]
-        if ctx is not None and (room or len(self.pair_example) != ctx.batch_size):
+        if ctx is not None and (room or len(rows) != ctx.batch_size):
             if context is not None:
-                ctx = select(ctx, self.pair_example, room)
+                ctx = select(ctx, rows, room, from_layer=from_layer)
             else:
-                if room not in self._rows_contexts:
-                    self._rows_contexts[room] = select(ctx, self.pair_example, room)
-                ctx = self._rows_contexts[room]
+                ctx = self._rows_context(ctx, room, stack, from_layer)
+        ids, mask = self.ids.repeat(stack, 1), self.mask.repeat(stack, 1)
         with torch.set_grad_enabled(grad):
-            out, _ = forward(model, self.ids, self.mask, ctx)
+            out, _ = forward(model, ids, mask, ctx)
         return out.logits
+
+    def _rows_context(self, ctx: Context, room: int, stack: int, from_layer: int) -> Context:
+        have, full = self._rows_contexts.get((room, from_layer), (0, None))
+        if have < stack:
+            rows = self.pair_example.repeat(stack)
+            have, full = stack, select(ctx, rows, room, from_layer=from_layer)
+            self._rows_contexts[room, from_layer] = have, full
+        return full if have == stack else head_rows(full, stack * len(self.pair_example))
+
+    def release_contexts(self) -> None:
+        """Drop the rows' contexts copied for this batch's passes (the batch's own context
+        stays): a sweep is done with them before the next batch is built."""
+        self._rows_contexts.clear()
 
     def gold_rows(self) -> torch.Tensor:
         """[R] bool: the answer rows that hold their example's gold answer."""

@@ -13,6 +13,9 @@ residual norm SAE training leaves out (activations.store.MassiveActivationFilter
 SAE applied there is off its training distribution; and its residual depends on that
 one token alone (attention is causal), so it carries nothing about the problem.
 
+stack_tokens ("answer" only): the conditions that expose their hook at start_layer
+(causal.splice.condition) share answer passes, several to a pass (scoring/stacked.py).
+
 Memory with "all": one condition's question contexts at a time, and each condition's
 few-shot-block context (the layers above start_layer, batch 1) for as long as its
 benchmark's batches last.
@@ -40,6 +43,7 @@ from sae_reasoning.scoring.passes import (
     iter_answer_batches,
     rebuild_context,
 )
+from sae_reasoning.scoring.stacked import stack_size, stackable, stacked_logits
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class Scorer:
 
     `layer`: every condition intervenes at that block's output (None: no conditions, or
     conditions anywhere; every pass then runs the whole model). `positions`, `exclude_first`:
-    where they act (score_conditions).
+    where they act; `stack_tokens`: conditions' answer passes run together (score_conditions).
     """
 
     lm: LanguageModel
@@ -58,6 +62,7 @@ class Scorer:
     positions: str = "answer"
     exclude_first: bool = True
     batch_size: int = 16
+    stack_tokens: int = 0
 
     def baseline(
         self,
@@ -91,6 +96,7 @@ class Scorer:
             start_layer=self.layer,
             positions=self.positions,
             exclude_first=self.exclude_first,
+            stack_tokens=self.stack_tokens,
         )
 
 
@@ -105,6 +111,7 @@ def score_conditions(
     start_layer: int | None = None,
     positions: str = "answer",
     exclude_first: bool = True,
+    stack_tokens: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Score every example under each condition; 'clean' (no intervention) always included.
 
@@ -115,11 +122,24 @@ def score_conditions(
     generate_tokens > 0 also records the model's own greedy answer (column `generated` of
     the clean table), decoded from the same cached contexts. start_layer, positions,
     exclude_first: where the conditions act (module docstring).
+
+    stack_tokens (start_layer set, positions="answer"): 0 or 1, one answer pass per
+    condition; N, the conditions acting at start_layer whose function is exposed
+    (causal.splice.condition) run several to an answer pass, up to about N answer tokens
+    a pass (scoring/stacked.py): fewer, larger passes, the same scores up to float
+    rounding. Each such pass holds its conditions' copies of the rows' cached context.
     """
     _check_positions(positions, start_layer)
     conditions = {"clean": lambda _b, _s: contextlib.nullcontext(), **(conditions or {})}
     check_lengths(lm, benchmarks)
-    sweep = _Sweep(lm, start_layer, positions == "all", exclude_first, stop_token_ids(lm.tokenizer))
+    sweep = _Sweep(
+        lm,
+        start_layer,
+        positions == "all",
+        exclude_first,
+        stop_token_ids(lm.tokenizer),
+        stack_tokens,
+    )
     results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
     t0, n = time.time(), 0
     for batch in iter_answer_batches(
@@ -127,6 +147,7 @@ def score_conditions(
     ):
         for name, df in sweep.score(batch, conditions, generate_tokens).items():
             results[name].append(df)
+        batch.release_contexts()  # before the next batch is built beside it
         n += len(batch.examples)
     log.info(
         "scored %d examples under %d condition(s) in %.1f s", n, len(conditions), time.time() - t0
@@ -150,7 +171,9 @@ def _check_positions(positions: str, start_layer: int | None) -> None:
 class _Sweep:
     """One score_conditions call: every condition's passes over one batch at a time."""
 
-    def __init__(self, lm, layer, every: bool, exclude_first: bool, stop_ids: torch.Tensor):
+    def __init__(
+        self, lm, layer, every: bool, exclude_first: bool, stop_ids: torch.Tensor, stack_tokens=0
+    ):
         self.lm, self.layer, self.every, self.exclude_first, self.stop_ids = (
             lm,
             layer,
@@ -158,17 +181,24 @@ class _Sweep:
             exclude_first,
             stop_ids,
         )
+        # Stacking needs every condition's pass to start from the clean residual at `layer`
+        # with nothing but the answer rows to run (not positions="all": contexts differ).
+        self.stack_tokens = stack_tokens if layer is not None and not every else 0
         # condition -> its few-shot-block context, for the benchmark at hand
         self.prefixes: dict = {}
 
     def score(
         self, batch: AnswerBatch, conditions: dict[str, Condition], generate_tokens: int
     ) -> dict:
-        """condition -> the batch's scores; "clean" first: it records the residual the others
-        start from."""
-        out, clean_logp, resid = {}, None, None
+        """condition -> the batch's scores, in the order of `conditions`; "clean" first: it
+        records the residual the others start from."""
+        out, clean_logp, resid, k = {}, None, None, 1
         first = batch.answer_positions() == 0 if self.every and self.exclude_first else None
+        together = []  # the conditions that share answer passes, k to a pass
         for name, cond in conditions.items():
+            if name != "clean" and k > 1 and stackable(cond, self.layer):
+                together.append(name)
+                continue
             logits, recorded = self._answer_pass(batch, name, cond, resid, first)
             if batch.last_of_benchmark:
                 self.prefixes.pop(name, None)
@@ -177,12 +207,20 @@ class _Sweep:
             df, logp = score_batch(batch, logits, self.stop_ids, clean_logp)
             if name == "clean":
                 clean_logp = logp
+                if self.stack_tokens > 1:
+                    k = stack_size(self.stack_tokens, batch, logits.shape[-1], self.layer)
                 if generate_tokens:
                     df["generated"] = greedy_continuations(
                         self.lm, batch, self.stop_ids, generate_tokens
                     )
             out[name] = df
-        return out
+        for i in range(0, len(together), k):
+            names = together[i : i + k]
+            hooks = [conditions[name].hook(batch, "answer") for name in names]
+            chunks = stacked_logits(self.lm.model, self.layer, batch, resid, hooks)
+            for name, logits in zip(names, chunks, strict=True):
+                out[name] = score_batch(batch, logits, self.stop_ids, clean_logp)[0]
+        return {name: out[name] for name in conditions}
 
     def _answer_pass(self, batch: AnswerBatch, name: str, cond: Condition, resid, first):
         """(logits of the answer rows under `cond`, what the clean pass recorded)."""
