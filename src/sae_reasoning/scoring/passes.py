@@ -89,19 +89,21 @@ class AnswerBatch:
             if context is not None:
                 ctx = select(ctx, rows, room, from_layer=from_layer)
             else:
-                ctx = self._rows_context(ctx, room, stack, from_layer)
+                ctx = self._rows_context(ctx, rows, room, from_layer)
         ids, mask = self.ids.repeat(stack, 1), self.mask.repeat(stack, 1)
         with torch.set_grad_enabled(grad):
             out, _ = forward(model, ids, mask, ctx)
         return out.logits
 
-    def _rows_context(self, ctx: Context, room: int, stack: int, from_layer: int) -> Context:
+    def _rows_context(self, ctx: Context, rows: torch.Tensor, room: int, from_layer: int):
+        """The context of `rows` (the answer rows `stack` times over), copied at most once
+        per (room, from_layer) for the batch: a smaller stack views the first rows."""
+        stack = len(rows) // len(self.pair_example)
         have, full = self._rows_contexts.get((room, from_layer), (0, None))
         if have < stack:
-            rows = self.pair_example.repeat(stack)
             have, full = stack, select(ctx, rows, room, from_layer=from_layer)
             self._rows_contexts[room, from_layer] = have, full
-        return full if have == stack else head_rows(full, stack * len(self.pair_example))
+        return full if have == stack else head_rows(full, len(rows))
 
     def release_contexts(self) -> None:
         """Drop the rows' contexts copied for this batch's passes (the batch's own context
