@@ -33,7 +33,10 @@ def condition_effects(
     m = clean.merge(ablated, on=["row", "benchmark"], suffixes=("_clean", ""))
     m["cluster"] = clusters.reindex(m["row"]).to_numpy()
     rows = []
-    for bench, d in pd.concat([m, m.assign(benchmark="all")]).groupby("benchmark"):
+    groups = list(m.groupby("benchmark"))
+    if len(groups) > 1:
+        groups.append(("all", m))
+    for bench, d in groups:
         cl = d["cluster"].to_numpy()
         row = {
             "benchmark": bench,
@@ -56,6 +59,9 @@ def condition_effects(
         }
         row.update(_logit_diff_effect(d, cl, n_boot, seed))
         rows.append(row)
+    if len(groups) == 1:  # "all" is the one benchmark: the same examples, so the same row
+        rows.append({**rows[0], "benchmark": "all"})
+    rows.sort(key=lambda r: r["benchmark"])  # as groupby ordered them
     return pd.DataFrame(rows).assign(
         delta_accuracy=lambda d: d.ablated_accuracy - d.clean_accuracy,
         delta_logprob=lambda d: d.ablated_logprob - d.clean_logprob,
