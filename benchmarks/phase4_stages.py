@@ -15,7 +15,8 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
                 so a benchmark's shared few-shot block counts once.
   baseline      every distinct prompt token once (few-shot block once per benchmark, each
                 question + gold answer once: capture_activations' count) plus one forward
-                per greedy token the model wrote (baseline_scores' `generated`, tokenized),
+                per greedy token the model wrote (baseline_scores' `generated`, tokenized,
+                plus the step that wrote the line break ending it, within max_new_tokens),
                 through the whole model with the unembedding (budget's baseline).
   sae_training  train_sae: 12 x d_in x d_sae per training token, dense (sparse steps may
                 go below it: then wall / limit < 1).
@@ -25,10 +26,13 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
                 d_sae) on those positions and on the held-out tokens, and the planted-
                 dictionary SAE's training (12 x d_in x d_sae on its tokens).
   causal        analyse_features: budget._causal_flops (attribution forward + backward on
-                the select examples; every condition and circuit size reruns the blocks
-                above L at the answer positions) plus two clean forwards of the held-out
-                examples' tokens, which the budget leaves out: the one the conditions start
-                from, and the numerical floor's rescoring (causal/floor.py).
+                the select examples; every condition, the numerical floor's rescoring of
+                the clean rows (causal/floor.py) and each circuit size the run's search
+                checked (causal_summary's checked_sizes) rerun the blocks above L at the
+                answer positions: an open answer's last prompt token and its tokens, the
+                last one's logits saying whether the line ends there; a choice's last prompt
+                token and its tokens but the last) plus the clean forward of the held-out
+                examples' tokens the conditions start from, which the budget leaves out.
   other nodes   no model work (data loading, plots, dashboards, probes, report): no limit.
 Seconds: model FLOPs at the FLOP/s the bare full forward (logits, no hooks) reaches here at
 its best batching (random token ids, no padding; best of --repeats, shapes interleaved),
@@ -85,8 +89,7 @@ def run_counts(run: Path, records: list[dict], tokenizer) -> dict:
     prompts = pd.read_parquet(data / "05_model_input/prompts.parquet")
     texts = (prompts["prompt"] + prompts["target"]).tolist()
     prompts["length"] = [len(x) for x in tokenizer(texts)["input_ids"]]
-    targets = tokenizer(prompts["target"].tolist(), add_special_tokens=False)["input_ids"]
-    prompts["answer_length"] = [len(x) for x in targets]
+    prompts["answer_positions"] = _answer_positions(prompts, tokenizer)
     capture = params["capture"]
     by_node = {base_name(r["node"]): r for r in records}
     counts = {
@@ -111,6 +114,21 @@ def run_counts(run: Path, records: list[dict], tokenizer) -> dict:
     return counts
 
 
+def _answer_positions(prompts, tokenizer) -> list[int]:
+    """Per prompt, the answer-row positions whose logits scoring reads: an open answer's
+    last prompt token and its tokens (the last one's logits: does the line end there, for
+    exact match); a choice question's last prompt token and each choice's tokens but its
+    last (the choices' log-probs)."""
+    out = []
+    for target, kind, choices in zip(
+        prompts["target"], prompts["answer_type"], prompts["choice_targets"], strict=True
+    ):
+        texts = list(choices) if kind == "choice" else [target]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        out.append(sum(len(x) for x in ids) + (0 if kind == "choice" else 1))
+    return out
+
+
 def _sae_counts(metrics: dict) -> dict:
     planted = metrics.get("planted_dictionary") or {}
     spliced = metrics.get("spliced") or {}
@@ -127,8 +145,9 @@ def _sae_counts(metrics: dict) -> dict:
 
 
 def _generated_tokens(path: Path, tokenizer, capture: dict) -> int:
-    """Greedy tokens the baseline wrote (its `generated` column, tokenized; capped at
-    capture.max_new_tokens): one forward each at least."""
+    """Greedy steps the baseline needed: one per token it wrote (its `generated` column,
+    tokenized) and one for the line break that ended the answer, at most
+    capture.max_new_tokens."""
     import pandas as pd
 
     cap = int(capture.get("max_new_tokens", 0)) if capture.get("generate") else 0
@@ -136,7 +155,7 @@ def _generated_tokens(path: Path, tokenizer, capture: dict) -> int:
         return 0
     texts = pd.read_parquet(path, columns=["generated"])["generated"].fillna("").tolist()
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return sum(min(cap, len(x)) for x in ids)
+    return sum(min(cap, len(x) + 1) for x in ids)
 
 
 def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict) -> dict:
@@ -154,9 +173,10 @@ def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict) -> dic
             "n_heldout": n,
             "tokens_per_example": own,
             "context": float(rows["length"].mean()),
-            "answer_tokens": float(rows["answer_length"].mean()),
+            "answer_positions": float(rows["answer_positions"].mean()),
         }
-    return {"benchmarks": out, "params": causal}
+    checked = (point.get("circuit") or {}).get("checked_sizes") or {}
+    return {"benchmarks": out, "params": causal, "circuit_checks": len(checked)}
 
 
 # ------------------------------------------------------------------ measured rates

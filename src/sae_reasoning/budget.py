@@ -16,9 +16,10 @@ attention over the context: 2 x n_layer x n_ctx x d_model):
                 generated answer tokens
   sae_training  per hook point and token: encoder and decoder matmuls (2 x 2 x d_in x d_sae),
                 x3 for forward + backward = 12 x d_in x d_sae
-  causal        per hook point: every scored condition reruns the blocks from the SAE's layer
-                up over the held-out examples; attribution is one forward + backward (x3) over
-                the select examples; the circuit search a few conditions on its examples
+  causal        per hook point: every scored condition (and the numerical floor's rescoring)
+                reruns the blocks above the SAE's layer over the held-out examples' answer
+                rows; attribution is one forward + backward (x3) over the select examples;
+                the circuit search one condition per size it checks, on its examples
 Device-hours = FLOPs / (peak_tflops x 1e12 x mfu) / 3600: an estimate to plan with, not a
 measurement (the resource ledger of a run records what it really took).
 The totals and the printed table are in budget_table.py.
@@ -35,7 +36,7 @@ ROW_METADATA_BYTES = (
     3 * 4 + 4
 )  # example_index, position, token_id (int32) and norm (float32) per row
 CAUSAL_FIXED_CONDITIONS = (
-    12  # clean, splice identity, all-features, error term, top-K set, circuits
+    13  # clean, splice identity, all-features, error term, top-K set, circuits, the floor's rows
 )
 
 
@@ -270,7 +271,13 @@ def plan_model(
         "causal": device.hours(
             sum(
                 _causal_flops(
-                    shape, x, benches, bench_context, causal, int(budget.get("answer_tokens", 3))
+                    shape,
+                    x,
+                    benches,
+                    bench_context,
+                    causal,
+                    int(budget.get("answer_tokens", 3)),
+                    circuit_checks(d_sae, int(causal.get("circuit_refine", 4))),
                 )
                 for x in layers
             )
@@ -315,12 +322,29 @@ def _baseline_flops(shape: ModelShape, benches: dict, context: int, capture: dic
     return forward_flops(shape, tokens, context, unembed=True)
 
 
+def circuit_checks(d_sae: int, refine: int) -> int:
+    """Sizes the circuit search (causal/circuits.py) checks at most: doubling up to the live
+    features (at most d_sae), then rounds of `refine` + 1 sizes, each cutting the gap between
+    the last failing and the first passing size `refine` + 1 ways."""
+    doubling = math.ceil(math.log2(max(d_sae, 2))) + 1
+    rounds = math.ceil(math.log(max(d_sae / 2, 2)) / math.log(max(refine, 1) + 1))
+    return doubling + rounds * (refine + 1)
+
+
 def _causal_flops(
-    shape: ModelShape, layer: int, benches: dict, context: int, causal: dict, answer_tokens: int
+    shape: ModelShape,
+    layer: int,
+    benches: dict,
+    context: int,
+    causal: dict,
+    answer_positions: float,
+    circuit_checks: int,
 ) -> float:
-    """Attribution (forward + backward over the select examples), then every condition and
-    each circuit size checked rerun the blocks from `layer` up: at the answer positions only
-    (positions: answer; earlier positions come from the clean pass) or at every position."""
+    """Attribution (forward + backward over the select examples), then every condition (the
+    numerical floor's rescoring of the clean rows among them) and each circuit size checked
+    rerun the blocks above `layer`: at the answer positions only (positions: answer; the
+    last prompt token and the answer's tokens, `answer_positions` per example; earlier
+    positions come from the clean pass) or at every position."""
     per_split = {
         b: (min(n // 2, int(causal.get("max_examples_per_benchmark", n))), t)
         for b, (n, t) in benches.items()
@@ -329,7 +353,7 @@ def _causal_flops(
     at = (
         full
         if causal.get("positions", "answer") == "all"
-        else sum(n for n, _ in per_split.values()) * answer_tokens
+        else sum(n for n, _ in per_split.values()) * answer_positions
     )
     modes = len(causal.get("modes") or ["zero"])
     singles = (
@@ -346,14 +370,10 @@ def _causal_flops(
     circuit_share = sum(
         min(n, int(causal.get("circuit_examples_per_benchmark", n))) for n, _ in per_split.values()
     ) / max(sum(n for n, _ in per_split.values()), 1)
-    circuit_sizes = 2 * (
-        math.ceil(math.log2(max(int(causal.get("top_k", 1)), 2)))
-        + int(causal.get("circuit_refine", 0))
-    )
-    above = forward_flops(shape, at, context, first=layer, unembed=True)
+    above = forward_flops(shape, at, context, first=layer + 1, unembed=True)
     return (
         3 * forward_flops(shape, full, context, unembed=True)
-        + (conditions + circuit_sizes * circuit_share) * above
+        + (conditions + circuit_checks * circuit_share) * above
     )
 
 

@@ -105,13 +105,16 @@ def _causal_limit(counts: dict, shape: budget.ModelShape) -> dict:
         # _causal_flops takes the benchmark's size and halves it into select / heldout
         benches = {"b": (2 * b["n_select"], b["tokens_per_example"])}
         model += budget._causal_flops(
-            shape, counts["layer"], benches, b["context"], c["params"], b["answer_tokens"]
+            shape,
+            counts["layer"],
+            benches,
+            b["context"],
+            c["params"],
+            b["answer_positions"],
+            c["circuit_checks"],
         )
-        # twice: the clean pass the conditions start from, and the numerical floor's rescoring
-        # (causal/floor.py)
-        model += 2 * budget.forward_flops(
-            shape, b["n_heldout"] * b["tokens_per_example"], b["context"]
-        )
+        # the clean pass the conditions start from
+        model += budget.forward_flops(shape, b["n_heldout"] * b["tokens_per_example"], b["context"])
     return _flops(model)
 
 
