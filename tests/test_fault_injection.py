@@ -89,7 +89,6 @@ TIMING_KEYS = {
     "tokens_per_s",
     "ablation_seconds",
     "null_seconds",
-    "floor_seconds",
     "seconds_per_condition",
 }
 JSON_WITHOUT_TIMINGS = {

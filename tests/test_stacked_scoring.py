@@ -69,9 +69,14 @@ def counting(model):
         handle.remove()
 
 
-def answer_tokens(lm, enc):
+def sweep_batches(lm, enc, conds):
+    """The batches score_conditions runs `conds` on (grouped for their answer passes)."""
+    return iter_answer_batches(lm, enc, BATCH, answer_passes=len(conds) + 1)
+
+
+def answer_tokens(lm, enc, conds):
     """R * S of each batch."""
-    return [b.ids.numel() for b in iter_answer_batches(lm, enc, BATCH)]
+    return [b.ids.numel() for b in sweep_batches(lm, enc, conds)]
 
 
 def score(lm, enc, conds, **kw):
@@ -113,13 +118,13 @@ def test_stacked_conditions_score_as_alone(tiny_lms, family):
     assert all(kls[n] > 1e-4 for n in ("zero", "mean", "resample", "error", "control"))
     assert len({round(kls[n], 6) for n in kls}) >= 6
 
-    tokens = answer_tokens(lm, enc)
+    tokens = answer_tokens(lm, enc, conds)
     n = len(conds)
     # K = 2 or 3 on every batch: stacks of K and a partial last one (7 conditions).
     for stack_tokens in (2 * max(tokens), 3 * max(tokens), 100 * max(tokens)):
         ks = [
             stack_size(stack_tokens, b, len(lm.tokenizer), LAYER)
-            for b in iter_answer_batches(lm, enc, BATCH)
+            for b in sweep_batches(lm, enc, conds)
         ]
         assert min(ks) >= 2
         stacked, sizes = score(lm, enc, conds, stack_tokens=stack_tokens)
@@ -187,7 +192,7 @@ def test_mixed_conditions(tiny_lms):
     )
     # Per batch: clean, plain and higher alone; the other four in one pass.
     _, alone_sizes = score(lm, enc, mixed)
-    assert len(alone_sizes) - len(sizes) == 3 * len(answer_tokens(lm, enc))
+    assert len(alone_sizes) - len(sizes) == 3 * len(answer_tokens(lm, enc, mixed))
 
     via_scorer = Scorer(lm, LAYER, batch_size=BATCH, stack_tokens=10_000).score(
         enc, mixed, progress=None
@@ -217,7 +222,8 @@ def test_each_hook_sees_its_own_rows(tiny_lms):
     alone, seen_alone = run(0)
     stacked, seen_stacked = run(10_000)
     assert_same(alone, stacked)
-    rows = [(len(b.pair_example), b.ids.shape[1]) for b in iter_answer_batches(lm, enc, BATCH)]
+    conds = dict.fromkeys(seen_alone)
+    rows = [(len(b.pair_example), b.ids.shape[1]) for b in sweep_batches(lm, enc, conds)]
     for s in seen_alone:
         assert [tuple(x.shape) for x in seen_stacked[s]] == [(r, t, D_MODEL) for r, t in rows]
         for a, b in zip(seen_alone[s], seen_stacked[s], strict=True):
@@ -285,3 +291,22 @@ def test_stacked_context_copies_only_the_layers_above_and_partial_stacks_view_it
         assert lay._keys.data_ptr() == full._keys.data_ptr()  # a view, not a copy
         assert lay.keys.shape[0] == 2 * len(batch.pair_example)
     assert torch.equal(two.length, ctx.length[: 2 * len(batch.pair_example)])
+
+
+def test_a_hook_that_changes_its_input_in_place_is_refused(tiny_lms):
+    """Stacked hooks share one input tensor (and its SAE encode): an in-place change would
+    reach the conditions after it, so it is an error, not a silent mix-up."""
+    lm = tiny_lms["llama"]
+    enc = encoded(lm)
+
+    def in_place(resid):
+        resid.mul_(0.5)
+        return resid
+
+    conds = {
+        "a": condition(lm.model, LAYER, in_place),
+        "b": condition(lm.model, LAYER, lambda r: r * 2),
+    }
+    with pytest.raises(RuntimeError, match="changed its input in place"):
+        score(lm, enc, conds, stack_tokens=10_000)
+    score(lm, enc, conds, stack_tokens=0)  # one pass each: its own rows, allowed

@@ -53,19 +53,19 @@ def scored(tiny_lms):
         "real": push(0.5),
     }
     scorer = Scorer(lm, LAYER, batch_size=8)
-    return scorer, encoded, scorer.score(encoded, conds, progress=None)
+    return scorer, encoded, scorer.score(encoded, conds, progress=None, alone=True)
 
 
-def test_the_floor_is_measured_from_a_rebatched_clean_scoring(scored):
+def test_the_floor_is_measured_from_the_clean_rows_one_example_a_pass(scored):
     scorer, encoded, scores = scored
-    floor = measure_floor(scorer, encoded, scores, factor=2.0)
+    floor = measure_floor(scores, 2.0, scorer.batch_size)
     assert floor.batch_sizes == (8, 1)
-    # Every example alone sums in another order: a change, at float32 resolution.
+    # Every example's rows alone sum in another order: a change, at float32 resolution.
     assert 0 < floor.rebatched["logprob"] < 1e-4
     assert floor.identity["logprob"] == 0.0  # the no-op condition ran like clean: no change
     assert floor.floor["logprob"] == 2.0 * floor.rebatched["logprob"]
     with pytest.raises(ValueError, match="numerical_floor_factor"):
-        measure_floor(scorer, encoded, scores, factor=-1.0)
+        measure_floor(scores, -1.0, scorer.batch_size)
 
 
 def _effect(scores, name, floor):
@@ -77,7 +77,7 @@ def _effect(scores, name, floor):
 
 def test_a_rounding_level_effect_counts_as_zero_and_a_real_one_is_kept(scored):
     scorer, encoded, scores = scored
-    floor = measure_floor(scorer, encoded, scores, factor=2.0)
+    floor = measure_floor(scores, 2.0, scorer.batch_size)
     raw = _effect(scores, "rounding", None)
     assert raw["delta_logprob"] != 0  # without the floor, rounding makes an "effect" ...
     tiny = _effect(scores, "rounding", floor)
@@ -90,7 +90,7 @@ def test_a_rounding_level_effect_counts_as_zero_and_a_real_one_is_kept(scored):
 
 def test_no_op_conditions_have_no_effect_with_the_floor(scored):
     scorer, encoded, scores = scored
-    floor = measure_floor(scorer, encoded, scores, factor=2.0)
+    floor = measure_floor(scores, 2.0, scorer.batch_size)
     null = _effect(scores, "splice:none", floor)
     assert null["delta_logprob"] == 0 and null["p_logprob"] == 1.0
     assert null["kl"] == 0.0

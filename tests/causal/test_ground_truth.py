@@ -11,7 +11,7 @@ from sae_reasoning.causal.selection import subset
 from sae_reasoning.models import ModelHandle, ModelSpec
 from sae_reasoning.models.hooks import capture_residuals, hook_point
 from sae_reasoning.sae import SAEConfig, build_sae
-from sae_reasoning.scoring import encode_prompts
+from sae_reasoning.scoring import Scorer, encode_prompts
 from tests.prompts_fixture import tiny_prompts
 
 LAYER, TRUE = 1, 5  # the SAE's layer; the index of the feature that carries the answer
@@ -199,18 +199,18 @@ def test_circuit_search_narrows_to_adjacent_sizes(planted, refine):
     select = subset(encoded, "select", 99, 0)
     estimate = torch.zeros(sae.cfg.d_sae)
     search = find_circuit(
-        lm,
+        Scorer(lm, LAYER, batch_size=8),
         sae,
-        LAYER,
         select,
         order,
         estimate,
         fraction=0.8,
         refine=refine,
         mode="zero",
-        batch_size=8,
     )
     assert search.found and search.features == order[:6]
     assert search.checked[6] >= 0.8 > search.checked[5]
     assert all(share < 0.8 for k, share in search.checked.items() if k < 6)
     assert {1, 2, 4, 8} <= set(search.checked)
+    with pytest.raises(ValueError, match="Scorer with the SAE's layer"):
+        find_circuit(Scorer(lm), sae, select, order, estimate)

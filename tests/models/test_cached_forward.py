@@ -96,6 +96,32 @@ def test_rows_with_room_serve_many_passes_unchanged(tiny_lms):
         assert torch.equal(a.logits, b.logits)
 
 
+@pytest.mark.parametrize("room", [0, 3])
+def test_select_copies_is_the_rows_repeated(tiny_lms, room):
+    """select(rows, copies=K) holds the same keys, values, mask and lengths as select of the
+    rows repeated K times (the buffer is written once per copy), and passes on it agree."""
+    lm = tiny_lms["llama"]
+    q, mask = pad_right([[5, 9, 30, 31], [7, 8]], lm.tokenizer.pad_token_id, "cpu")
+    rows = torch.tensor([0, 0, 1])
+    ans, amask = pad_right([[31, 4, 5], [31, 6], [8, 9, 10]], lm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        _, ctx = forward(lm.model, q, mask, keep=True)
+        copied = select(ctx, rows, room, from_layer=1, copies=3)
+        repeated = select(ctx, rows.repeat(3), room, from_layer=1)
+        assert torch.equal(copied.mask, repeated.mask)
+        assert torch.equal(copied.length, repeated.length)
+        for a, b in zip(copied.cache.layers, repeated.cache.layers, strict=True):
+            assert a.keys.shape == b.keys.shape and a.values.shape == b.values.shape
+        for a, b in zip(copied.cache.layers[1:], repeated.cache.layers[1:], strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        full = select(ctx, rows.repeat(3), room)
+        x, _ = forward(
+            lm.model, ans.repeat(3, 1), amask.repeat(3, 1), select(ctx, rows, room, copies=3)
+        )
+        y, _ = forward(lm.model, ans.repeat(3, 1), amask.repeat(3, 1), full)
+        assert torch.equal(x.logits, y.logits)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma"])
 def test_grouped_attention_in_sdpa_changes_no_bit(tiny_lms, family, monkeypatch):
     """Loading on the CPU lets SDPA read grouped key/value heads in place (no repeat_kv copy):

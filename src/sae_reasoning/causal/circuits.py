@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 import numpy as np
@@ -34,7 +35,6 @@ import torch
 
 from sae_reasoning.causal.references import AblationReferences
 from sae_reasoning.causal.splice import FeatureAblation, condition
-from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring import EncodedBenchmark, Scorer
 
 log = logging.getLogger(__name__)
@@ -72,39 +72,41 @@ def _sizes_doubling(estimate: int | None, n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Ablations:
-    """Exact ablation of the top k of `order` at one SAE, for any list of sizes k."""
+    """Exact ablation of the top k of `order` at one SAE, for any list of sizes k; the
+    examples' clean contexts are built once for every round of sizes."""
 
-    lm: LanguageModel
-    layer: int
+    scorer: Scorer
     sae: torch.nn.Module
     benchmarks: list[EncodedBenchmark]
     order: list[int]
     references: AblationReferences | None
     mode: str
-    batch_size: int
-    scoring: dict | None
+
+    @cached_property
+    def _batches(self):
+        # grouped for the first round's conditions (doubling sizes), the most of any round
+        n = len(_sizes_doubling(None, len(self.order))) + 1
+        return self.scorer.batches(self.benchmarks, answer_passes=n)
 
     def deltas(self, sizes, progress: str) -> dict[int, float]:
         """Per size k: mean Δ gold log-prob of ablating the top k (mean/resample from
         `references`, an AblationReferences of the select split)."""
         conds = {
             f"top{k}": condition(
-                self.lm.model,
-                self.layer,
+                self.scorer.lm.model,
+                self.scorer.layer,
                 FeatureAblation(self.sae, self.order[:k], self.mode, references=self.references),
             )
             for k in sizes
         }
-        scorer = Scorer(self.lm, self.layer, batch_size=self.batch_size, **(self.scoring or {}))
-        scores = scorer.score(self.benchmarks, conds, progress=progress)
+        scores = self.scorer.score(self.benchmarks, conds, progress=progress, batches=self._batches)
         clean = scores["clean"]["gold_logprob"].mean()
         return {k: float(scores[f"top{k}"]["gold_logprob"].mean() - clean) for k in sizes}
 
 
 def find_circuit(
-    lm,
+    scorer: Scorer,
     sae,
-    layer: int,
     benchmarks: list[EncodedBenchmark],
     order: list[int],
     estimate: torch.Tensor,
@@ -113,17 +115,15 @@ def find_circuit(
     fraction: float = 0.8,
     refine: int = 4,
     mode: str = "zero",
-    batch_size: int = 16,
-    scoring: dict | None = None,
 ) -> CircuitSearch:
     """Smallest prefix of `order` whose exact ablation recovers `fraction` of the whole SAE's
     effect.
 
+    `scorer`: scores the ablations of the SAE at its layer (scoring.Scorer with that layer;
+    where they act and how passes are shared, e.g. CausalConfig.scorer).
+
     `references`: what mean/resample ablation substitute (AblationReferences of the select
     split, built for the same `positions`); not needed for zero ablation.
-
-    `scoring`: score_conditions' keyword arguments for where ablations act (positions=,
-    exclude_first=) and how they share passes (stack_tokens=).
 
     `order`: live features, largest |attribution estimate| first; ablating all of them is
     ablating the whole SAE (dead features never fire).
@@ -131,7 +131,9 @@ def find_circuit(
     n = len(order)
     if n == 0:
         return CircuitSearch([], fraction, None, 0.0, {}, None, False)
-    ablate = _Ablations(lm, layer, sae, benchmarks, order, references, mode, batch_size, scoring)
+    if scorer.layer is None:
+        raise ValueError("find_circuit needs a Scorer with the SAE's layer (Scorer(lm, layer))")
+    ablate = _Ablations(scorer, sae, benchmarks, order, references, mode)
     deltas = ablate.deltas(_sizes_doubling(None, n), "circuit search")
     delta_all = deltas[n]
     est_size = _estimate_size(estimate, order, fraction, delta_all)

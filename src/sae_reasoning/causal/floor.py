@@ -7,12 +7,18 @@ matmuls then sum in another order: SmolLM2-135M on this CPU, 50 MATH examples, b
 8: median 3e-6, max 2e-5). The sign of such a difference is set by rounding, so its
 sign-flip p-value would be noise that any change of batching, device or dtype redraws.
 
-So the clean model is scored a second time on the held-out examples in another batching,
-and the identity splice (the SAE spliced in, nothing ablated) is scored like every
+A condition's scores come from the clean residual at the SAE's layer (recorded by the clean
+pass) through the blocks above it, on the clean cached context: its rows then run in other
+matmul shapes than the clean pass's (other conditions' rows stacked with them, the SAE's
+arithmetic). So, in the same sweep, the clean answer rows run again from that residual, one
+example to a pass (scoring.ALONE: the smallest shapes, the ones that change the kernels
+most), and the identity splice (the SAE spliced in, nothing ablated) is scored like every
 condition; both differ from the clean scores by rounding alone. The floor of an endpoint is
 `factor` x the largest per-example |difference| of either. A condition's per-example score
 within the floor of its clean score is taken to be the clean score (`snap`), before any
 mean, CI, test or threshold is computed; the report states the floor.
+(The blocks below the layer run once, in the clean pass every condition starts from: their
+rounding is the same for clean and conditions, and no part of an effect.)
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sae_reasoning.scoring import ALONE
+
 # endpoint -> score column the floor applies to (accuracy is discrete and has none)
 COLUMNS = {"logprob": "gold_logprob", "logit_diff": "logit_diff"}
 IDENTITY = "splice:none"
@@ -31,10 +39,10 @@ IDENTITY = "splice:none"
 @dataclass(frozen=True)
 class NumericalFloor:
     floor: dict[str, float]  # endpoint -> |score change| at or below which it counts as 0
-    rebatched: dict[str, float]  # endpoint -> max |change| of the clean scores, rebatched
+    rebatched: dict[str, float]  # endpoint -> max |change| of the clean scores, one example a pass
     identity: dict[str, float]  # endpoint -> max |change| under the identity splice
     factor: float
-    batch_sizes: tuple[int, int]  # the scoring batch size, and the rebatched one
+    batch_sizes: tuple[int, int]  # examples per pass: the scoring batch size, and 1
 
     def as_dict(self) -> dict:
         return {
@@ -42,8 +50,9 @@ class NumericalFloor:
             "batch_sizes": list(self.batch_sizes),
             "rule": (
                 f"per-example differences from clean within {self.factor:g} x the largest "
-                f"rounding change (clean rescored at batch size {self.batch_sizes[1]} instead "
-                f"of {self.batch_sizes[0]}; identity splice) count as 0"
+                f"rounding change (clean answer rows rescored above the SAE's layer "
+                f"{self.batch_sizes[1]} example a pass instead of up to {self.batch_sizes[0]}; "
+                f"identity splice) count as 0"
             ),
         }
 
@@ -54,37 +63,39 @@ def _max_change(a: pd.DataFrame, b: pd.DataFrame, column: str) -> float:
     return float(d.max()) if len(d) else 0.0
 
 
-def rebatched_size(batch_size: int) -> int:
-    """Another batch size, so that the matmuls sum in another order: 1, every example alone
-    (BLAS libraries switch kernels and blocking with the row count, most at a few rows; a
-    halved batch can keep the same kernels: 8 vs 4 rows change no bit of a tiny model)."""
-    return 1 if batch_size > 1 else 2
-
-
-def measure_floor(scorer, heldout, scores: dict[str, pd.DataFrame], factor: float):
-    """The floor from `scores` (clean and the identity splice, when scored) and one more clean
-    scoring of `heldout` by `scorer` (a scoring.Scorer) at rebatched_size(batch size)."""
+def check_factor(factor: float) -> None:
     if factor < 0:
         raise ValueError(f"causal.numerical_floor_factor {factor!r}: expected >= 0")
-    alt = rebatched_size(scorer.batch_size)
-    again = dataclasses.replace(scorer, batch_size=alt).baseline(heldout, progress=None)
-    clean = scores["clean"]
+
+
+def measure_floor(scores: dict[str, pd.DataFrame], factor: float, batch_size: int):
+    """The floor from `scores` of a sweep scored with alone=True (scoring.Scorer.score):
+    clean, ALONE (the clean rows one example a pass; BLAS libraries switch kernels and
+    blocking with the row count, most at a few rows: a halved batch can keep the same
+    kernels, 8 vs 4 rows change no bit of a tiny model) and the identity splice, when scored.
+    `batch_size`: the sweep's."""
+    check_factor(factor)
+    if ALONE not in scores:
+        raise ValueError(
+            f"measure_floor needs the sweep's {ALONE!r} scores (Scorer.score(alone=True))"
+        )
+    again, clean = scores[ALONE], scores["clean"]
     rebatched = {e: _max_change(clean, again, c) for e, c in COLUMNS.items()}
     identity = {
         e: _max_change(clean, scores[IDENTITY], c) if IDENTITY in scores else 0.0
         for e, c in COLUMNS.items()
     }
     floor = {e: factor * max(rebatched[e], identity[e]) for e in COLUMNS}
-    return NumericalFloor(floor, rebatched, identity, factor, (scorer.batch_size, alt))
+    return NumericalFloor(floor, rebatched, identity, factor, (batch_size, 1))
 
 
 def snap(scores: dict[str, pd.DataFrame], floor: NumericalFloor) -> dict[str, pd.DataFrame]:
     """Every condition's scores with each per-example value within the floor of its clean
-    value replaced by the clean value (clean itself unchanged; new frames)."""
+    value replaced by the clean value (clean itself unchanged, ALONE left out; new frames)."""
     clean = scores["clean"].set_index("row")
     out = {"clean": scores["clean"]}
     for name, df in scores.items():
-        if name == "clean":
+        if name in ("clean", ALONE):
             continue
         df = df.copy()
         for e, col in COLUMNS.items():

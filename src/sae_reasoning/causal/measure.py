@@ -12,7 +12,7 @@ import pandas as pd
 
 from sae_reasoning.causal.conditions import ConditionSet
 from sae_reasoning.causal.effects import add_calls, condition_effects
-from sae_reasoning.causal.floor import NumericalFloor, measure_floor, snap
+from sae_reasoning.causal.floor import NumericalFloor, check_factor, measure_floor, snap
 from sae_reasoning.causal.selection import FeatureChoice
 from sae_reasoning.scoring import EncodedBenchmark, Scorer
 
@@ -22,7 +22,7 @@ class Measured:
     effects: pd.DataFrame  # per condition and benchmark (and "all"), with tests and calls
     calls: dict  # features tested / significant / important per role
     scores: dict[str, pd.DataFrame]  # condition -> per-example scores ("clean" included), snapped
-    cost: dict  # time of the ablation sweep
+    cost: dict  # time of the ablation sweep (the floor's rescoring included)
     floor: NumericalFloor  # rounding changes, measured; differences within it count as 0
 
 
@@ -37,13 +37,12 @@ def measure(
     cfg,
 ) -> Measured:
     """Every condition of `conds` scored on `heldout`, and its effects (one row per benchmark)."""
+    check_factor(cfg.numerical_floor_factor)  # before the sweep, not after it
     t0 = time.time()
-    scores = scorer.score(heldout, conds.conditions, progress=f"ablations {hook}")
+    scores = scorer.score(heldout, conds.conditions, progress=f"ablations {hook}", alone=True)
     seconds = time.time() - t0
-    t1 = time.time()
-    floor = measure_floor(scorer, heldout, scores, cfg.numerical_floor_factor)
+    floor = measure_floor(scores, cfg.numerical_floor_factor, scorer.batch_size)
     scores = snap(scores, floor)
-    floor_seconds = time.time() - t1
     parts = []
     for name, df in scores.items():
         if name == "clean":
@@ -72,6 +71,5 @@ def measure(
         "ablation_seconds": seconds,
         "seconds_per_condition": seconds / n,
         "null_seconds": seconds * cfg.n_null_features * len(cfg.modes) / n,
-        "floor_seconds": floor_seconds,
     }
     return Measured(eff, calls, scores, cost, floor)

@@ -185,9 +185,8 @@ def choose_features(
     magnitude = torch.where(alive, est_c.abs(), torch.full_like(est_c, -1.0))
     circuit_order = [int(i) for i in torch.argsort(magnitude, descending=True)[: int(alive.sum())]]
     search = find_circuit(
-        lm,
+        cfg.scorer(lm, layer),
         sae,
-        layer,
         subset(select, "select", cfg.circuit_examples_per_benchmark, cfg.seed),
         circuit_order,
         est_c,
@@ -195,7 +194,5 @@ def choose_features(
         fraction=cfg.circuit_fraction,
         refine=cfg.circuit_refine,
         mode=cm,
-        batch_size=cfg.batch_size,
-        scoring={**cfg.scoring(), "stack_tokens": cfg.stack_tokens},
     )
     return FeatureChoice(draws, search, est, est_c, alive, active)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from sae_reasoning.causal.references import AblationReferences
+from sae_reasoning.sae.encode_memo import encode
 from sae_reasoning.scoring import patch_residual
 
 MODES = ("zero", "mean", "resample")
@@ -85,7 +86,7 @@ class FeatureAblation:
 
         def replace_from_donor(resid):
             d = torch.where(missing[..., None].to(resid.device), resid, donor.to(resid))
-            f_donor = self.sae.encode(d.to(self.sae.W_dec.dtype))[..., self.features]
+            f_donor = encode(self.sae, d.to(self.sae.W_dec.dtype))[..., self.features]
             return self.splice(resid, lambda f_sel: f_donor.to(f_sel))
 
         return replace_from_donor
@@ -96,7 +97,7 @@ class FeatureAblation:
         """resid + (replace(f_S) - f_S) @ W_dec[S]: the SAE spliced in, error term kept."""
         if len(self.features) == 0:
             return resid
-        f = self.sae.encode(resid.to(self.sae.W_dec.dtype))
+        f = encode(self.sae, resid.to(self.sae.W_dec.dtype))
         f_sel = f[..., self.features]
         delta = (replace(f_sel) - f_sel) @ self.sae.W_dec[self.features]
         return resid + delta.to(resid.dtype)
@@ -165,7 +166,7 @@ class WithErrorAblated:
 
     def error(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.sae.W_dec.dtype)
-        return x - self.sae.decode(self.sae.encode(x))
+        return x - self.sae.decode(encode(self.sae, x))
 
     def at(self, batch, segment: str) -> Callable[[torch.Tensor], torch.Tensor]:
         bind = getattr(self.ablation, "at", None)
@@ -216,7 +217,7 @@ class AttributionProbe:
 
     def __call__(self, resid: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            f = self.sae.encode(resid.detach().to(self.sae.W_dec.dtype))
+            f = encode(self.sae, resid.detach().to(self.sae.W_dec.dtype))
         leaf = f.clone().requires_grad_(True)
         self.features = leaf
         return resid + ((leaf - f) @ self.sae.W_dec).to(resid.dtype)
@@ -233,7 +234,7 @@ class ErrorAblation:
         self.sae = sae
 
     def __call__(self, resid: torch.Tensor) -> torch.Tensor:
-        x_hat = self.sae.decode(self.sae.encode(resid.to(self.sae.W_dec.dtype)))
+        x_hat = self.sae.decode(encode(self.sae, resid.to(self.sae.W_dec.dtype)))
         return x_hat.to(resid.dtype)
 
 
@@ -253,6 +254,6 @@ class DirectionControl:
         self.direction = u / u.norm()
 
     def __call__(self, resid: torch.Tensor) -> torch.Tensor:
-        f = self.sae.encode(resid.to(self.sae.W_dec.dtype))[..., self.features]
+        f = encode(self.sae, resid.to(self.sae.W_dec.dtype))[..., self.features]
         size = (f @ self.sae.W_dec[self.features]).norm(dim=-1, keepdim=True)
         return resid - (size * self.direction.to(size)).to(resid.dtype)

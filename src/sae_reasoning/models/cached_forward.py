@@ -74,12 +74,16 @@ class _RoomyLayer(DynamicLayer):
         self.device, self.is_initialized = keys.device, True
 
     @classmethod
-    def around(cls, keys: torch.Tensor, values: torch.Tensor, room: int) -> _RoomyLayer:
-        """A copy of (keys, values) with room for `room` more tokens."""
+    def around(
+        cls, keys: torch.Tensor, values: torch.Tensor, room: int, copies: int = 1
+    ) -> _RoomyLayer:
+        """A copy of (keys, values), `copies` times over along the batch, with room for
+        `room` more tokens: one write of each copy, straight into its buffer."""
         b, h, t, d = keys.shape
-        k = keys.new_empty((b, h, t + room, d))
-        v = values.new_empty((b, h, t + room, values.shape[-1]))  # value width may differ
-        k[:, :, :t], v[:, :, :t] = keys, values
+        k = keys.new_empty((copies * b, h, t + room, d))
+        v = values.new_empty((copies * b, h, t + room, values.shape[-1]))  # widths may differ
+        kv, vv = k.view(copies, b, *k.shape[1:]), v.view(copies, b, *v.shape[1:])
+        kv[:, :, :, :t], vv[:, :, :, :t] = keys, values
         return cls(k, v, t)
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -196,10 +200,16 @@ def forward(
 
 
 def select(
-    context: Context, rows: torch.Tensor | slice, room: int = 0, *, from_layer: int = 0
+    context: Context,
+    rows: torch.Tensor | slice,
+    room: int = 0,
+    *,
+    from_layer: int = 0,
+    copies: int = 1,
 ) -> Context:
     """The context of the given rows (e.g. one row per answer choice; a slice: those rows as
-    views, copied only into the room's buffer).
+    views, copied only into the room's buffer); `copies` times over (rows, then the same
+    rows again: stacked conditions, scoring/stacked.py).
 
     room > 0: with room for that many tokens per pass (with_room), so that keep=False passes
     write their keys/values in place instead of copying the whole cache (no-grad passes only:
@@ -207,16 +217,19 @@ def select(
     from_layer: the layers below it get stand-ins of their shape that hold no memory, for
     passes that start above them (partial_forward.start_at) and so never read them."""
     layers = context.cache.layers
+    if copies > 1 and not room:  # no buffer to write the copies into: gather them
+        rows, copies = torch.as_tensor(rows).repeat(copies), 1
+    every = torch.as_tensor(rows).repeat(copies) if copies > 1 else rows
     pairs = [
         (lay.keys[rows], lay.values[rows])
         if i >= from_layer
-        else (_stand_in(lay.keys, rows, room), _stand_in(lay.values, rows, room))
+        else (_stand_in(lay.keys, every, room), _stand_in(lay.values, every, room))
         for i, lay in enumerate(layers)
     ]
     if room:
         cache = _roomy(
             [
-                _RoomyLayer.around(k, v, room)
+                _RoomyLayer.around(k, v, room, copies)
                 if i >= from_layer
                 else _RoomyLayer(k, v, layers[i].keys.shape[-2])
                 for i, (k, v) in enumerate(pairs)
@@ -224,7 +237,7 @@ def select(
         )
     else:
         cache = _cache(pairs)
-    return Context(cache, context.mask[rows], context.length[rows])
+    return Context(cache, context.mask[every], context.length[every])
 
 
 def head_rows(context: Context, n: int) -> Context:

@@ -22,8 +22,9 @@ METHODS = [
     "examples, resampling whole templates where examples share one. p: two-sided sign-flip "
     "permutation test (gold log-prob, logit difference; templates flipped whole) or McNemar's "
     "exact test (accuracy).",
-    "- Numerical floor: the clean model is scored again on the held-out examples at another batch "
-    "size, which changes nothing but the order float sums are taken in; a condition's per-example "
+    "- Numerical floor: the clean answer rows are scored again above the SAE's layer, from the "
+    "clean residual every condition starts from, one example to a pass, which changes nothing but "
+    "the order float sums are taken in; a condition's per-example "
     "change in gold log-prob (or logit difference) within a stated multiple of the largest such "
     "rounding change (or of the identity splice's) counts as exactly 0 before every mean, CI, test "
     "and threshold: its sign would be set by rounding. Per-example KL is clipped at 0, its bound.",
@@ -46,6 +47,6 @@ def floor_line(floor: dict | None) -> list[str]:
     return [
         f"- numerical floor: per-example |Δ| within {f['logprob']:.1e} (gold log-prob), "
         f"{f['logit_diff']:.1e} (logit diff) counts as 0: {floor['factor']:g} x the largest "
-        f"rounding change (clean rescored at batch size {alt} instead of {b}: "
+        f"rounding change (clean rows rescored {alt} example a pass instead of up to {b}: "
         f"{floor['rebatched']['logprob']:.1e}; identity splice: {floor['identity']['logprob']:.1e})"
     ]

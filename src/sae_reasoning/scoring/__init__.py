@@ -30,6 +30,7 @@ benchmarks (clean, or under conditions at a layer); code that runs its own passe
 (attribution, ablation references) uses the batches and `interventions`, never models/.
 
   encoding.py       prompts -> token lists (shared block, questions, answer candidates)
+  batching.py       which examples share a batch (the grouping that pads least)
   passes.py         the cached passes: batches, contexts, contexts rebuilt under a condition
   metrics.py        logits -> per-example scores; greedy continuations
   scorer.py         Scorer and score_conditions: every condition over every batch
@@ -68,9 +69,10 @@ from sae_reasoning.scoring.passes import (
     rebuild_context,
     rerun_segment,
 )
-from sae_reasoning.scoring.scorer import Scorer, score_conditions
+from sae_reasoning.scoring.scorer import ALONE, Scorer, score_conditions
 
 __all__ = [
+    "ALONE",
     "POSITIONS",
     "SEGMENTS",
     "AnswerBatch",

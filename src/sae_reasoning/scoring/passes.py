@@ -20,6 +20,7 @@ from sae_reasoning.models.cached_forward import Context, forward, head_rows, sel
 from sae_reasoning.models.hooks import keep_clean, recording
 from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.models.partial_forward import forward_above
+from sae_reasoning.scoring.batching import batches
 from sae_reasoning.scoring.encoding import EncodedBenchmark, EncodedExample, pad_right
 
 # A condition installs its intervention for one pass: condition(batch, segment), with
@@ -81,29 +82,41 @@ class AnswerBatch:
         each: scoring/stacked.py), logits [stack * R, S, V]. from_layer: the pass starts there
         (partial_forward.start_at): the cached layers below it are not copied."""
         ctx = self.context if context is None else context
-        rows = self.pair_example.repeat(stack)
+        rows = self.pair_example
         # One row per answer candidate, the clean one copied once per batch, not once per
         # condition; no-grad passes write their keys/values into room reserved beside it.
         room = 0 if grad else self.ids.shape[1]
-        if ctx is not None and (room or len(rows) != ctx.batch_size):
+        if ctx is not None and (room or stack * len(rows) != ctx.batch_size):
             if context is not None:
-                ctx = select(ctx, rows, room, from_layer=from_layer)
+                ctx = select(ctx, rows, room, from_layer=from_layer, copies=stack)
             else:
-                ctx = self._rows_context(ctx, rows, room, from_layer)
+                ctx = self._rows_context(ctx, stack, room, from_layer)
         ids, mask = self.ids.repeat(stack, 1), self.mask.repeat(stack, 1)
         with torch.set_grad_enabled(grad):
             out, _ = forward(model, ids, mask, ctx)
         return out.logits
 
-    def _rows_context(self, ctx: Context, rows: torch.Tensor, room: int, from_layer: int):
-        """The context of `rows` (the answer rows `stack` times over), copied at most once
-        per (room, from_layer) for the batch: a smaller stack views the first rows."""
-        stack = len(rows) // len(self.pair_example)
+    def run_example(self, model, i: int, *, from_layer: int = 0) -> torch.Tensor:
+        """Logits of example `i`'s answer rows alone (a pass of its rows only, on its clean
+        context: other matmul shapes than the batch's, hence other rounding: causal/floor.py).
+        from_layer: as in `run`."""
+        rows = (self.pair_example == i).nonzero()[:, 0]
+        ctx = self.context
+        if ctx is not None:
+            ctx = select(ctx, self.pair_example[rows], self.ids.shape[1], from_layer=from_layer)
+        with torch.no_grad():
+            out, _ = forward(model, self.ids[rows], self.mask[rows], ctx)
+        return out.logits
+
+    def _rows_context(self, ctx: Context, stack: int, room: int, from_layer: int):
+        """The context of the answer rows `stack` times over, copied at most once per
+        (room, from_layer) for the batch: a smaller stack views the first rows."""
         have, full = self._rows_contexts.get((room, from_layer), (0, None))
         if have < stack:
-            have, full = stack, select(ctx, rows, room, from_layer=from_layer)
+            full = select(ctx, self.pair_example, room, from_layer=from_layer, copies=stack)
+            have = stack
             self._rows_contexts[room, from_layer] = have, full
-        return full if have == stack else head_rows(full, len(rows))
+        return full if have == stack else head_rows(full, stack * len(self.pair_example))
 
     def release_contexts(self) -> None:
         """Drop the rows' contexts copied for this batch's passes (the batch's own context
@@ -133,11 +146,15 @@ def iter_answer_batches(
     batch_size: int = 16,
     progress: str | None = None,
     record_layer: int | None = None,
+    answer_passes: int = 1,
+    question_passes: int = 1,
 ) -> Iterator[AnswerBatch]:
     """Build contexts (shared block once per benchmark, then questions) batch by batch.
 
     record_layer: also keep each context-building pass with its residual after that block
     (batch.prefix, batch.question), so that rebuild_context can rerun the blocks above it.
+    answer_passes, question_passes: how many of each the caller runs per batch; examples
+    are grouped to pad least for them (scoring/batching.py).
     """
     total = sum(len(b.examples) for b in benchmarks)
     bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
@@ -149,9 +166,8 @@ def iter_answer_batches(
             prefix_ctx, prefix_seg = _clean_pass(
                 lm.model, ids, torch.ones_like(ids), None, record_layer
             )
-        order = sorted(bench.examples, key=lambda e: len(e.question))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        chunks = batches(bench.examples, batch_size, answer_passes, question_passes)
+        for i, chunk in enumerate(chunks):
             yield _answer_batch(
                 lm,
                 chunk,
@@ -159,7 +175,7 @@ def iter_answer_batches(
                 record_layer,
                 index=index,
                 prefix=prefix_seg,
-                last_of_benchmark=start + batch_size >= len(order),
+                last_of_benchmark=i == len(chunks) - 1,
             )
             index += 1
             bar.update(len(chunk))

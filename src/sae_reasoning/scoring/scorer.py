@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from sae_reasoning.models.hooks import keep_clean, recording
 from sae_reasoning.models.loading import LanguageModel
@@ -46,6 +47,9 @@ from sae_reasoning.scoring.passes import (
 from sae_reasoning.scoring.stacked import stack_size, stackable, stacked_logits
 
 log = logging.getLogger(__name__)
+
+# score_conditions(alone=True): the clean answer rows rescored one example to a pass
+ALONE = "clean:alone"
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,11 @@ class Scorer:
         *,
         generate_tokens: int = 0,
         progress: str | None = "scoring",
+        alone: bool = False,
+        batches: list[AnswerBatch] | None = None,
     ) -> dict[str, pd.DataFrame]:
         """condition name -> scores ("clean" included), all conditions in one sweep of the
-        batches."""
+        batches; with `alone`, also ALONE; `batches`: from self.batches (score_conditions)."""
         return score_conditions(
             self.lm,
             benchmarks,
@@ -97,6 +103,27 @@ class Scorer:
             positions=self.positions,
             exclude_first=self.exclude_first,
             stack_tokens=self.stack_tokens,
+            alone=alone,
+            batches=batches,
+        )
+
+    def batches(
+        self, benchmarks: list[EncodedBenchmark], answer_passes: int = 1
+    ) -> list[AnswerBatch]:
+        """`benchmarks`' batches with their clean contexts, built once for several `score`
+        calls on the same examples (each with about `answer_passes` conditions). They hold
+        every batch's context at once: for few examples (e.g. the circuit search's)."""
+        check_lengths(self.lm, benchmarks)
+        every = self.positions == "all"
+        return list(
+            iter_answer_batches(
+                self.lm,
+                benchmarks,
+                self.batch_size,
+                record_layer=self.layer if every else None,
+                answer_passes=answer_passes,
+                question_passes=answer_passes if every else 1,
+            )
         )
 
 
@@ -112,6 +139,8 @@ def score_conditions(
     positions: str = "answer",
     exclude_first: bool = True,
     stack_tokens: int = 0,
+    alone: bool = False,
+    batches: list[AnswerBatch] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Score every example under each condition; 'clean' (no intervention) always included.
 
@@ -128,6 +157,15 @@ def score_conditions(
     (causal.splice.condition) run several to an answer pass, up to about N answer tokens
     a pass (scoring/stacked.py): fewer, larger passes, the same scores up to float
     rounding. Each such pass holds its conditions' copies of the rows' cached context.
+
+    alone: the result also holds ALONE, the clean scores again from answer passes of one
+    example each (from the residual at start_layer when set): they differ from clean by
+    float rounding alone (causal/floor.py).
+
+    Examples are batched to pad least for the passes run (scoring/batching.py): by answer
+    length when many conditions rerun the answer rows. batches: `benchmarks`' batches
+    already built (Scorer.batches, the same start_layer and positions), whose clean
+    contexts serve again instead of being rebuilt.
     """
     _check_positions(positions, start_layer)
     conditions = {"clean": lambda _b, _s: contextlib.nullcontext(), **(conditions or {})}
@@ -141,14 +179,31 @@ def score_conditions(
         stack_tokens,
     )
     results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
-    t0, n = time.time(), 0
-    for batch in iter_answer_batches(
-        lm, benchmarks, batch_size, progress, record_layer=start_layer if sweep.every else None
-    ):
-        for name, df in sweep.score(batch, conditions, generate_tokens).items():
+    if alone:
+        results[ALONE] = []
+    t0, n, bar = time.time(), 0, None
+    if batches is None:
+        batches = iter_answer_batches(
+            lm,
+            benchmarks,
+            batch_size,
+            progress,
+            record_layer=start_layer if sweep.every else None,
+            answer_passes=len(conditions),
+            question_passes=len(conditions) if sweep.every else 1,
+        )
+    else:
+        total = sum(len(b.examples) for b in batches)
+        bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
+    for batch in batches:
+        for name, df in sweep.score(batch, conditions, generate_tokens, alone).items():
             results[name].append(df)
         batch.release_contexts()  # before the next batch is built beside it
         n += len(batch.examples)
+        if bar is not None:
+            bar.update(len(batch.examples))
+    if bar is not None:
+        bar.close()
     log.info(
         "scored %d examples under %d condition(s) in %.1f s", n, len(conditions), time.time() - t0
     )
@@ -188,10 +243,14 @@ class _Sweep:
         self.prefixes: dict = {}
 
     def score(
-        self, batch: AnswerBatch, conditions: dict[str, Condition], generate_tokens: int
+        self,
+        batch: AnswerBatch,
+        conditions: dict[str, Condition],
+        generate_tokens: int,
+        alone: bool = False,
     ) -> dict:
-        """condition -> the batch's scores, in the order of `conditions`; "clean" first: it
-        records the residual the others start from."""
+        """condition -> the batch's scores, in the order of `conditions` (then ALONE, with
+        `alone`); "clean" first: it records the residual the others start from."""
         out, clean_logp, resid, k = {}, None, None, 1
         first = batch.answer_positions() == 0 if self.every and self.exclude_first else None
         together = []  # the conditions that share answer passes, k to a pass
@@ -220,7 +279,22 @@ class _Sweep:
             chunks = stacked_logits(self.lm.model, self.layer, batch, resid, hooks)
             for name, logits in zip(names, chunks, strict=True):
                 out[name] = score_batch(batch, logits, self.stop_ids, clean_logp)[0]
-        return {name: out[name] for name in conditions}
+        ordered = {name: out[name] for name in conditions}
+        if alone:
+            ordered[ALONE] = score_batch(batch, self._alone(batch, resid), self.stop_ids)[0]
+        return ordered
+
+    def _alone(self, batch: AnswerBatch, resid) -> torch.Tensor:
+        """The clean answer rows' logits, from one pass per example (above the layer, from
+        the clean residual there, when the sweep has one)."""
+        model, layer, logits = self.lm.model, self.layer, []
+        for i in range(len(batch.examples)):
+            if layer is None:
+                logits.append(batch.run_example(model, i))
+                continue
+            with start_at(model, layer, resid[batch.pair_example == i]):
+                logits.append(batch.run_example(model, i, from_layer=layer + 1))
+        return torch.cat(logits)
 
     def _answer_pass(self, batch: AnswerBatch, name: str, cond: Condition, resid, first):
         """(logits of the answer rows under `cond`, what the clean pass recorded)."""

@@ -18,6 +18,7 @@ import torch
 
 from sae_reasoning.models.hooks import patch_residual
 from sae_reasoning.models.partial_forward import start_at
+from sae_reasoning.sae.encode_memo import shared_encodes
 from sae_reasoning.scoring.passes import AnswerBatch, Condition
 
 # The stacked pass's logits (float32, as scoring reads them) stay under this, whatever the
@@ -76,13 +77,23 @@ def stacked_logits(
     k, rows = len(hooks), resid.shape[0]
 
     def apply(out: torch.Tensor) -> torch.Tensor:
-        # Each hook sees its own rows only, shaped as in an unstacked pass: mean and
-        # resample references are aligned with the batch's R rows.
-        return torch.cat([h(out[i * rows : (i + 1) * rows]) for i, h in enumerate(hooks)])
+        # Each hook sees the batch's R rows, shaped as in an unstacked pass (mean and
+        # resample references are aligned with them): the clean residual, the same in each
+        # of the K copies, so every hook gets the one tensor and its SAE encode is shared.
+        x, version, outs = out[:rows], out._version, []
+        for h in hooks:
+            outs.append(h(x))
+            if out._version != version:
+                raise RuntimeError(
+                    f"stacked hook {h!r} changed its input in place: the conditions sharing "
+                    "the pass start from that tensor (return a new one, or stack_tokens: 0)"
+                )
+        return torch.cat(outs)
 
     with (
         start_at(model, layer, resid.repeat(k, 1, 1)),
         patch_residual(model, layer, apply),
+        shared_encodes(),
         torch.no_grad(),
     ):
         logits = batch.run(model, stack=k, from_layer=layer + 1)

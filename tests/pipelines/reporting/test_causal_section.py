@@ -148,8 +148,8 @@ def test_feature_ids_link_to_their_dashboards_and_each_sae_links_its_index():
     assert not re.search(r"\| (741|12|3005|77|4242) \|", md)  # no bare id left in any table
     assert (
         "numerical floor: per-example |Δ| within 4.0e-05 (gold log-prob), 2.0e-05 (logit diff) "
-        "counts as 0: 2 x the largest rounding change (clean rescored at batch size 1 instead "
-        "of 16: 2.0e-05; identity splice: 3.0e-06)"
+        "counts as 0: 2 x the largest rounding change (clean rows rescored 1 example a pass "
+        "instead of up to 16: 2.0e-05; identity splice: 3.0e-06)"
     ) in md
 
 
