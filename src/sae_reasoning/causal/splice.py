@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import torch
 
 from sae_reasoning.causal.references import AblationReferences
-from sae_reasoning.sae.encode_memo import encode
 from sae_reasoning.scoring import patch_residual
+from sae_reasoning.scoring.encode_memo import encode
 
 MODES = ("zero", "mean", "resample")
 

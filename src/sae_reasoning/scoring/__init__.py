@@ -35,6 +35,7 @@ benchmarks (clean, or under conditions at a layer); code that runs its own passe
   metrics.py        logits -> per-example scores; greedy continuations
   scorer.py         Scorer and score_conditions: every condition over every batch
   stacked.py        several conditions' answer passes run as one (stack_tokens)
+  encode_memo.py    one SAE encode per residual tensor within a stacked pass
   interventions.py  the model hooks interventions use (splices, probes, recordings)
 """
 

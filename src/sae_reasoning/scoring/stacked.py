@@ -18,7 +18,7 @@ import torch
 
 from sae_reasoning.models.hooks import patch_residual
 from sae_reasoning.models.partial_forward import start_at
-from sae_reasoning.sae.encode_memo import shared_encodes
+from sae_reasoning.scoring.encode_memo import shared_encodes
 from sae_reasoning.scoring.passes import AnswerBatch, Condition
 
 # The stacked pass's logits (float32, as scoring reads them) stay under this, whatever the

@@ -3,7 +3,7 @@
 import torch
 
 from sae_reasoning.sae import SAEConfig, build_sae
-from sae_reasoning.sae.encode_memo import encode, shared_encodes
+from sae_reasoning.scoring.encode_memo import encode, shared_encodes
 
 
 class Counting(torch.nn.Module):
