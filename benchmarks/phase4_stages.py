@@ -32,7 +32,9 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
                 answer positions: an open answer's last prompt token and its tokens, the
                 last one's logits saying whether the line ends there; a choice's last prompt
                 token and its tokens but the last) plus the clean forward of the held-out
-                examples' tokens the conditions start from, which the budget leaves out.
+                examples' tokens the conditions start from, which the budget leaves out;
+                SAE: the encoder (2 x d_in x d_sae) over causal.stats_tokens (firing rates)
+                and over the captured benchmark tokens (top-activating contexts).
   other nodes   no model work (data loading, plots, dashboards, probes, report): no limit.
 Seconds: model FLOPs at the FLOP/s the bare full forward (logits, no hooks) reaches here at
 its best batching (random token ids, no padding; best of --repeats, shapes interleaved),

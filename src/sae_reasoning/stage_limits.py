@@ -115,7 +115,10 @@ def _causal_limit(counts: dict, shape: budget.ModelShape) -> dict:
         )
         # the clean pass the conditions start from
         model += budget.forward_flops(shape, b["n_heldout"] * b["tokens_per_example"], b["context"])
-    return _flops(model)
+    # SAE encoder (2 x d_in x d_sae a token): the firing rates' tokens and the top-activating
+    # contexts' scan of the captured benchmark tokens (every feature: any architecture)
+    encoded = c["params"].get("stats_tokens", 0) + (counts.get("prompt_tokens") or 0)
+    return _flops(model, 2.0 * counts.get("d_in", 0) * counts.get("d_sae", 0) * encoded)
 
 
 def limit_seconds(flops: dict | None, rates: dict) -> float | None:
