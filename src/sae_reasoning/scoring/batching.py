@@ -58,5 +58,7 @@ def batches(
     if answer_passes <= question_passes:
         return by_question
     by_answer = _by_answer(examples, size)
-    cost = {id(c): _padded(c, answer_passes, question_passes) for c in (by_question, by_answer)}
-    return by_answer if cost[id(by_answer)] < cost[id(by_question)] else by_question
+    cheaper = _padded(by_answer, answer_passes, question_passes) < _padded(
+        by_question, answer_passes, question_passes
+    )
+    return by_answer if cheaper else by_question
