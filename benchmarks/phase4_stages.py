@@ -16,8 +16,10 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
   baseline      every distinct prompt token once (few-shot block once per benchmark, each
                 question + gold answer once: capture_activations' count) plus one forward
                 per greedy token the model wrote (baseline_scores' `generated`, tokenized,
-                plus the step that wrote the line break ending it, within max_new_tokens),
-                through the whole model with the unembedding (budget's baseline).
+                plus the step that wrote the line break ending it, within max_new_tokens)
+                but those the teacher-forced gold answer shows (the tokens agreeing with
+                it and the next: scoring/greedy.py), through the whole model with the
+                unembedding (budget's baseline).
   sae_training  train_sae: 12 x d_in x d_sae per training token, dense (sparse steps may
                 go below it: then wall / limit < 1).
   evaluate_sae  one clean full forward over the spliced-evaluation positions, the spliced
@@ -104,7 +106,7 @@ def run_counts(run: Path, records: list[dict], tokenizer) -> dict:
     # Counts from outputs a node writes: absent while (or when) it has not run.
     scores = data / f"07_model_output/{ns}/baseline_scores.parquet"
     if scores.exists():
-        counts["generated"] = _generated_tokens(scores, tokenizer, capture)
+        counts["generated"] = _generated_tokens(scores, tokenizer, capture, prompts)
     metrics = data / f"07_model_output/{ns}/sae_metrics.json"
     if metrics.exists():
         counts.update(_sae_counts(json.loads(metrics.read_text())[hook]))
@@ -146,18 +148,29 @@ def _sae_counts(metrics: dict) -> dict:
     }
 
 
-def _generated_tokens(path: Path, tokenizer, capture: dict) -> int:
-    """Greedy steps the baseline needed: one per token it wrote (its `generated` column,
-    tokenized) and one for the line break that ended the answer, at most
-    capture.max_new_tokens."""
+def _generated_tokens(path: Path, tokenizer, capture: dict, prompts) -> int:
+    """Greedy steps the baseline needed at least: per example, one per token it wrote and
+    one for the line break that ended the answer (at most capture.max_new_tokens), less
+    what the teacher-forced gold answer already shows (scoring/greedy.py): the tokens on
+    which the answer agrees with the gold one, and the one after them. The written tokens
+    are its `generated` text tokenized after the gold target's leading whitespace."""
     import pandas as pd
 
     cap = int(capture.get("max_new_tokens", 0)) if capture.get("generate") else 0
     if not cap:
         return 0
-    texts = pd.read_parquet(path, columns=["generated"])["generated"].fillna("").tolist()
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return sum(min(cap, len(x) + 1) for x in ids)
+    scores = pd.read_parquet(path, columns=["row", "generated"])
+    targets = prompts["target"].to_numpy()[scores["row"].to_numpy()]
+    steps = 0
+    for text, target in zip(scores["generated"].fillna(""), targets, strict=True):
+        lead = target[: len(target) - len(target.lstrip())]
+        wrote = tokenizer(lead + text, add_special_tokens=False)["input_ids"] if text else []
+        gold = tokenizer(target, add_special_tokens=False)["input_ids"]
+        agreed = next(
+            (j for j, (a, b) in enumerate(zip(wrote, gold)) if a != b), min(len(wrote), len(gold))
+        )
+        steps += max(0, min(cap, len(wrote) + 1) - min(cap, agreed + 1))
+    return steps
 
 
 def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict) -> dict:

@@ -8,8 +8,10 @@ Same prompts (the default study's, data/05_model_input/prompts.parquet, the firs
             per pass); the stop tokens found by decoding the whole vocabulary at every
             score_conditions call
   after     scoring as it is: decoding writes into a cache with room reserved and, once most
-            rows have ended their line, goes on with the others only; the answer pass writes
-            into room beside the rows' context; stop tokens cached on the tokenizer
+            rows have ended their line, goes on with the others only; it starts where each
+            greedy answer leaves the gold one, on the clean answer pass's keys/values
+            (scoring/greedy.py); the answer pass writes into room beside the rows' context;
+            stop tokens cached on the tokenizer
 Scorer(lm).baseline(..., generate_tokens=12), as the score_baseline node runs it. The
 score tables must be identical (asserted, exact); the fastest of `--repeats` runs counts.
 
@@ -38,8 +40,8 @@ from sae_reasoning.scoring import Scorer, encode_prompts, passes, scorer  # noqa
 from sae_reasoning.scoring.encoding import _stop_token_ids  # noqa: E402
 
 
-def greedy_before(lm, batch, stop_ids, max_new_tokens=12):
-    """scoring.metrics.greedy_continuations as it was before issue 17."""
+def greedy_before(lm, batch, stop_ids, max_new_tokens=12, answer_logits=None):
+    """scoring.greedy.greedy_continuations as it was before issue 17 (answer_logits unused)."""
     ctx = batch.context
     n = len(batch.examples)
     nxt = torch.tensor([[e.question[-1]] for e in batch.examples], device=lm.device)
@@ -59,9 +61,9 @@ def greedy_before(lm, batch, stop_ids, max_new_tokens=12):
     return [t.split("\n")[0].strip() for t in texts]
 
 
-def select_before(context, rows, room=0):
+def select_before(context, rows, room=0, *, from_layer=0, copies=1):
     """The answer rows' context as before issue 17: no room, each pass concatenates."""
-    return cached_forward.select(context, rows)
+    return cached_forward.select(context, rows, copies=copies)
 
 
 def run(lm, encoded, before: bool) -> tuple[float, pd.DataFrame]:

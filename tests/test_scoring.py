@@ -336,7 +336,7 @@ def _stop_token_ending_rows_apart(free: list[list[int]]) -> int:
 def test_greedy_rows_that_end_early_leave_the_others_unchanged(tiny_lms, family):
     """Decoding goes on with the unfinished rows only once most have ended their line: every
     row's answer is still what decoding that prompt alone writes."""
-    from sae_reasoning.scoring.metrics import greedy_continuations
+    from sae_reasoning.scoring.greedy import greedy_continuations
     from sae_reasoning.scoring.passes import iter_answer_batches
 
     lm = tiny_lms[family]
@@ -351,3 +351,81 @@ def test_greedy_rows_that_end_early_leave_the_others_unchanged(tiny_lms, family)
     assert 2 * sum(n < 6 for n in lengths) >= len(lengths) and 6 in lengths, lengths
     got = greedy_continuations(lm, batch, torch.tensor(sorted(stop)), max_new_tokens=6)
     assert got == [lm.tokenizer.decode(w).split("\n")[0].strip() for w in want]
+
+
+def _planted_gold(free: list[int], kind: int, vocab: int) -> list[int]:
+    """A gold answer the greedy one agrees with fully (kind 0: its first 3 tokens), on one
+    token (1), or not at all (2)."""
+    if kind == 0:
+        return free[:3]
+    if kind == 1:
+        return [free[0], (free[1] + 1) % vocab, free[2]]
+    return [(free[0] + 1) % vocab]
+
+
+@pytest.mark.parametrize("case", ["mixed", "open"])
+@pytest.mark.parametrize("family", ["llama", "phi"])
+def test_greedy_goes_on_from_the_answer_pass(tiny_lms, family, case):
+    """Decoding that starts from the clean answer pass (the gold answer's agreeing tokens and
+    the next argmax taken from it) writes what decoding each prompt alone writes: for gold
+    answers the greedy one agrees with fully, partly or not at all, with rows ending inside
+    what the pass shows ("mixed", with choice questions: the rows are gathered) or none
+    ("open": the pass's own buffers go on)."""
+    from dataclasses import replace
+
+    from sae_reasoning.scoring.greedy import greedy_continuations
+    from sae_reasoning.scoring.passes import EncodedBenchmark, iter_answer_batches
+
+    lm, cap = tiny_lms[family], 6
+    vocab = lm.model.config.vocab_size
+    prompts = tiny_prompts(n_open=9, n_choice=3 if case == "mixed" else 0)
+    benches = [b for b in encode_prompts(lm.tokenizer, prompts) if b.examples]
+    examples, prefix = [], None
+    for bench in benches:  # one benchmark: the open questions, then the choice ones
+        prefix = prefix or bench.prefix
+        for e in bench.examples:
+            free = _decode_alone(lm, prefix + e.question, set(), cap)
+            kind = e.row % 3
+            answers = e.answers if e.is_choice else [_planted_gold(free, kind, vocab)]
+            examples.append(
+                replace(e, question=bench.prefix[len(prefix) :] + e.question, answers=answers)
+            )
+    bench = EncodedBenchmark("planted", prefix, examples)
+    free = [_decode_alone(lm, prefix + e.question, set(), cap) for e in examples]
+    # "mixed": a stop token among the first greedy tokens of a row answered right
+    stop = {free[0][1]} if case == "mixed" else set()
+    want = [_decode_alone(lm, prefix + e.question, stop, cap) for e in examples]
+    (batch,) = iter_answer_batches(lm, [bench], batch_size=len(examples))
+    with torch.no_grad():
+        logits = batch.run(lm.model, spare=cap)
+    got = greedy_continuations(
+        lm, batch, torch.tensor(sorted(stop), dtype=torch.long), cap, answer_logits=logits
+    )
+    assert got == [lm.tokenizer.decode(w).split("\n")[0].strip() for w in want]
+    if case == "mixed":
+        assert any(len(w) < 2 for w in want), "a row ends inside the tokens the pass shows"
+
+
+def test_greedy_runs_no_step_for_answers_the_pass_shows_whole(tiny_lms):
+    """Gold answers that are the greedy answers up to the cap: decoding runs no model step,
+    and writes them."""
+    from dataclasses import replace
+
+    from sae_reasoning.scoring.greedy import greedy_continuations
+    from sae_reasoning.scoring.passes import iter_answer_batches
+
+    lm, cap = tiny_lms["llama"], 4
+    (bench,) = [b for b in encode_prompts(lm.tokenizer, tiny_prompts(6, 0)) if b.examples]
+    free = [_decode_alone(lm, bench.prefix + e.question, set(), cap) for e in bench.examples]
+    bench.examples = [replace(e, answers=[f]) for e, f in zip(bench.examples, free, strict=True)]
+    (batch,) = iter_answer_batches(lm, [bench], batch_size=6)
+    with torch.no_grad():
+        logits = batch.run(lm.model, spare=cap)
+    steps = []
+    handle = lm.model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        got = greedy_continuations(lm, batch, torch.zeros(0, dtype=torch.long), cap, logits)
+    finally:
+        handle.remove()
+    assert steps == []
+    assert got == [lm.tokenizer.decode(f).split("\n")[0].strip() for f in free]

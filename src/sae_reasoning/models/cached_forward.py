@@ -117,6 +117,24 @@ def keep_rows(context: Context, rows: torch.Tensor) -> Context:
     return Context(_roomy(layers), context.mask[rows], context.length[rows])
 
 
+def take_written(context: Context, rows: torch.Tensor | None, kept: torch.Tensor) -> Context:
+    """A roomy `context` (select with room) after a keep=False pass wrote kept.shape[1]
+    tokens into its room: the context of `rows` of it (None: every row, the same buffers, no
+    copy) with those tokens where `kept` is 1 (holes where 0), and the room after them."""
+    n = kept.shape[1]
+    layers = [
+        _RoomyLayer(
+            lay._keys if rows is None else lay._keys[rows],
+            lay._values if rows is None else lay._values[rows],
+            lay.keys.shape[-2] + n,
+        )
+        for lay in context.cache.layers
+    ]
+    at = slice(None) if rows is None else rows
+    mask = torch.cat([context.mask[at], kept.to(context.mask)], 1)
+    return Context(_roomy(layers), mask, context.length[at] + kept.sum(1).to(context.length))
+
+
 def _cache_kwarg(model) -> str:
     # transformers 5.2x renames `past_key_values` to `cache`; accept both generations.
     params = inspect.signature(model.forward).parameters

@@ -50,6 +50,7 @@ from sae_reasoning.scoring.encoding import (
     shared_prefix,
     stop_token_ids,
 )
+from sae_reasoning.scoring.greedy import greedy_continuations
 from sae_reasoning.scoring.interventions import (
     LanguageModel,
     capture_residuals,
@@ -59,7 +60,7 @@ from sae_reasoning.scoring.interventions import (
     patch_residual,
     recording,
 )
-from sae_reasoning.scoring.metrics import answer_logprobs, greedy_continuations, score_batch
+from sae_reasoning.scoring.metrics import answer_logprobs, score_batch
 from sae_reasoning.scoring.passes import (
     POSITIONS,
     SEGMENTS,

@@ -7,8 +7,6 @@ from itertools import accumulate
 import pandas as pd
 import torch
 
-from sae_reasoning.models.cached_forward import forward, keep_rows, with_room
-from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.scoring.passes import AnswerBatch
 
 
@@ -116,37 +114,3 @@ def _kl(clean_logp, logp, gold_rows: list[int], ends: list[int]) -> torch.Tensor
     # KL >= 0; float32 sums over the vocabulary can land a rounding error below it (and a
     # NaN counts as 0, as max(0.0, nan) did)
     return torch.where(kl > 0, kl, 0.0)
-
-
-def greedy_continuations(
-    lm: LanguageModel, batch: AnswerBatch, stop_ids: torch.Tensor, max_new_tokens: int = 12
-) -> list[str]:
-    """What the model actually writes after each prompt of the batch (greedy, one line)."""
-    examples = batch.examples
-    # Room for every step: each one then appends its keys/values instead of copying the
-    # whole cache (the same values, so the same tokens).
-    ctx = with_room(batch.context, max_new_tokens) if batch.context is not None else None
-    n, pad = len(examples), lm.tokenizer.pad_token_id
-    nxt = torch.tensor([[e.question[-1]] for e in examples], device=lm.device)
-    out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=lm.device)
-    active = torch.arange(n, device=lm.device)  # the rows of ctx, as rows of `out`
-    done = torch.zeros(n, dtype=torch.bool, device=lm.device)  # of the active rows
-    stop_ids = stop_ids.to(lm.device)
-    with torch.no_grad():
-        for step in range(max_new_tokens):
-            res, ctx = forward(
-                lm.model, nxt, torch.ones_like(nxt), ctx, keep=True, in_place=ctx is not None
-            )
-            nxt = res.logits[:, -1].argmax(-1, keepdim=True)
-            done |= torch.isin(nxt[:, 0], stop_ids)
-            out[active[~done], step] = nxt[~done, 0]
-            if done.all():
-                break
-            if ctx is not None and 2 * int((~done).sum()) <= len(done):
-                # Most rows have ended their line: go on with the others only. A step costs
-                # ~3 ms per row here (attention reads the row's whole cache, and GQA models
-                # copy it per head group), against one copy of the rows kept.
-                keep = (~done).nonzero()[:, 0]
-                ctx, nxt, active, done = keep_rows(ctx, keep), nxt[keep], active[keep], done[keep]
-    texts = [lm.tokenizer.decode([t for t in toks if t != pad]) for toks in out.tolist()]
-    return [t.split("\n")[0].strip() for t in texts]

@@ -74,18 +74,21 @@ class AnswerBatch:
         context: Context | None = None,
         stack: int = 1,
         from_layer: int = 0,
+        spare: int = 0,
     ):
         """Logits of the answer rows, on the batch's clean context or on `context` (same
         examples).
 
         stack: the rows `stack` times over (rows k*R:(k+1)*R are copy k, e.g. one condition
         each: scoring/stacked.py), logits [stack * R, S, V]. from_layer: the pass starts there
-        (partial_forward.start_at): the cached layers below it are not copied."""
+        (partial_forward.start_at): the cached layers below it are not copied. spare: room
+        left after the pass in the rows' context, where greedy decoding goes on from it
+        (rows_context; scoring/greedy.py)."""
         ctx = self.context if context is None else context
         rows = self.pair_example
         # One row per answer candidate, the clean one copied once per batch, not once per
         # condition; no-grad passes write their keys/values into room reserved beside it.
-        room = 0 if grad else self.ids.shape[1]
+        room = 0 if grad else self.ids.shape[1] + spare
         if ctx is not None and (room or stack * len(rows) != ctx.batch_size):
             if context is not None:
                 ctx = select(ctx, rows, room, from_layer=from_layer, copies=stack)
@@ -117,6 +120,13 @@ class AnswerBatch:
             have = stack
             self._rows_contexts[room, from_layer] = have, full
         return full if have == stack else head_rows(full, stack * len(self.pair_example))
+
+    def rows_context(self, spare: int) -> Context | None:
+        """The answer rows' context a no-grad `run(model, spare=spare)` on the batch's own
+        context wrote its keys/values into (after the `length` tokens, in its room), or
+        None: there is none."""
+        have, full = self._rows_contexts.get((self.ids.shape[1] + spare, 0), (0, None))
+        return full if have <= 1 else head_rows(full, len(self.pair_example))
 
     def release_contexts(self) -> None:
         """Drop the rows' contexts copied for this batch's passes (the batch's own context

@@ -36,7 +36,8 @@ from sae_reasoning.models.hooks import keep_clean, recording
 from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.models.partial_forward import start_at
 from sae_reasoning.scoring.encoding import EncodedBenchmark, check_lengths, stop_token_ids
-from sae_reasoning.scoring.metrics import greedy_continuations, score_batch
+from sae_reasoning.scoring.greedy import greedy_continuations
+from sae_reasoning.scoring.metrics import score_batch
 from sae_reasoning.scoring.passes import (
     POSITIONS,
     AnswerBatch,
@@ -258,7 +259,8 @@ class _Sweep:
             if name != "clean" and k > 1 and stackable(cond, self.layer):
                 together.append(name)
                 continue
-            logits, recorded = self._answer_pass(batch, name, cond, resid, first)
+            spare = generate_tokens if name == "clean" else 0  # decoding goes on from it
+            logits, recorded = self._answer_pass(batch, name, cond, resid, first, spare)
             if batch.last_of_benchmark:
                 self.prefixes.pop(name, None)
             if name == "clean" and self.layer is not None:
@@ -270,7 +272,7 @@ class _Sweep:
                     k = stack_size(self.stack_tokens, batch, logits.shape[-1], self.layer)
                 if generate_tokens:
                     df["generated"] = greedy_continuations(
-                        self.lm, batch, self.stop_ids, generate_tokens
+                        self.lm, batch, self.stop_ids, generate_tokens, answer_logits=logits
                     )
             out[name] = df
         for i in range(0, len(together), k):
@@ -296,8 +298,11 @@ class _Sweep:
                 logits.append(batch.run_example(model, i, from_layer=layer + 1))
         return torch.cat(logits)
 
-    def _answer_pass(self, batch: AnswerBatch, name: str, cond: Condition, resid, first):
-        """(logits of the answer rows under `cond`, what the clean pass recorded)."""
+    def _answer_pass(
+        self, batch: AnswerBatch, name: str, cond: Condition, resid, first, spare: int = 0
+    ):
+        """(logits of the answer rows under `cond`, what the clean pass recorded); spare:
+        AnswerBatch.run's."""
         model, layer = self.lm.model, self.layer
         context, exempt = None, contextlib.nullcontext()
         if layer is None:
@@ -320,5 +325,5 @@ class _Sweep:
                 if first is not None and bool(first.any()):
                     exempt = keep_clean(model, layer, resid, first)
         with start as recorded, cond(batch, "answer"), exempt, torch.no_grad():
-            logits = batch.run(model, context=context)
+            logits = batch.run(model, context=context, spare=spare)
         return logits, recorded
