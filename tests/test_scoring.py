@@ -363,14 +363,15 @@ def _planted_gold(free: list[int], kind: int, vocab: int) -> list[int]:
     return [(free[0] + 1) % vocab]
 
 
-@pytest.mark.parametrize("case", ["mixed", "open"])
+@pytest.mark.parametrize("case", ["mixed", "open", "in_place"])
 @pytest.mark.parametrize("family", ["llama", "phi"])
 def test_greedy_goes_on_from_the_answer_pass(tiny_lms, family, case):
     """Decoding that starts from the clean answer pass (the gold answer's agreeing tokens and
     the next argmax taken from it) writes what decoding each prompt alone writes: for gold
     answers the greedy one agrees with fully, partly or not at all, with rows ending inside
     what the pass shows ("mixed", with choice questions: the rows are gathered) or none
-    ("open": the pass's own buffers go on)."""
+    ("open": the pass's own buffers go on; "in_place": those of the questions' context,
+    built with room for it, iter_answer_batches(spare=))."""
     from dataclasses import replace
 
     from sae_reasoning.scoring.greedy import greedy_continuations
@@ -395,9 +396,11 @@ def test_greedy_goes_on_from_the_answer_pass(tiny_lms, family, case):
     # "mixed": a stop token among the first greedy tokens of a row answered right
     stop = {free[0][1]} if case == "mixed" else set()
     want = [_decode_alone(lm, prefix + e.question, stop, cap) for e in examples]
-    (batch,) = iter_answer_batches(lm, [bench], batch_size=len(examples))
+    spare = cap if case == "in_place" else None
+    (batch,) = iter_answer_batches(lm, [bench], batch_size=len(examples), spare=spare)
     with torch.no_grad():
         logits = batch.run(lm.model, spare=cap)
+    assert (batch.rows_context(cap) is batch.context) == (case == "in_place")
     got = greedy_continuations(
         lm, batch, torch.tensor(sorted(stop), dtype=torch.long), cap, answer_logits=logits
     )
@@ -429,3 +432,25 @@ def test_greedy_runs_no_step_for_answers_the_pass_shows_whole(tiny_lms):
         handle.remove()
     assert steps == []
     assert got == [lm.tokenizer.decode(f).split("\n")[0].strip() for f in free]
+
+
+@pytest.mark.parametrize("family", ["llama", "phi"])
+def test_answer_passes_in_the_questions_context_score_the_same(tiny_lms, family):
+    """iter_answer_batches(spare=): answer passes write into the questions' own context (no
+    copy) and score exactly as on a copy, pass after pass; with choice questions (several
+    rows per example) they still run on a copy."""
+    from sae_reasoning.scoring.passes import iter_answer_batches
+
+    lm = tiny_lms[family]
+    benches = [b for b in encode_prompts(lm.tokenizer, tiny_prompts(8, 4)) if b.examples]
+    plain = list(iter_answer_batches(lm, benches, batch_size=4))
+    roomy = list(iter_answer_batches(lm, benches, batch_size=4, spare=0))
+    with torch.no_grad():
+        for a, b in zip(plain, roomy, strict=True):
+            want = a.run(lm.model)
+            for _ in range(2):
+                assert torch.equal(b.run(lm.model), want)
+            open_rows = len(b.pair_example) == len(b.examples)
+            assert (b.rows_context(0) is b.context) == open_rows
+            assert b.context.length.tolist() == a.context.length.tolist()
+    assert any(len(b.pair_example) > len(b.examples) for b in roomy)

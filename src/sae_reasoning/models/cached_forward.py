@@ -108,6 +108,14 @@ def with_room(context: Context, room: int) -> Context:
     return select(context, slice(None), room)
 
 
+def room_left(context: Context | None) -> int:
+    """How many more tokens in-place passes can write into `context` (0: none, a plain cache)."""
+    layers = context.cache.layers if context is not None else []
+    if not layers or not all(isinstance(lay, _RoomyLayer) for lay in layers):
+        return 0
+    return min(lay._keys.shape[-2] - lay.keys.shape[-2] for lay in layers)
+
+
 def keep_rows(context: Context, rows: torch.Tensor) -> Context:
     """Those rows of a context from with_room, with the room they have left (a copy)."""
     layers = [

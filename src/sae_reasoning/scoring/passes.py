@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from sae_reasoning.models.cached_forward import Context, forward, head_rows, select
+from sae_reasoning.models.cached_forward import (
+    Context,
+    forward,
+    head_rows,
+    room_left,
+    select,
+    with_room,
+)
 from sae_reasoning.models.hooks import keep_clean, recording
 from sae_reasoning.models.loading import LanguageModel
 from sae_reasoning.models.partial_forward import forward_above
@@ -114,6 +121,8 @@ class AnswerBatch:
     def _rows_context(self, ctx: Context, stack: int, room: int, from_layer: int):
         """The context of the answer rows `stack` times over, copied at most once per
         (room, from_layer) for the batch: a smaller stack views the first rows."""
+        if stack == 1 and self._writes_in_place(room):
+            return ctx
         have, full = self._rows_contexts.get((room, from_layer), (0, None))
         if have < stack:
             full = select(ctx, self.pair_example, room, from_layer=from_layer, copies=stack)
@@ -125,8 +134,17 @@ class AnswerBatch:
         """The answer rows' context a no-grad `run(model, spare=spare)` on the batch's own
         context wrote its keys/values into (after the `length` tokens, in its room), or
         None: there is none."""
-        have, full = self._rows_contexts.get((self.ids.shape[1] + spare, 0), (0, None))
+        room = self.ids.shape[1] + spare
+        if self._writes_in_place(room):
+            return self.context
+        have, full = self._rows_contexts.get((room, 0), (0, None))
         return full if have <= 1 else head_rows(full, len(self.pair_example))
+
+    def _writes_in_place(self, room: int) -> bool:
+        """Whether answer passes write straight into the batch's own context: one answer row
+        per example (rows in example order) and `room` left in it (iter_answer_batches'
+        spare)."""
+        return len(self.pair_example) == len(self.examples) and room_left(self.context) >= room
 
     def release_contexts(self) -> None:
         """Drop the rows' contexts copied for this batch's passes (the batch's own context
@@ -158,6 +176,7 @@ def iter_answer_batches(
     record_layer: int | None = None,
     answer_passes: int = 1,
     question_passes: int = 1,
+    spare: int | None = None,
 ) -> Iterator[AnswerBatch]:
     """Build contexts (shared block once per benchmark, then questions) batch by batch.
 
@@ -165,6 +184,10 @@ def iter_answer_batches(
     (batch.prefix, batch.question), so that rebuild_context can rerun the blocks above it.
     answer_passes, question_passes: how many of each the caller runs per batch; examples
     are grouped to pad least for them (scoring/batching.py).
+    spare (no-grad answer passes only): the questions' context is built with room for the
+    answer rows and `spare` more tokens, so that where each example has one answer row,
+    its answer passes (and greedy decoding after them) write into it instead of into a
+    copy (AnswerBatch.run). An in-place write would break a graph that saved the context.
     """
     total = sum(len(b.examples) for b in benchmarks)
     bar = tqdm(total=total, desc=progress, unit="ex", disable=progress is None)
@@ -186,13 +209,14 @@ def iter_answer_batches(
                 index=index,
                 prefix=prefix_seg,
                 last_of_benchmark=i == len(chunks) - 1,
+                spare=spare,
             )
             index += 1
             bar.update(len(chunk))
     bar.close()
 
 
-def _clean_pass(model, ids, mask, ctx, record_layer):
+def _clean_pass(model, ids, mask, ctx, record_layer, in_place: bool = False):
     """A clean context-building pass: (new context, its Segment if recording)."""
     # Grad mode is global state: never hold no_grad across a yield (the consumer may need
     # gradients, e.g. attribution), only around the context-building passes.
@@ -206,7 +230,7 @@ def _clean_pass(model, ids, mask, ctx, record_layer):
             else contextlib.nullcontext({})
         ) as rec,
     ):
-        _, new = forward(model, ids, mask, ctx, keep=True, logits=False)
+        _, new = forward(model, ids, mask, ctx, keep=True, logits=False, in_place=in_place)
     if record_layer is None:
         return new, None
     positions = start[:, None].to(dev) + torch.arange(ids.shape[1], device=dev)
@@ -214,19 +238,24 @@ def _clean_pass(model, ids, mask, ctx, record_layer):
 
 
 def _answer_batch(
-    lm, chunk: list[EncodedExample], prefix_ctx, record_layer, **where
+    lm, chunk: list[EncodedExample], prefix_ctx, record_layer, spare=None, **where
 ) -> AnswerBatch:
     """The batch's question pass on the benchmark's block, and its answer rows (one per
     candidate)."""
     dev, pad = lm.device, lm.tokenizer.pad_token_id
     ctx = prefix_ctx.expand(len(chunk)) if prefix_ctx is not None else None
     heads = [e.question[:-1] for e in chunk]
+    pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
+    seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
     question_seg = None
     if any(heads):
         ids, mask = pad_right(heads, pad, dev)
-        ctx, question_seg = _clean_pass(lm.model, ids, mask, ctx, record_layer)
-    pairs = [(i, j) for i, e in enumerate(chunk) for j in range(len(e.answers))]
-    seqs = [[chunk[i].question[-1]] + chunk[i].answers[j] for i, j in pairs]
+        # room for the answer rows (and `spare`) where they are one per example: copying the
+        # block into the room's buffer costs what concatenating the questions onto it does
+        roomy = spare is not None and ctx is not None and len(pairs) == len(chunk)
+        if roomy:
+            ctx = with_room(ctx, ids.shape[1] + max(map(len, seqs)) + spare)
+        ctx, question_seg = _clean_pass(lm.model, ids, mask, ctx, record_layer, in_place=roomy)
     ids, mask = pad_right(seqs, pad, dev)
     return AnswerBatch(
         examples=chunk,

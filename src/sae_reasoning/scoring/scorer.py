@@ -192,6 +192,8 @@ def score_conditions(
             record_layer=start_layer if sweep.every else None,
             answer_passes=len(conditions),
             question_passes=len(conditions) if sweep.every else 1,
+            # answer passes (no grad) write into the questions' context where they can
+            spare=None if sweep.every else generate_tokens,
         )
     else:
         total = sum(len(b.examples) for b in batches)
