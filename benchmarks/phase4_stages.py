@@ -66,6 +66,7 @@ from sae_reasoning import budget  # noqa: E402
 from sae_reasoning.stage_limits import (  # noqa: E402
     base_name,
     format_table,
+    greedy_steps,
     newest_run,
     read_ledger,
     rows,
@@ -149,11 +150,8 @@ def _sae_counts(metrics: dict) -> dict:
 
 
 def _generated_tokens(path: Path, tokenizer, capture: dict, prompts) -> int:
-    """Greedy steps the baseline needed at least: per example, one per token it wrote and
-    one for the line break that ended the answer (at most capture.max_new_tokens), less
-    what the teacher-forced gold answer already shows (scoring/greedy.py): the tokens on
-    which the answer agrees with the gold one, and the one after them. The written tokens
-    are its `generated` text tokenized after the gold target's leading whitespace."""
+    """Greedy steps the baseline needed at least (stage_limits.greedy_steps), from its
+    `generated` column and the prompts' targets, at most capture.max_new_tokens each."""
     import pandas as pd
 
     cap = int(capture.get("max_new_tokens", 0)) if capture.get("generate") else 0
@@ -161,16 +159,7 @@ def _generated_tokens(path: Path, tokenizer, capture: dict, prompts) -> int:
         return 0
     scores = pd.read_parquet(path, columns=["row", "generated"])
     targets = prompts["target"].to_numpy()[scores["row"].to_numpy()]
-    steps = 0
-    for text, target in zip(scores["generated"].fillna(""), targets, strict=True):
-        lead = target[: len(target) - len(target.lstrip())]
-        wrote = tokenizer(lead + text, add_special_tokens=False)["input_ids"] if text else []
-        gold = tokenizer(target, add_special_tokens=False)["input_ids"]
-        agreed = next(
-            (j for j, (a, b) in enumerate(zip(wrote, gold)) if a != b), min(len(wrote), len(gold))
-        )
-        steps += max(0, min(cap, len(wrote) + 1) - min(cap, agreed + 1))
-    return steps
+    return greedy_steps(scores["generated"].fillna("").tolist(), list(targets), tokenizer, cap)
 
 
 def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict) -> dict:

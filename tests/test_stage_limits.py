@@ -113,3 +113,29 @@ def test_a_node_whose_counts_are_missing_says_so(run):
     table = rows(read_ledger(run[1]), counts, SHAPE, RATES)
     baseline = next(r for r in table if r["label"] == "baseline")
     assert baseline["limit_s"] is None and baseline["verdict"] == "no limit (generated missing)"
+
+
+class _CharTokenizer:
+    """One token per character (its code point): enough to count agreement."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_greedy_steps_leave_out_what_the_gold_answer_shows():
+    """Steps counted: written tokens + the line break, less the tokens agreeing with the gold
+    target and the one after them (teacher-forced, free), all within the cap."""
+    from sae_reasoning.stage_limits import greedy_steps
+
+    tok = _CharTokenizer()
+    # " 12" agrees whole: " ", "1", "2" and the line break after them are all shown
+    assert greedy_steps(["12"], [" 12"], tok, 12) == 0
+    # " 15" agrees on " 1": 3 written + the break = 4, of which " 1" and "5" are shown
+    assert greedy_steps(["15"], [" 12"], tok, 12) == 1
+    # only the leading space agrees: 4 written + the break, of which " " and "a" are shown
+    assert greedy_steps(["abc"], [" 12"], tok, 12) == 3
+    # the cap bounds both sides: 21 written + the break, 12 at most, 2 shown
+    assert greedy_steps(["x" * 20], [" 1"], tok, 12) == 10
+    # no answer at all (an immediate line break): the pass shows it
+    assert greedy_steps([""], [" 1"], tok, 12) == 0
+    assert greedy_steps(["12", "abc"], [" 12", " 12"], tok, 12) == 3

@@ -83,6 +83,24 @@ def node_limit(node: str, rec: dict, counts: dict, shape: budget.ModelShape) -> 
     return None
 
 
+def greedy_steps(generated: list[str], targets: list[str], tokenizer, cap: int) -> int:
+    """The baseline's greedy steps at least: per example, one per token it wrote and one for
+    the line break ending its answer (at most `cap` in all), less the tokens the teacher-
+    forced gold answer shows (scoring/greedy.py): those on which the greedy answer agrees
+    with the gold target, and the one after them. The written tokens: the `generated` text
+    (stripped) tokenized after the target's leading whitespace, as the model wrote it."""
+    steps = 0
+    for text, target in zip(generated, targets, strict=True):
+        lead = target[: len(target) - len(target.lstrip())]
+        wrote = tokenizer(lead + text, add_special_tokens=False)["input_ids"] if text else []
+        gold = tokenizer(target, add_special_tokens=False)["input_ids"]
+        agreed = next(
+            (j for j, (a, b) in enumerate(zip(wrote, gold)) if a != b), min(len(wrote), len(gold))
+        )
+        steps += max(0, min(cap, len(wrote) + 1) - min(cap, agreed + 1))
+    return steps
+
+
 def _flops(model: float, sae: float = 0.0) -> dict:
     return {"model_flops": float(model), "sae_flops": float(sae)}
 
