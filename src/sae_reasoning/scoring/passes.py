@@ -72,6 +72,9 @@ class AnswerBatch:
     # (room, from_layer) -> (stack, the rows' context that many times over): copied once
     # per batch, not once per pass; a smaller stack takes the first rows of a larger one
     _rows_contexts: dict = field(default_factory=dict, repr=False)
+    # A batch reused for several sweeps (Scorer.batches): its clean answer pass, kept by
+    # the sweep (scorer._Sweep) under the layer it recorded, so that it runs once
+    clean_passes: dict = field(default_factory=dict, repr=False)
 
     def run(
         self,

@@ -166,7 +166,8 @@ def score_conditions(
     Examples are batched to pad least for the passes run (scoring/batching.py): by answer
     length when many conditions rerun the answer rows. batches: `benchmarks`' batches
     already built (Scorer.batches, the same start_layer and positions), whose clean
-    contexts serve again instead of being rebuilt.
+    contexts serve again instead of being rebuilt, and whose clean answer passes run at the
+    first call only (kept in the batches).
     """
     _check_positions(positions, start_layer)
     conditions = {"clean": lambda _b, _s: contextlib.nullcontext(), **(conditions or {})}
@@ -178,6 +179,7 @@ def score_conditions(
         exclude_first,
         stop_token_ids(lm.tokenizer),
         stack_tokens,
+        reused=batches is not None,
     )
     results: dict[str, list[pd.DataFrame]] = {name: [] for name in conditions}
     if alone:
@@ -230,7 +232,14 @@ class _Sweep:
     """One score_conditions call: every condition's passes over one batch at a time."""
 
     def __init__(
-        self, lm, layer, every: bool, exclude_first: bool, stop_ids: torch.Tensor, stack_tokens=0
+        self,
+        lm,
+        layer,
+        every: bool,
+        exclude_first: bool,
+        stop_ids: torch.Tensor,
+        stack_tokens=0,
+        reused: bool = False,
     ):
         self.lm, self.layer, self.every, self.exclude_first, self.stop_ids = (
             lm,
@@ -244,6 +253,7 @@ class _Sweep:
         self.stack_tokens = stack_tokens if layer is not None and not every else 0
         # condition -> its few-shot-block context, for the benchmark at hand
         self.prefixes: dict = {}
+        self.reused = reused  # the batches serve other sweeps: keep their clean passes
 
     def score(
         self,
@@ -261,8 +271,10 @@ class _Sweep:
             if name != "clean" and k > 1 and stackable(cond, self.layer):
                 together.append(name)
                 continue
-            spare = generate_tokens if name == "clean" else 0  # decoding goes on from it
-            logits, recorded = self._answer_pass(batch, name, cond, resid, first, spare)
+            if name == "clean":
+                logits, recorded = self._clean_pass(batch, cond, first, generate_tokens)
+            else:
+                logits, recorded = self._answer_pass(batch, name, cond, resid, first)
             if batch.last_of_benchmark:
                 self.prefixes.pop(name, None)
             if name == "clean" and self.layer is not None:
@@ -299,6 +311,18 @@ class _Sweep:
             with start_at(model, layer, resid[batch.pair_example == i]):
                 logits.append(batch.run_example(model, i, from_layer=layer + 1))
         return torch.cat(logits)
+
+    def _clean_pass(self, batch: AnswerBatch, cond: Condition, first, generate_tokens: int):
+        """The clean answer pass (logits, the residual recorded at the layer): run once for
+        a batch the caller reuses (score_conditions(batches=)), kept in the batch."""
+        key = (self.layer, self.every, self.exclude_first)
+        if self.reused and not generate_tokens and key in batch.clean_passes:
+            return batch.clean_passes[key]
+        # with generate_tokens, decoding goes on from the pass (scoring/greedy.py)
+        out = self._answer_pass(batch, "clean", cond, None, first, spare=generate_tokens)
+        if self.reused and not generate_tokens:
+            batch.clean_passes[key] = out
+        return out
 
     def _answer_pass(
         self, batch: AnswerBatch, name: str, cond: Condition, resid, first, spare: int = 0
