@@ -113,7 +113,8 @@ class Scorer:
     ) -> list[AnswerBatch]:
         """`benchmarks`' batches with their clean contexts, built once for several `score`
         calls on the same examples (each with about `answer_passes` conditions). They hold
-        every batch's context at once: for few examples (e.g. the circuit search's)."""
+        every batch's context (and, after the first call, its clean answer pass's logits)
+        at once: for few examples (e.g. the circuit search's)."""
         check_lengths(self.lm, benchmarks)
         every = self.positions == "all"
         return list(
