@@ -35,6 +35,8 @@ causal_summary.json, the prompts table). L is the deepest hook layer.
                 last one's logits saying whether the line ends there; a choice's last prompt
                 token and its tokens but the last) plus the clean forward of the held-out
                 examples' tokens the conditions start from, which the budget leaves out;
+                the token-injection control's sequences (each distinct injected token in
+                each neutral passage, and the passages alone) through blocks 0..L;
                 SAE: the encoder (2 x d_in x d_sae) over causal.stats_tokens (firing rates)
                 and over the captured benchmark tokens (top-activating contexts).
   other nodes   no model work (data loading, plots, dashboards, probes, report): no limit.
@@ -115,7 +117,7 @@ def run_counts(run: Path, records: list[dict], tokenizer) -> dict:
         cfg = json.loads((data / f"06_models/sae/{ns}/{hook}/cfg.json").read_text())
         counts.update(d_in=cfg["d_in"], d_sae=cfg["d_sae"])
     if (data / f"07_model_output/{ns}/causal_summary.json").exists():
-        counts["causal"] = _causal_counts(data, ns, hook, prompts, params["causal"])
+        counts["causal"] = _causal_counts(data, ns, hook, prompts, params["causal"], tokenizer)
     return counts
 
 
@@ -162,7 +164,26 @@ def _generated_tokens(path: Path, tokenizer, capture: dict, prompts) -> int:
     return greedy_steps(scores["generated"].fillna("").tolist(), list(targets), tokenizer, cap)
 
 
-def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict) -> dict:
+def _injection_tokens(point: dict, causal: dict, tokenizer) -> tuple[int, float]:
+    """(tokens, mean sequence length) the token-injection control forwarded: every distinct
+    injected token into each neutral passage, and the passages alone (causal/
+    token_injection.py, the same seeded passages)."""
+    from sae_reasoning.causal.token_injection import _neutral_sentences, neutral_corpus
+
+    injected = {t for v in (point.get("token_injection") or {}).values() for t in v["tokens"]}
+    if not injected:
+        return 0, 0.0
+    n = int((causal.get("token_injection") or {}).get("n_sentences", 32))
+    passages = [
+        len(ids)
+        for ids, _ in _neutral_sentences(tokenizer, neutral_corpus(), n, causal.get("seed", 0))
+    ]
+    pieces = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in injected]
+    tokens = sum(len(passages) * k + sum(passages) for k in pieces) + sum(passages)
+    return tokens, tokens / (len(passages) * (len(pieces) + 1))
+
+
+def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict, tokenizer) -> dict:
     summary = json.loads((data / f"07_model_output/{ns}/causal_summary.json").read_text())
     point = summary["hook_points"][hook]
     heldout = {b: point["clean"][b]["n"] for b in point["benchmarks"]}
@@ -180,7 +201,14 @@ def _causal_counts(data: Path, ns: str, hook: str, prompts, causal: dict) -> dic
             "answer_positions": float(rows["answer_positions"].mean()),
         }
     checked = (point.get("circuit") or {}).get("checked_sizes") or {}
-    return {"benchmarks": out, "params": causal, "circuit_checks": len(checked)}
+    injection, injection_ctx = _injection_tokens(point, causal, tokenizer)
+    return {
+        "benchmarks": out,
+        "params": causal,
+        "circuit_checks": len(checked),
+        "injection_tokens": injection,
+        "injection_ctx": injection_ctx,
+    }
 
 
 # ------------------------------------------------------------------ measured rates

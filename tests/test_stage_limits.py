@@ -139,3 +139,25 @@ def test_greedy_steps_leave_out_what_the_gold_answer_shows():
     # no answer at all (an immediate line break): the pass shows it
     assert greedy_steps([""], [" 1"], tok, 12) == 0
     assert greedy_steps(["12", "abc"], [" 12", " 12"], tok, 12) == 3
+
+
+def test_causal_limit_counts_the_token_injection_forwards():
+    """The token-injection control's sequences run through blocks 0..L: the causal limit
+    grows by exactly that forward (capture's FLOPs, no unembedding)."""
+    bench = {
+        "n_select": 4,
+        "n_heldout": 4,
+        "tokens_per_example": 12.0,
+        "context": 20.0,
+        "answer_positions": 3.0,
+    }
+    causal = {"benchmarks": {"b": bench}, "params": {"top_k": 2}, "circuit_checks": 3}
+    counts = {**COUNTS, "causal": causal}
+    rec = _record("ns.analyse_features", "causal", 5.0)
+    without = node_limit("analyse_features", rec, counts, SHAPE)
+    causal.update(injection_tokens=400, injection_ctx=16.0)
+    with_injection = node_limit("analyse_features", rec, counts, SHAPE)
+    assert with_injection["sae_flops"] == without["sae_flops"]
+    extra = budget.capture_flops(SHAPE, 400, 16.0, COUNTS["layer"])
+    assert extra > 0
+    assert with_injection["model_flops"] == pytest.approx(without["model_flops"] + extra)

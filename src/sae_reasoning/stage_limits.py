@@ -133,6 +133,11 @@ def _causal_limit(counts: dict, shape: budget.ModelShape) -> dict:
         )
         # the clean pass the conditions start from
         model += budget.forward_flops(shape, b["n_heldout"] * b["tokens_per_example"], b["context"])
+    # the token-injection control: its sequences through blocks 0..L (no unembedding)
+    if c.get("injection_tokens"):
+        model += budget.capture_flops(
+            shape, c["injection_tokens"], c["injection_ctx"], counts["layer"]
+        )
     # SAE encoder (2 x d_in x d_sae a token): the firing rates' tokens and the top-activating
     # contexts' scan of the captured benchmark tokens (every feature: any architecture)
     encoded = c["params"].get("stats_tokens", 0) + (counts.get("prompt_tokens") or 0)
