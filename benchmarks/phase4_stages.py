@@ -168,7 +168,7 @@ def _injection_tokens(point: dict, causal: dict, tokenizer) -> tuple[int, float]
     """(tokens, mean sequence length) the token-injection control forwarded: every distinct
     injected token into each neutral passage, and the passages alone (causal/
     token_injection.py, the same seeded passages)."""
-    from sae_reasoning.causal.token_injection import _neutral_sentences, neutral_corpus
+    from sae_reasoning.causal.token_injection import neutral_corpus, neutral_sentences
 
     injected = {t for v in (point.get("token_injection") or {}).values() for t in v["tokens"]}
     if not injected:
@@ -176,7 +176,7 @@ def _injection_tokens(point: dict, causal: dict, tokenizer) -> tuple[int, float]
     n = int((causal.get("token_injection") or {}).get("n_sentences", 32))
     passages = [
         len(ids)
-        for ids, _ in _neutral_sentences(tokenizer, neutral_corpus(), n, causal.get("seed", 0))
+        for ids, _ in neutral_sentences(tokenizer, neutral_corpus(), n, causal.get("seed", 0))
     ]
     pieces = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in injected]
     tokens = sum(len(passages) * k + sum(passages) for k in pieces) + sum(passages)

@@ -374,8 +374,8 @@ def test_greedy_goes_on_from_the_answer_pass(tiny_lms, family, case):
     built with room for it, iter_answer_batches(spare=))."""
     from dataclasses import replace
 
+    from sae_reasoning.scoring import EncodedBenchmark, iter_answer_batches
     from sae_reasoning.scoring.greedy import greedy_continuations
-    from sae_reasoning.scoring.passes import EncodedBenchmark, iter_answer_batches
 
     lm, cap = tiny_lms[family], 6
     vocab = lm.model.config.vocab_size

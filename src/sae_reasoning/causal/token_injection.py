@@ -66,7 +66,7 @@ def token_injection(
         return {}
     tok = lm.tokenizer
     corpus = corpus if corpus is not None else neutral_corpus()
-    sentences = _neutral_sentences(tok, corpus, n_sentences, seed)
+    sentences = neutral_sentences(tok, corpus, n_sentences, seed)
     feats = [int(f) for f in contexts]
     triggers = {f: _trigger_tokens(contexts[f], tok, n_tokens) for f in feats}
 
@@ -153,7 +153,7 @@ def _token_ids(entry: dict, tokenizer) -> tuple[int, ...]:
     return tuple(tokenizer(entry["token"], add_special_tokens=False)["input_ids"])
 
 
-def _neutral_sentences(
+def neutral_sentences(
     tokenizer, corpus: list[str], n: int, seed: int
 ) -> list[tuple[list[int], list[int]]]:
     """Up to n seeded passages as (ids, word-start token indices where a token may be inserted)."""

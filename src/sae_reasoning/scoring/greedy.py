@@ -65,9 +65,9 @@ def _decode(lm, ctx, nxt, filled, active, stop_ids, out) -> None:
             filled = filled + ~done
             done |= filled >= cap
             if ctx is not None and 2 * int((~done).sum()) <= len(done) and not bool(done.all()):
-                # Most rows have ended their line: go on with the others only. A step costs
-                # ~3 ms per row here (attention reads the row's whole cache), against one
-                # copy of the rows kept.
+                # Most rows have ended their line: go on with the others only (attention then
+                # reads fewer rows' caches, the matmuls are smaller), against one copy of the
+                # rows kept.
                 keep = (~done).nonzero()[:, 0]
                 ctx, nxt, active = keep_rows(ctx, keep), nxt[keep], active[keep]
                 filled, done = filled[keep], done[keep]
