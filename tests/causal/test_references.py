@@ -6,10 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_reasoning.causal.references import AblationReferences
+from sae_reasoning.causal.attribution import attribution_terms
+from sae_reasoning.causal.config import CausalConfig
+from sae_reasoning.causal.references import AblationReferences, ReferenceCollector
+from sae_reasoning.causal.selection import select_pass, subset
 from sae_reasoning.causal.splice import FeatureAblation, WithErrorAblated, condition
 from sae_reasoning.models.hooks import capture_residuals, recording
-from sae_reasoning.scoring import encode_prompts, iter_answer_batches
+from sae_reasoning.scoring import EncodedBenchmark, encode_prompts, iter_answer_batches
 from tests.causal.test_splice import LAYER, random_sae
 from tests.prompts_fixture import SHOTS, tiny_prompts
 
@@ -342,3 +345,38 @@ def test_references_fail_clearly(setup):
     batch = next(b for b in iter_answer_batches(lm, encoded[:1], 1) if b.examples[0].id == first)
     with pytest.raises(ValueError, match="no select example other than"):
         FeatureAblation(sae, [1], "resample", references=lone).at(batch, "answer")
+
+
+@pytest.mark.parametrize("positions", ["answer", "all"])
+def test_select_pass_gives_what_each_pass_gives_alone(setup, positions):
+    """The attribution pass that also builds the references (selection.select_pass): its
+    terms and references are exactly those of attribution and of the references' own pass."""
+    lm, sae, encoded, _ = setup
+    cfg = CausalConfig(batch_size=2, positions=positions)
+    terms, refs = select_pass(lm, sae, LAYER, encoded, cfg)
+    alone = AblationReferences.build(lm, sae, LAYER, encoded, batch_size=2, positions=positions)
+    select = [
+        EncodedBenchmark(b.name, b.prefix, sorted(b.examples, key=lambda e: e.row))
+        for b in subset(encoded, "select", 99, seed=0)
+    ]
+    alone_terms = attribution_terms(lm, sae, LAYER, select, 2, positions=positions)
+    assert terms[0].abs().sum() > 0 and terms[1].abs().sum() > 0  # gradients reached features
+    for got, want in zip(terms, alone_terms):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert sorted(refs.benchmarks) == sorted(alone.benchmarks) == ["arith", "bare", "logic"]
+    assert refs.summary() == alone.summary()
+    for name, want in alone.benchmarks.items():
+        got = refs.of(name)
+        assert got.ids == want.ids and got.counts == want.counts
+        for table in ("sums", "error_sums", "slots"):
+            for kind, t in getattr(want, table).items():
+                torch.testing.assert_close(getattr(got, table)[kind], t, rtol=0, atol=0)
+        torch.testing.assert_close(got.resid, want.resid, rtol=0, atol=0)
+
+
+def test_reference_collector_refuses_nothing_to_collect(setup):
+    lm, sae, encoded, _ = setup
+    with pytest.raises(ValueError, match="no 'select' examples"):
+        ReferenceCollector(sae, LAYER, [subset(encoded, "heldout", 99, seed=0)[0]])
+    with pytest.raises(ValueError, match="positions 'some'"):
+        ReferenceCollector(sae, LAYER, encoded, positions="some")

@@ -36,7 +36,7 @@ from sae_reasoning.causal.config import CausalConfig
 from sae_reasoning.causal.contexts import top_activating_contexts
 from sae_reasoning.causal.measure import measure
 from sae_reasoning.causal.references import AblationReferences
-from sae_reasoning.causal.selection import choose_features, select_examples
+from sae_reasoning.causal.selection import choose_features, select_examples, select_pass
 from sae_reasoning.causal.summary import summarise
 from sae_reasoning.causal.token_injection import token_injection
 from sae_reasoning.scoring import EncodedBenchmark, LanguageModel, encode_prompts, parse_hook_point
@@ -90,14 +90,13 @@ def analyse_hook(
     clusters: prompts row -> cluster label (selection.cluster_labels); None: every example its own.
     """
     layer = parse_hook_point(hook)
+    terms = None
     if references is None:
-        references = AblationReferences.build(
-            lm, sae, layer, select, batch_size=cfg.batch_size, **cfg.scoring()
-        )
+        terms, references = select_pass(lm, sae, layer, select, cfg)
     if clusters is None:
         rows = sorted(e.row for b in heldout for e in b.examples)
         clusters = pd.Series([f"row{r}" for r in rows], index=rows)
-    choice = choose_features(lm, sae, layer, select, stats, references, cfg)
+    choice = choose_features(lm, sae, layer, select, stats, references, cfg, terms=terms)
     conds = build_conditions(
         lm.model,
         layer,
@@ -144,13 +143,9 @@ def run_causal_analysis(
     clusters = template_clusters(prompts.reset_index(drop=True))  # prompts row -> cluster
     for hook, sae in saes.items():
         sae = sae.to(lm.device)
-        layer = parse_hook_point(hook)
         stats = feature_statistics(sae, activations, hook, cfg)
-        refs = AblationReferences.build(
-            lm, sae, layer, select, batch_size=cfg.batch_size, **cfg.scoring()
-        )
         eff, ranking[hook], summary[hook], circuits[hook] = analyse_hook(
-            lm, sae, hook, select, heldout, stats, cfg, references=refs, clusters=clusters
+            lm, sae, hook, select, heldout, stats, cfg, clusters=clusters
         )
         effects.append(eff)
         contexts[hook] = _top_feature_controls(

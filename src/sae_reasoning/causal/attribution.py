@@ -8,6 +8,7 @@ ablation (conditions.py) then checks the top of this order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from sae_reasoning.causal.splice import AttributionProbe
 from sae_reasoning.scoring import (
     POSITIONS,
+    AnswerBatch,
     EncodedBenchmark,
     LanguageModel,
     answer_logprobs,
@@ -47,6 +49,7 @@ def attribution_terms(
     *,
     positions: str = "answer",
     exclude_first: bool = True,
+    observe: Callable[[AnswerBatch, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per feature, mean over examples of sum_tokens grad and sum_tokens grad * f.
 
@@ -64,11 +67,13 @@ def attribution_terms(
     with frozen(lm.model), frozen(sae):
         if positions == "all":
             n = _attribute_all_positions(
-                lm, sae, layer, benchmarks, batch_size, exclude_first, sums
+                lm, sae, layer, benchmarks, batch_size, exclude_first, sums, observe
             )
         else:
             for batch in iter_answer_batches(lm, benchmarks, batch_size, progress="attribution"):
                 _attribute_batch(lm, layer, probe, batch, sums)
+                if observe is not None:
+                    observe(batch, probe.resid)
                 n += len(batch.examples)
     return (sums[0] / max(n, 1)).float(), (sums[1] / max(n, 1)).float()
 
@@ -108,7 +113,9 @@ def _add_terms(sums: list[torch.Tensor], probe: AttributionProbe, acted: torch.T
     sums[1] += (grad * f.detach()).sum((0, 1)).double().cpu()
 
 
-def _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_first, sums) -> int:
+def _attribute_all_positions(
+    lm, sae, layer, benchmarks, batch_size, exclude_first, sums, observe=None
+) -> int:
     """Attribution summed over every position an ablation with positions='all' acts at.
 
     The probe goes in wherever the ablation would: the few-shot block's and the questions'
@@ -153,6 +160,8 @@ def _attribute_all_positions(lm, sae, layer, benchmarks, batch_size, exclude_fir
                 sums, q_probe, _acted(batch.question.positions, batch.question.mask, exclude_first)
             )
         _add_terms(sums, a_probe, _acted(batch.answer_positions(), batch.mask, exclude_first))
+        if observe is not None:
+            observe(batch, a_probe.resid)
         n += len(batch.examples)
         if block is not None and batch.last_of_benchmark:
             _finish_block(sums, block)

@@ -2,9 +2,10 @@
 
 Features are selected on the `select` split and their effects measured on `heldout`, so
 the values an ablation substitutes come from `select` alone: the held-out examples are
-never read. They are built by one clean pass of the model over the select examples (the
-same cached passes as scoring, scoring.iter_answer_batches), with the SAE encoding the
-residual stream after the SAE's layer, per benchmark and per *position type*:
+never read. They are built from one clean pass of the model over the select examples (the
+same cached passes as scoring, scoring.iter_answer_batches: their own, or the attribution
+pass, selection.select_pass), with the SAE encoding the residual stream after the SAE's
+layer, per benchmark and per *position type* (reference_bank.py accumulates them):
 
   prefix       the benchmark's few-shot block (the same tokens for all its examples)
   question     the example's own prompt tokens after the few-shot block, but the last
@@ -48,11 +49,9 @@ benchmark.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-
 import torch
 
+from sae_reasoning.causal.reference_bank import TYPES, BankBuilder, BenchmarkReferences
 from sae_reasoning.scoring import (
     POSITIONS,
     SEGMENTS,
@@ -62,82 +61,7 @@ from sae_reasoning.scoring import (
     recording,
 )
 
-TYPES = ("prefix", "question", "last_prompt", "answer")
-
-
-@dataclass
-class BenchmarkReferences:
-    """One benchmark's references (see the module docstring)."""
-
-    name: str
-    ids: list[str]  # select example ids, in prompts-table order
-    sums: dict[str, torch.Tensor]  # type -> [d_sae] float64 sum of features (prefix: x examples)
-    error_sums: dict[
-        str, torch.Tensor
-    ]  # type -> [d_model] float64 sum of SAE errors x - x_hat(f(x))
-    counts: dict[str, int]  # type -> tokens summed (prefix: block tokens x examples)
-    resid: torch.Tensor  # [M, d_model] clean residuals of the bank's slots
-    slots: dict[str, torch.Tensor]  # type -> [N, O] index into resid, -1 where none (on the CPU)
-    means: dict[str, torch.Tensor] = field(default_factory=dict)  # type -> [d_sae] float32
-    error_means: dict[str, torch.Tensor] = field(default_factory=dict)  # type -> [d_model] float32
-
-    def __post_init__(self):
-        self.means = {
-            t: (self.sums[t] / self.counts[t]).float() for t in self.sums if self.counts[t]
-        }
-        self.error_means = {
-            t: (self.error_sums[t] / self.counts[t]).float() for t in self.sums if self.counts[t]
-        }
-
-    def mean(self, kind: str, *, error: bool = False) -> torch.Tensor:
-        """[d_sae] mean features (error: [d_model] mean SAE error) of the select tokens of type
-        `kind`."""
-        if kind not in self.means:
-            if kind in self.counts:
-                raise ValueError(
-                    f"benchmark {self.name!r}: no select tokens of type {kind!r} for a mean"
-                )
-            raise ValueError(
-                f"benchmark {self.name!r}: no {kind!r} reference; the references were built "
-                f"for positions='answer' (build them with positions='all')"
-            )
-        return (self.error_means if error else self.means)[kind]
-
-    def picks(self, example_id: str, seed: int) -> dict[str, torch.Tensor]:
-        """type -> [O] slot (index into resid) the recipient `example_id` gets at each offset.
-
-        -1 where no select example has that position at all (only for position 0 when
-        exclude_first; the caller keeps the clean value there)."""
-        others = [k for k, i in enumerate(self.ids) if i != example_id]
-        if not others:
-            raise ValueError(
-                f"resample ablation: benchmark {self.name!r} has no select example other than "
-                f"{example_id!r} to draw from"
-            )
-        gen = torch.Generator().manual_seed(_stable_seed(seed, self.name, example_id))
-        order = torch.tensor(others)[torch.randperm(len(others), generator=gen)]
-        out = {}
-        for kind, table in self.slots.items():
-            cand = table[order]  # [D, O] in draw order
-            has = cand >= 0
-            first = has.int().argmax(0)  # first donor with the offset
-            pick = cand.gather(0, first[None])[0]  # [O], -1 where no donor has it
-            avail = torch.nonzero(has.any(0)).flatten()
-            if len(avail) and len(avail) < len(pick):
-                offs = torch.arange(len(pick), device=pick.device)
-                nearest = avail[
-                    (offs[:, None] - avail[None]).abs().argmin(1)
-                ]  # ties: the smaller offset
-                pick = pick[nearest]
-            out[kind] = pick
-        return out
-
-
-def _stable_seed(seed: int, benchmark: str, example_id: str) -> int:
-    digest = hashlib.blake2b(
-        f"{seed}\x00{benchmark}\x00{example_id}".encode(), digest_size=8
-    ).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+__all__ = ["TYPES", "AblationReferences", "BenchmarkReferences", "ReferenceCollector"]
 
 
 class AblationReferences:
@@ -185,22 +109,21 @@ class AblationReferences:
         prefix and question). exclude_first: leave position 0 out (as score_conditions
         exempts it). max_examples: the first that many `split` examples per benchmark.
         """
-        if positions not in POSITIONS:
-            raise ValueError(f"positions {positions!r}: expected one of {POSITIONS}")
-        every = positions == "all"
-        out = {}
-        for bench in benchmarks:
-            chosen = [e for e in bench.examples if split is None or e.split == split]
-            chosen = sorted(chosen, key=lambda e: e.row)[:max_examples]
-            if not chosen:
-                continue
-            sub = EncodedBenchmark(bench.name, bench.prefix, chosen)
-            out[bench.name] = _build_benchmark(
-                lm, sae, layer, sub, batch_size, every, exclude_first, progress
-            )
-        if not out:
-            raise ValueError(f"no {split!r} examples to build ablation references from")
-        return cls(out, layer=layer, positions=positions, exclude_first=exclude_first, split=split)
+        collect = ReferenceCollector(
+            sae,
+            layer,
+            benchmarks,
+            positions=positions,
+            exclude_first=exclude_first,
+            split=split,
+            max_examples=max_examples,
+        )
+        record = layer if collect.every else None
+        for batch in iter_answer_batches(lm, collect.benchmarks, batch_size, progress, record):
+            with recording(lm.model, [layer], stop=False) as rec:
+                batch.run(lm.model)
+            collect.add(batch, rec[layer])
+        return collect.done()
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -300,98 +223,49 @@ def _benchmark(batch: AnswerBatch) -> str:
     return batch.examples[0].benchmark
 
 
-def _build_benchmark(
-    lm, sae, layer, bench: EncodedBenchmark, batch_size, every, exclude_first, progress
-):
-    d_sae = sae.W_dec.shape[0]
-    sums = {
-        t: torch.zeros(d_sae, dtype=torch.float64, device=sae.W_dec.device)
-        for t in (TYPES if every else ("last_prompt", "answer"))
-    }
-    error_sums = {
-        t: torch.zeros(sae.W_dec.shape[1], dtype=torch.float64, device=sae.W_dec.device)
-        for t in sums
-    }
-    counts = dict.fromkeys(sums, 0)
-    bank: dict[str, dict[str, torch.Tensor]] = {
-        t: {} for t in ("last_prompt", "answer", "question")
-    }
+class ReferenceCollector:
+    """AblationReferences from batches that some pass runs: `benchmarks` holds the examples to
+    run, in the order to run them (each benchmark's `split` examples by prompts row, at most
+    `max_examples`); add(batch, residual after the layer on its answer pass) for each batch
+    of iter_answer_batches over them (record_layer=layer when `every`); then done()."""
 
-    def add(kind, x):  # x [n, d_model]: tokens of type `kind`
-        if len(x):
-            x = x.to(sae.W_dec.dtype)
-            f = sae.encode(x)
-            sums[kind] += f.double().sum(0)
-            error_sums[kind] += (x - sae.decode(f)).double().sum(0)
-            counts[kind] += len(x)
-
-    def keep(positions):
-        return positions != 0 if exclude_first else torch.ones_like(positions, dtype=torch.bool)
-
-    n = len(bench.examples)
-    for batch in iter_answer_batches(
-        lm, [bench], batch_size, progress, record_layer=layer if every else None
+    def __init__(
+        self,
+        sae,
+        layer: int,
+        benchmarks: list[EncodedBenchmark],
+        *,
+        positions: str = "answer",
+        exclude_first: bool = True,
+        split: str | None = "select",
+        max_examples: int | None = None,
     ):
-        if every and batch.prefix is not None and batch.index == 0:
-            # The block is the same for every example: its mean once, counted once per example.
-            p = batch.prefix
-            add("prefix", p.resid[0][keep(p.positions[0]) & p.mask[0].bool()])
-            sums["prefix"] *= n
-            error_sums["prefix"] *= n
-            counts["prefix"] *= n
-        with recording(lm.model, [layer], stop=False) as rec:
-            batch.run(lm.model)
-        gold = batch.gold_rows()  # one per example, in the batch's example order
-        resid, pos, alen = rec[layer][gold], batch.answer_positions()[gold], batch.answer_len[gold]
-        last_ok = keep(pos[:, 0])
-        cols = torch.arange(resid.shape[1], device=resid.device)[None]
-        add("last_prompt", resid[:, 0][last_ok])
-        add("answer", resid[(cols >= 1) & (cols <= alen[:, None].to(cols.device))])
-        for i, ex in enumerate(batch.examples):
-            if bool(last_ok[i]):
-                bank["last_prompt"][ex.id] = resid[i, :1]
-            bank["answer"][ex.id] = resid[i, 1 : 1 + int(alen[i])]
-        if every and batch.question is not None:
-            _add_questions(batch, keep, add, bank)
-    ids = [e.id for e in bench.examples]
-    packed = _pack(bank, ids, every, lm.d_model, resid.dtype, resid.device)
-    return BenchmarkReferences(bench.name, ids, sums, error_sums, counts, *packed)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions {positions!r}: expected one of {POSITIONS}")
+        self.every = positions == "all"
+        self.benchmarks: list[EncodedBenchmark] = []
+        self._builders: dict[str, BankBuilder] = {}
+        for bench in benchmarks:
+            chosen = [e for e in bench.examples if split is None or e.split == split]
+            chosen = sorted(chosen, key=lambda e: e.row)[:max_examples]
+            if chosen:
+                sub = EncodedBenchmark(bench.name, bench.prefix, chosen)
+                self.benchmarks.append(sub)
+                self._builders[bench.name] = BankBuilder(
+                    sub, sae, every=self.every, exclude_first=exclude_first
+                )
+        if not self.benchmarks:
+            raise ValueError(f"no {split!r} examples to build ablation references from")
+        self._where = {
+            "layer": layer,
+            "positions": positions,
+            "exclude_first": exclude_first,
+            "split": split,
+        }
 
+    def add(self, batch: AnswerBatch, resid: torch.Tensor) -> None:
+        self._builders[batch.examples[0].benchmark].add(batch, resid)
 
-def _add_questions(batch: AnswerBatch, keep, add, bank) -> None:
-    """The batch's question tokens into the question mean, and into the bank from their end."""
-    q = batch.question
-    ok = keep(q.positions) & q.mask.bool()
-    add("question", q.resid[ok])
-    for i, ex in enumerate(batch.examples):
-        h = int(q.mask[i].sum())
-        # From the question's end: row o is the token o before the last question token.
-        bank["question"][ex.id] = (q.resid[i, :h].flip(0), ok[i, :h].flip(0))
-
-
-def _pack(bank, ids, every, d_model, dtype, device):
-    """One [M, d_model] tensor of every stored residual, and per type an [N, O] slot table."""
-    chunks, slots, m = [], {}, 0
-    for kind in ("last_prompt", "answer", "question") if every else ("last_prompt", "answer"):
-        entries = bank[kind]
-        width = max([len(v[0] if isinstance(v, tuple) else v) for v in entries.values()], default=1)
-        table = torch.full((len(ids), max(width, 1)), -1, dtype=torch.long)
-        for k, ex_id in enumerate(ids):
-            if ex_id not in entries:
-                continue
-            v = entries[ex_id]
-            rows, ok = (
-                v
-                if isinstance(v, tuple)
-                else (v, torch.ones(len(v), dtype=torch.bool, device=v.device))
-            )
-            table[k, : len(rows)] = torch.where(ok.cpu(), torch.arange(m, m + len(rows)), -1)
-            chunks.append(rows)
-            m += len(rows)
-        slots[kind] = table
-    resid = (
-        torch.cat(chunks).to(dtype)
-        if chunks
-        else torch.zeros((0, d_model), dtype=dtype, device=device)
-    )
-    return resid, slots
+    def done(self) -> AblationReferences:
+        refs = {name: b.finish() for name, b in self._builders.items()}
+        return AblationReferences(refs, **self._where)

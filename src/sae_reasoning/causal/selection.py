@@ -22,6 +22,7 @@ import torch
 
 from sae_reasoning.causal.attribution import attribution_terms, estimate
 from sae_reasoning.causal.circuits import CircuitSearch, find_circuit
+from sae_reasoning.causal.references import AblationReferences, ReferenceCollector
 from sae_reasoning.chance import baseline_vs_chance
 from sae_reasoning.scoring import EncodedBenchmark
 
@@ -159,11 +160,35 @@ class FeatureChoice:
     active: torch.Tensor  # [d_sae] bool: alive and firing where the ablations act
 
 
+def select_pass(
+    lm, sae, layer: int, select: list[EncodedBenchmark], cfg
+) -> tuple[tuple[torch.Tensor, torch.Tensor], AblationReferences]:
+    """(attribution terms, ablation references), both from one pass over the select split:
+    each batch's attribution pass also gives the clean residual the references are built from
+    (the probe leaves the forward value unchanged), where building them alone would run the
+    select examples' contexts and answer passes a second time."""
+    collect = ReferenceCollector(sae, layer, select, **cfg.scoring())
+    terms = attribution_terms(
+        lm, sae, layer, collect.benchmarks, cfg.batch_size, observe=collect.add, **cfg.scoring()
+    )
+    return terms, collect.done()
+
+
 def choose_features(
-    lm, sae, layer: int, select: list[EncodedBenchmark], stats: dict, references, cfg
+    lm,
+    sae,
+    layer: int,
+    select: list[EncodedBenchmark],
+    stats: dict,
+    references: AblationReferences,
+    cfg,
+    terms: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FeatureChoice:
-    """Attribution on `select` ranks every feature; candidates, controls and the circuit follow."""
-    terms = attribution_terms(lm, sae, layer, select, cfg.batch_size, **cfg.scoring())
+    """Attribution on `select` ranks every feature; candidates, controls and the circuit follow.
+
+    terms: attribution_terms on `select`, where already computed (select_pass)."""
+    if terms is None:
+        terms = attribution_terms(lm, sae, layer, select, cfg.batch_size, **cfg.scoring())
     est = estimate(terms, "zero", {})
     alive = stats["firing_rate"] > 0
     order = torch.argsort(torch.where(alive, est, torch.full_like(est, float("inf"))))

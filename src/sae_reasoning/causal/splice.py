@@ -214,8 +214,10 @@ class AttributionProbe:
     def __init__(self, sae):
         self.sae = sae
         self.features: torch.Tensor | None = None
+        self.resid: torch.Tensor | None = None  # the residual it last saw (detached)
 
     def __call__(self, resid: torch.Tensor) -> torch.Tensor:
+        self.resid = resid.detach()
         with torch.no_grad():
             f = encode(self.sae, resid.detach().to(self.sae.W_dec.dtype))
         leaf = f.clone().requires_grad_(True)
