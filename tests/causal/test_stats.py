@@ -213,3 +213,58 @@ def test_summarize_calls_counts():
     assert counts == [5, 4, 2, 2, 1, 1]
     assert s["null_size"] == {"zero/a/logprob": 19, "zero/b/logprob": 5, "mean/a/logprob": 0}
     assert s["null_too_small"] == ["mean/a/logprob", "zero/b/logprob"]
+
+
+def test_bootstrap_draws_are_the_seeds_whichever_came_before():
+    """The resample indices are kept across calls (a sweep tests 100+ conditions on the same
+    clusters): each call's interval is still the one drawn afresh from its seed."""
+    rng = np.random.default_rng(5)
+    for d in (rng.normal(size=9), rng.normal(size=9), rng.normal(size=4)):
+        idx = np.random.default_rng(3).integers(0, len(d), size=(500, len(d)))
+        want = np.quantile(d[idx].mean(1), [0.025, 0.975])
+        assert bootstrap_ci(d, n_boot=500, seed=3) == tuple(want)
+    p = sign_flip_pvalues(rng.normal(size=(2, 14)), n_perm=300, seed=2)  # random patterns
+    again = sign_flip_pvalues(rng.normal(size=(2, 14)), n_perm=300, seed=2)
+    assert p.shape == again.shape == (2,) and ((0 < p) & (p <= 1)).all()
+
+
+def _scores(n_rows: int, shift: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    bench = np.where(np.arange(n_rows) % 3 == 0, "logic", "gsm8k")
+    return pd.DataFrame(
+        {
+            "row": np.arange(n_rows) * 2,
+            "benchmark": bench,
+            "gold_logprob": rng.normal(-2, 1, n_rows) + shift,
+            "logit_diff": np.where(bench == "logic", rng.normal(1, 1, n_rows), np.nan),
+            "correct": rng.random(n_rows) < 0.5,
+            "kl": rng.random(n_rows),
+        }
+    )
+
+
+def test_condition_effects_pair_examples_by_row_whatever_the_order():
+    from sae_reasoning.causal.effects import condition_effects
+
+    clean, ablated = _scores(30, 0.0, 0), _scores(30, -0.4, 1)
+    ablated.loc[4, "kl"] = np.nan  # skipped in the mean, as pandas does
+    clusters = pd.Series([f"t{r // 6}" for r in clean["row"]], index=clean["row"])
+    eff = condition_effects(clean, ablated, clusters, n_boot=300, seed=0).set_index("benchmark")
+    # The same examples in another order, with an example clean does not have: the same rows.
+    extra = _scores(31, 5.0, 2).iloc[[30]]
+    shuffled = pd.concat([ablated, extra]).sample(frac=1.0, random_state=0)
+    again = condition_effects(clean, shuffled, clusters, n_boot=300, seed=0)
+    pd.testing.assert_frame_equal(eff.reset_index(), again, check_exact=True)
+    m = clean.merge(ablated, on=["row", "benchmark"], suffixes=("_clean", ""))
+    assert list(eff.index) == ["all", "gsm8k", "logic"]
+    for name, d in [("all", m), *m.groupby("benchmark")]:
+        row = eff.loc[name]
+        assert row["n"] == len(d)
+        assert row["delta_logprob"] == d["gold_logprob"].mean() - d["gold_logprob_clean"].mean()
+        assert row["kl"] == d["kl"].mean()  # NaN skipped
+        assert row["ablated_accuracy"] == d["correct"].mean()
+    assert np.isnan(eff.loc["gsm8k", "delta_logit_diff"])  # no choice there
+    d = m[m.benchmark == "logic"]
+    assert eff.loc["logic", "delta_logit_diff"] == pytest.approx(
+        (d.logit_diff - d.logit_diff_clean).mean(), abs=1e-12
+    )

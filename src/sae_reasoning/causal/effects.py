@@ -30,45 +30,79 @@ def condition_effects(
     clean: pd.DataFrame, ablated: pd.DataFrame, clusters: pd.Series, *, n_boot: int, seed: int
 ) -> pd.DataFrame:
     """One row per benchmark and for "all": means, Δ with 95% CIs, p-values per endpoint."""
-    m = clean.merge(ablated, on=["row", "benchmark"], suffixes=("_clean", ""))
-    m["cluster"] = clusters.reindex(m["row"]).to_numpy()
-    rows = []
-    groups = list(m.groupby("benchmark"))
+    m = _paired(clean, ablated)
+    cluster = clusters.reindex(m["row"]).to_numpy()
+    names = sorted(set(m["benchmark"]))
+    groups = [(b, m["benchmark"] == b) for b in names]
     if len(groups) > 1:
-        groups.append(("all", m))
-    for bench, d in groups:
-        cl = d["cluster"].to_numpy()
+        groups.append(("all", np.ones(len(cluster), dtype=bool)))
+    rows = []
+    for bench, at in groups:
+        cl = cluster[at]
         row = {
             "benchmark": bench,
-            "n": len(d),
+            "n": int(at.sum()),
             "n_clusters": int(pd.Series(cl).nunique()),
-            "clean_accuracy": d["correct_clean"].mean(),
-            "ablated_accuracy": d["correct"].mean(),
-            "clean_logprob": d["gold_logprob_clean"].mean(),
-            "ablated_logprob": d["gold_logprob"].mean(),
-            "kl": d["kl"].mean(),
+            "clean_accuracy": _mean(m["correct_clean"][at]),
+            "ablated_accuracy": _mean(m["correct"][at]),
+            "clean_logprob": _mean(m["gold_logprob_clean"][at]),
+            "ablated_logprob": _mean(m["gold_logprob"][at]),
+            "kl": _mean(m["kl"][at]),
             **st.paired_effect(
-                d["gold_logprob_clean"],
-                d["gold_logprob"],
-                d["correct_clean"],
-                d["correct"],
+                m["gold_logprob_clean"][at],
+                m["gold_logprob"][at],
+                m["correct_clean"][at],
+                m["correct"][at],
                 clusters=cl,
                 n_boot=n_boot,
                 seed=seed,
             ),
         }
-        row.update(_logit_diff_effect(d, cl, n_boot, seed))
+        row.update(_logit_diff_effect(m, at, cl, n_boot, seed))
         rows.append(row)
     if len(groups) == 1:  # "all" is the one benchmark: the same examples, so the same row
         rows.append({**rows[0], "benchmark": "all"})
-    rows.sort(key=lambda r: r["benchmark"])  # as groupby ordered them
+    rows.sort(key=lambda r: r["benchmark"])
     return pd.DataFrame(rows).assign(
         delta_accuracy=lambda d: d.ablated_accuracy - d.clean_accuracy,
         delta_logprob=lambda d: d.ablated_logprob - d.clean_logprob,
     )
 
 
-def _logit_diff_effect(d: pd.DataFrame, clusters, n_boot: int, seed: int) -> dict:
+_PAIRED = ("gold_logprob", "correct", "logit_diff")
+
+
+def _mean(x: np.ndarray) -> float:
+    """pandas' Series.mean, bit for bit: NaN skipped (summed as 0), NaN when none is left."""
+    x = np.asarray(x, dtype=float)
+    ok = ~np.isnan(x)
+    return float(np.where(ok, x, 0.0).sum() / ok.sum()) if ok.any() else float("nan")
+
+
+def _paired(clean: pd.DataFrame, ablated: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Clean and ablated scores of the same examples side by side, as columns (clean's with
+    the suffix _clean), in clean's order: the inner join on (row, benchmark). A sweep scores
+    every condition on clean's examples in clean's order, where the join is the identity
+    (and pandas' merge would cost more than the statistics: it runs per condition)."""
+    keys = ["row", "benchmark"]
+    same = len(clean) == len(ablated) and all(
+        np.array_equal(clean[k].to_numpy(), ablated[k].to_numpy()) for k in keys
+    )
+    if not same:
+        merged = clean.merge(ablated, on=keys, suffixes=("_clean", ""))
+        clean = merged[keys + [f"{c}_clean" for c in _PAIRED if c in ablated]]
+        clean = clean.rename(columns=lambda c: c.removesuffix("_clean"))
+        ablated = merged
+    out = {k: clean[k].to_numpy() for k in keys}
+    out["kl"] = ablated["kl"].to_numpy()
+    for c in _PAIRED:
+        if c in ablated:
+            out[c] = ablated[c].to_numpy()
+            out[f"{c}_clean"] = clean[c].to_numpy()
+    return out
+
+
+def _logit_diff_effect(m: dict, at: np.ndarray, clusters, n_boot: int, seed: int) -> dict:
     keys = (
         "delta_logit_diff",
         "delta_logit_diff_lo",
@@ -76,13 +110,15 @@ def _logit_diff_effect(d: pd.DataFrame, clusters, n_boot: int, seed: int) -> dic
         "p_logit_diff",
         "clean_logit_diff",
     )
-    if "logit_diff" not in d:
+    if "logit_diff" not in m:
         return dict.fromkeys(keys, np.nan)
-    ok = d["logit_diff"].notna() & d["logit_diff_clean"].notna()
+    ablated = m["logit_diff"][at].astype(float)
+    clean = m["logit_diff_clean"][at].astype(float)
+    ok = ~np.isnan(ablated) & ~np.isnan(clean)
     if not ok.any():
         return dict.fromkeys(keys, np.nan)
-    diff = (d.loc[ok, "logit_diff"] - d.loc[ok, "logit_diff_clean"]).to_numpy()
-    lo, hi = st.bootstrap_ci(diff, clusters=clusters[ok.to_numpy()], n_boot=n_boot, seed=seed)
+    diff = ablated[ok] - clean[ok]
+    lo, hi = st.bootstrap_ci(diff, clusters=clusters[ok], n_boot=n_boot, seed=seed)
     return dict(
         zip(
             keys,
@@ -90,8 +126,8 @@ def _logit_diff_effect(d: pd.DataFrame, clusters, n_boot: int, seed: int) -> dic
                 float(diff.mean()),
                 lo,
                 hi,
-                st.sign_flip_pvalue(diff, clusters=clusters[ok.to_numpy()], seed=seed),
-                float(d.loc[ok, "logit_diff_clean"].mean()),
+                st.sign_flip_pvalue(diff, clusters=clusters[ok], seed=seed),
+                float(clean[ok].mean()),
             ),
         )
     )

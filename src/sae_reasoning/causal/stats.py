@@ -22,6 +22,7 @@ random ("null") features reach.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -63,19 +64,34 @@ def bootstrap_ci(
     sums, sizes = cluster_sums(diffs, clusters)
     if len(sums) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    idx = _resamples(len(sums), n_boot, seed)
     means = sums[idx].sum(1) / sizes[idx].sum(1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
+@functools.lru_cache(maxsize=16)
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) cluster indices drawn with replacement: the same draws for every condition
+    tested on the same clusters (as drawn afresh from the seed), kept read-only."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    idx.flags.writeable = False
+    return idx
+
+
+@functools.lru_cache(maxsize=16)
 def _sign_matrix(n: int, *, exact: bool, n_perm: int, seed: int) -> np.ndarray:
-    """(n, n_patterns) signs: every pattern when exact, else n_perm random ones."""
+    """(n, n_patterns) signs: every pattern when exact, else n_perm random ones. Kept (read
+    only): a sweep tests a hundred conditions on the same clusters, and drawing the signs
+    cost more than the test."""
     if exact:
         patterns = itertools.product((-1.0, 1.0), repeat=n)
-        return np.array(list(patterns), dtype=float).reshape(2**n, n).T.copy()
-    return np.random.default_rng(seed).integers(0, 2, size=(n, n_perm), dtype=np.int8) * 2.0 - 1.0
+        signs = np.array(list(patterns), dtype=float).reshape(2**n, n).T.copy()
+    else:
+        rng = np.random.default_rng(seed)
+        signs = rng.integers(0, 2, size=(n, n_perm), dtype=np.int8) * 2.0 - 1.0
+    signs.flags.writeable = False
+    return signs
 
 
 def sign_flip_pvalues(
