@@ -97,3 +97,27 @@ def test_circuit_quality_has_cis_and_is_withheld_when_the_denominator_is_not_cle
     wide = circuit_quality(only + shift * 0.5, ablated, empty, cl, n_boot=500)
     narrow = circuit_quality(only + shift * 0.5, ablated, empty, None, n_boot=500)
     assert np.diff(wide["faithfulness_ci"])[0] > np.diff(narrow["faithfulness_ci"])[0]
+
+
+def test_feature_statistics_count_every_firing_token(tmp_path):
+    """Firing rates over batches of the capture store: the share of its tokens where each
+    feature is positive, as one encode of every token gives it."""
+    import torch
+
+    from sae_reasoning.activations.norms import MassiveActivationFilter
+    from sae_reasoning.activations.store import ActivationSet
+    from sae_reasoning.causal.analysis import feature_statistics
+    from tests.causal.test_splice import random_sae
+    from tests.sae.conftest import write_store
+
+    sae = random_sae(d_in=16, d_sae=48, seed=2)
+    acts = torch.randn(2500, 16, generator=torch.Generator().manual_seed(4))
+    write_store(tmp_path, acts, hook="blocks.1.hook_resid_post")
+    cfg = CausalConfig(stats_tokens=10_000)
+    cfg.exclude = MassiveActivationFilter(exclude_first_position=False, max_norm_ratio=None)
+    stats = feature_statistics(sae, ActivationSet.open(tmp_path), "blocks.1.hook_resid_post", cfg)
+    with torch.no_grad():
+        want = (sae.encode(acts) > 0).double().mean(0)
+    assert stats["n_tokens"] == 2500  # three batches of the store's 2,500 tokens
+    assert 0 < want.mean() < 1
+    torch.testing.assert_close(stats["firing_rate"].double(), want, rtol=0, atol=1e-7)

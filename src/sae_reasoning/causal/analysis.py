@@ -61,7 +61,9 @@ def feature_statistics(sae, activations: ActivationSet, hook: str, cfg: CausalCo
         hook, 1024, shuffle=True, seed=cfg.seed, exclude=cfg.exclude
     ):
         f = sae.encode(batch.to(sae.W_dec))[: cfg.stats_tokens - n]
-        fired = (f > 0).sum(0).cpu() + (0 if fired is None else fired)
+        # an int32 sum: an int64 one over a bool [tokens, d_sae] runs ~4x slower on CPU
+        counts = (f > 0).sum(0, dtype=torch.int32).cpu().long()
+        fired = counts + (0 if fired is None else fired)
         n += len(f)
         if n >= cfg.stats_tokens:
             break
