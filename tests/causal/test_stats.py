@@ -268,3 +268,15 @@ def test_condition_effects_pair_examples_by_row_whatever_the_order():
     assert eff.loc["logic", "delta_logit_diff"] == pytest.approx(
         (d.logit_diff - d.logit_diff_clean).mean(), abs=1e-12
     )
+
+
+def test_exact_sign_patterns_are_every_pattern_once():
+    import itertools
+
+    from sae_reasoning.causal.stats import _sign_matrix
+
+    for n in (1, 3, 7, 12):
+        signs = _sign_matrix(n, exact=True, n_perm=0, seed=0)
+        want = np.array(list(itertools.product((-1.0, 1.0), repeat=n))).T
+        assert np.array_equal(signs, want)
+        assert not signs.flags.writeable  # kept across calls: nobody may change it

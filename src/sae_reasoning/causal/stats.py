@@ -23,7 +23,6 @@ random ("null") features reach.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import numpy as np
@@ -70,7 +69,7 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)  # 180 clusters x 2,000 draws, int64: 2.9 MB each
 def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n) cluster indices drawn with replacement: the same draws for every condition
     tested on the same clusters (as drawn afresh from the seed), kept read-only."""
@@ -79,17 +78,25 @@ def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return idx
 
 
-@functools.lru_cache(maxsize=16)
 def _sign_matrix(n: int, *, exact: bool, n_perm: int, seed: int) -> np.ndarray:
-    """(n, n_patterns) signs: every pattern when exact, else n_perm random ones. Kept (read
-    only): a sweep tests a hundred conditions on the same clusters, and drawing the signs
-    cost more than the test."""
-    if exact:
-        patterns = itertools.product((-1.0, 1.0), repeat=n)
-        signs = np.array(list(patterns), dtype=float).reshape(2**n, n).T.copy()
-    else:
-        rng = np.random.default_rng(seed)
-        signs = rng.integers(0, 2, size=(n, n_perm), dtype=np.int8) * 2.0 - 1.0
+    """(n, n_patterns) signs: every pattern when exact (in itertools.product's order), else
+    n_perm random ones. Kept, read-only: a sweep tests a hundred conditions on the same
+    clusters, and drawing the signs cost more than the test."""
+    return _all_signs(n) if exact else _random_signs(n, n_perm, seed)
+
+
+@functools.lru_cache(maxsize=16)  # n <= exact_max (12): 400 KB at most each
+def _all_signs(n: int) -> np.ndarray:
+    bits = (np.arange(2**n)[None, :] >> np.arange(n)[::-1, None]) & 1  # row j: bit n-1-j
+    signs = bits * 2.0 - 1.0
+    signs.flags.writeable = False
+    return signs
+
+
+@functools.lru_cache(maxsize=8)  # 180 clusters x 10,000 patterns, float64: 14 MB each
+def _random_signs(n: int, n_perm: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, size=(n, n_perm), dtype=np.int8) * 2.0 - 1.0
     signs.flags.writeable = False
     return signs
 
@@ -141,9 +148,12 @@ def mcnemar_exact(clean_correct, ablated_correct) -> tuple[float, int, int]:
     x = np.asarray(clean_correct, dtype=bool)
     y = np.asarray(ablated_correct, dtype=bool)
     b, c = int(np.sum(x & ~y)), int(np.sum(~x & y))
-    if b + c == 0:
-        return 1.0, b, c
-    return float(binomtest(b, b + c, 0.5).pvalue), b, c
+    return _binomial_p(b, b + c), b, c
+
+
+@functools.lru_cache(maxsize=4096)  # a sweep meets the same few (b, b + c) many times
+def _binomial_p(k: int, n: int) -> float:
+    return 1.0 if n == 0 else float(binomtest(k, n, 0.5).pvalue)
 
 
 def bh_qvalues(pvalues) -> np.ndarray:
