@@ -223,9 +223,13 @@ def test_bootstrap_draws_are_the_seeds_whichever_came_before():
         idx = np.random.default_rng(3).integers(0, len(d), size=(500, len(d)))
         want = np.quantile(d[idx].mean(1), [0.025, 0.975])
         assert bootstrap_ci(d, n_boot=500, seed=3) == tuple(want)
-    p = sign_flip_pvalues(rng.normal(size=(2, 14)), n_perm=300, seed=2)  # random patterns
-    again = sign_flip_pvalues(rng.normal(size=(2, 14)), n_perm=300, seed=2)
-    assert p.shape == again.shape == (2,) and ((0 < p) & (p <= 1)).all()
+    signs = np.random.default_rng(2).integers(0, 2, size=(14, 300), dtype=np.int8) * 2.0 - 1.0
+    sign_flip_pvalues(rng.normal(size=(1, 14)), n_perm=300, seed=7)  # another seed's, kept too
+    for _ in range(2):  # 14 clusters: random patterns, drawn once and kept
+        d = rng.normal(size=(2, 14)) + 0.3
+        stat, observed = np.abs(d @ signs), np.abs(d.sum(1))
+        want = (1 + (stat >= observed[:, None] * (1 - 1e-9) - 1e-12).sum(1)) / 301
+        np.testing.assert_array_equal(sign_flip_pvalues(d, n_perm=300, seed=2), want)
 
 
 def _scores(n_rows: int, shift: float, seed: int) -> pd.DataFrame:
