@@ -56,11 +56,12 @@ def conditions(lm, enc, seed=0, positions="answer"):
 
 @contextlib.contextmanager
 def counting(model):
-    """The batch size of every forward pass of `model`."""
+    """The tokens (rows x sequence) of every forward pass of `model`: stacked copies run
+    packed along the sequence."""
     sizes = []
 
     def count(_module, _args, kwargs):
-        sizes.append(kwargs["input_ids"].shape[0])
+        sizes.append(kwargs["input_ids"].numel())
 
     handle = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
@@ -131,7 +132,7 @@ def test_stacked_conditions_score_as_alone(tiny_lms, family):
         assert_same(alone, stacked)
         # Fewer passes: per batch, ceil(n / K) stacked answer passes instead of n.
         assert len(alone_sizes) - len(sizes) == sum(n - -(-n // k) for k in ks)
-        assert max(sizes) > max(alone_sizes)
+        assert sum(sizes) == sum(alone_sizes)  # the same tokens, in those fewer passes
         if stack_tokens == 2 * max(tokens):
             assert any(n % k for k in ks)  # a partial last stack was run
 
@@ -310,3 +311,27 @@ def test_a_hook_that_changes_its_input_in_place_is_refused(tiny_lms):
     with pytest.raises(RuntimeError, match="changed its input in place"):
         score(lm, enc, conds, stack_tokens=10_000)
     score(lm, enc, conds, stack_tokens=0)  # one pass each: its own rows, allowed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_packed_pass_is_each_copy_alone(tiny_lms, family):
+    """K copies of the answer rows end to end on one copy of the context: each copy's logits
+    are the plain pass's (up to rounding), and the context is left as it was."""
+    from sae_reasoning.models.cached_forward import forward
+
+    lm = tiny_lms[family]
+    batch = next(iter(iter_answer_batches(lm, encoded(lm), BATCH)))
+    with torch.no_grad():
+        clean = batch.run(lm.model)
+        packed = batch.run(lm.model, stack=3, packed=True)
+        again = batch.run(lm.model)
+    rows, width = batch.ids.shape
+    assert packed.shape[:2] == (rows, 3 * width)
+    valid = batch.mask.bool()
+    for copy in packed.split(width, dim=1):
+        torch.testing.assert_close(copy[valid], clean[valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(again, clean, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="packed copies"):
+        forward(lm.model, batch.ids, batch.mask, batch.context, keep=True, copies=2)
+    with pytest.raises(ValueError, match="packed pass"):
+        batch.run(lm.model, stack=2, packed=True, grad=True)

@@ -168,6 +168,7 @@ def forward(
     keep: bool = False,
     logits: bool = True,
     in_place: bool = False,
+    copies: int = 1,
 ):
     """Run right-padded `input_ids` after `context`.
 
@@ -175,7 +176,12 @@ def forward(
     With keep=False the context is left exactly as it was, so it can serve many passes.
     in_place (a context from with_room; implies keep): the context's cache is extended
     in place and shared by the returned context, so the passed one must not be reused.
+    copies > 1 (on a context, keep=False): the rows `copies` times over, end to end along
+    the sequence, each copy seeing the context and its own tokens only (packed_mask): one
+    copy of the context serves them all; logits [B, copies * S, V].
     """
+    if copies > 1 and (context is None or keep or in_place):
+        raise ValueError("packed copies run on a context and keep nothing (keep=False)")
     keep = keep or in_place
     attention_mask = attention_mask.to(input_ids.device)
     start = (
@@ -194,6 +200,9 @@ def forward(
         snap = None if in_place else _snapshot(cache)
     else:
         cache, full_mask, snap = (DynamicCache() if keep else None), attention_mask, None
+    if copies > 1:
+        full_mask, position_ids = packed_mask(context, attention_mask, copies)
+        input_ids = input_ids.repeat(1, copies)
     kwargs = {} if logits else {"logits_to_keep": 1}
     out = None
     try:
@@ -223,6 +232,23 @@ def forward(
     elif snap is not None:
         _restore(cache, snap)
     return out, new_context
+
+
+def packed_mask(
+    context: Context, mask: torch.Tensor, copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention mask [B, 1, copies * S, T + copies * S] bool, position ids [B, copies * S])
+    for `copies` copies of right-padded rows (`mask` [B, S]) laid end to end after `context`
+    (T tokens): each copy sees the context and, causally, its own copy's tokens; positions
+    restart at the context's length in every copy. transformers takes a 4D mask as given."""
+    rows, s = mask.shape
+    dev = mask.device
+    q = torch.arange(copies * s, device=dev)
+    own = (q[:, None] // s == q[None] // s) & (q[None] <= q[:, None])
+    new = own[None] & mask.bool().repeat(1, copies)[:, None, :]
+    past = context.mask.to(dev).bool()[:, None, :].expand(rows, copies * s, -1)
+    positions = context.length[:, None].to(dev) + torch.arange(s, device=dev).repeat(copies)
+    return torch.cat([past, new], 2)[:, None], positions
 
 
 def select(

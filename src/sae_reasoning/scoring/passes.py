@@ -85,6 +85,7 @@ class AnswerBatch:
         stack: int = 1,
         from_layer: int = 0,
         spare: int = 0,
+        packed: bool = False,
     ):
         """Logits of the answer rows, on the batch's clean context or on `context` (same
         examples).
@@ -93,7 +94,18 @@ class AnswerBatch:
         each: scoring/stacked.py), logits [stack * R, S, V]. from_layer: the pass starts there
         (partial_forward.start_at): the cached layers below it are not copied. spare: room
         left after the pass in the rows' context, where greedy decoding goes on from it
-        (rows_context; scoring/greedy.py)."""
+        (rows_context; scoring/greedy.py). packed (no grad, on the clean context): the
+        `stack` copies end to end along the sequence on one copy of the context
+        (cached_forward.forward(copies=)): logits [R, stack * S, V], copy k at columns
+        k*S:(k+1)*S."""
+        if packed and stack > 1:
+            if grad or context is not None:
+                raise ValueError("a packed pass runs without grad on the clean context")
+            room = stack * self.ids.shape[1]
+            ctx = self._rows_context(self.context, 1, room, from_layer)
+            with torch.no_grad():
+                out, _ = forward(model, self.ids, self.mask, ctx, copies=stack)
+            return out.logits
         ctx = self.context if context is None else context
         rows = self.pair_example
         # One row per answer candidate, the clean one copied once per batch, not once per

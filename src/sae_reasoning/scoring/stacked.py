@@ -3,10 +3,14 @@
 An answer pass runs only the answer rows (R rows of S tokens: tens of tokens), so its
 matmuls are too small to keep the accelerator busy and per-op overhead dominates. With
 start_layer and positions="answer", conditions that act at block start_layer's output
-differ only in the function applied there, so K of them run as one pass of K*R rows:
-the clean residual injected K times, one hook applying condition k's function to rows
-k*R:(k+1)*R, on the rows' cached context selected K times (AnswerBatch.run(stack=K)), of
-the layers above start_layer only (the pass never reads the others).
+differ only in the function applied there, so K of them run as one pass: the R rows
+K times over end to end along the sequence (R rows of K*S tokens), the clean residual
+injected K times, one hook applying condition k's function to columns k*S:(k+1)*S. A
+4D mask lets each copy see the rows' cached context and its own tokens only, and the
+position ids restart per copy (AnswerBatch.run(stack=K, packed=True)), so one copy of the
+context (the layers above start_layer: the pass never reads the others) serves all K;
+attention reads it once, not K times (benchmarks/packed_stacking.py: 0.91x the time of K*R
+rows on K copies).
 Each condition's logits are its own pass's up to float rounding (other matmul shapes).
 """
 
@@ -24,8 +28,9 @@ from sae_reasoning.scoring.passes import AnswerBatch, Condition
 # The stacked pass's logits (float32, as scoring reads them) stay under this, whatever the
 # vocabulary: a 256k-token vocabulary makes 1 MiB per answer token.
 LOGITS_BYTES = 512 * 2**20
-# ... and so do its K copies of the rows' cached context (the layers above start_layer): a
-# long few-shot block on a large model makes tens of MB per row.
+# ... and K times the rows' cached context (the layers above start_layer; a long few-shot
+# block on a large model makes tens of MB per row): the bound the attention mask and the
+# room of K*S tokens beside the one copy stay well within.
 CONTEXT_BYTES = 1024 * 2**20
 
 
@@ -74,13 +79,13 @@ def stacked_logits(
     """The answer rows' logits [R, S, V] under each of `hooks` (resid -> resid functions at
     block `layer`'s output), from one pass that starts from `resid` [R, S, d_model], the
     clean residual there."""
-    k, rows = len(hooks), resid.shape[0]
+    k, width = len(hooks), resid.shape[1]
 
     def apply(out: torch.Tensor) -> torch.Tensor:
         # Each hook sees the batch's R rows, shaped as in an unstacked pass (mean and
         # resample references are aligned with them): the clean residual, the same in each
         # of the K copies, so every hook gets the one tensor and its SAE encode is shared.
-        x, version, outs = out[:rows], out._version, []
+        x, version, outs = out[:, :width], out._version, []
         for h in hooks:
             outs.append(h(x))
             if out._version != version:
@@ -88,13 +93,13 @@ def stacked_logits(
                     f"stacked hook {h!r} changed its input in place: the conditions sharing "
                     "the pass start from that tensor (return a new one, or stack_tokens: 0)"
                 )
-        return torch.cat(outs)
+        return torch.cat(outs, 1)
 
     with (
-        start_at(model, layer, resid.repeat(k, 1, 1)),
+        start_at(model, layer, resid.repeat(1, k, 1)),
         patch_residual(model, layer, apply),
         shared_encodes(),
         torch.no_grad(),
     ):
-        logits = batch.run(model, stack=k, from_layer=layer + 1)
-    return list(logits.split(rows))
+        logits = batch.run(model, stack=k, from_layer=layer + 1, packed=True)
+    return list(logits.split(width, dim=1))
