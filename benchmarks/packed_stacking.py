@@ -1,5 +1,5 @@
-"""Stacked conditions as they run (scoring/stacked.py) against the same conditions packed along
-the sequence axis: the measured case for the next step of issue 17's causal stage.
+"""Stacked conditions as they ran before a6dd852 against the same conditions packed along the
+sequence axis, as scoring/stacked.py runs them since (AnswerBatch.run(packed=True)).
 
 stacked  K copies of the batch's R answer rows: K*R rows of S tokens, each on its own copy
          of its row's cached context (AnswerBatch.run(stack=K)); attention reads the
@@ -31,42 +31,20 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from capture import smollm2  # noqa: E402
 
-from sae_reasoning.models.cached_forward import _cache_kwarg, _restore, _snapshot, select  # noqa: E402
 from sae_reasoning.models.hooks import recording  # noqa: E402
 from sae_reasoning.models.partial_forward import start_at  # noqa: E402
 from sae_reasoning.scoring import EncodedBenchmark, encode_prompts, iter_answer_batches  # noqa: E402
 
 
-def packed_logits(model, layer, batch, resid, k, kept: dict) -> list[torch.Tensor]:
-    """The K copies' logits [R, S, V] from one packed pass (module docstring)."""
-    rows, s = batch.ids.shape
-    if k not in kept:  # one copy of the rows' context with room, once per batch
-        kept[k] = select(batch.context, batch.pair_example, k * s, from_layer=layer + 1)
-    ctx = kept[k]
-    snap = _snapshot(ctx.cache)
-    q = torch.arange(k * s)
-    own = (q[:, None] // s == q[None] // s) & (q[None] <= q[:, None])  # own copy, causal
-    mask = torch.cat(
-        [
-            ctx.mask.bool()[:, None, :].expand(rows, k * s, ctx.mask.shape[1]),
-            own[None] & batch.mask.repeat(1, k).bool()[:, None, :],
-        ],
-        2,
-    )[:, None]
-    positions = ctx.length[:, None] + torch.arange(s).repeat(k)[None]
+def packed_logits(model, layer, batch, resid, k) -> list[torch.Tensor]:
+    """The K copies' logits [R, S, V] from one packed pass (scoring/stacked.py's way)."""
     with start_at(model, layer, resid.repeat(1, k, 1)), torch.no_grad():
-        out = model(
-            input_ids=batch.ids.repeat(1, k),
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{_cache_kwarg(model): ctx.cache},
-        )
-    _restore(ctx.cache, snap)  # the copies' keys/values went into the room: drop them
-    return list(out.logits.split(s, dim=1))
+        out = batch.run(model, stack=k, from_layer=layer + 1, packed=True)
+    return list(out.split(batch.ids.shape[1], dim=1))
 
 
 def stacked_logits(model, layer, batch, resid, k) -> list[torch.Tensor]:
+    """The K copies' logits [R, S, V] from K*R rows on K copies of the context (before a6dd852)."""
     with start_at(model, layer, resid.repeat(k, 1, 1)), torch.no_grad():
         out = batch.run(model, stack=k, from_layer=layer + 1)
     return list(out.split(batch.ids.shape[0]))
@@ -87,13 +65,13 @@ def main() -> None:
     model, layer, k = lm.model, args.layer, args.stack
     with recording(model, [layer], stop=False) as rec, torch.no_grad():
         clean = batch.run(model)
-    resid, valid, kept = rec[layer], batch.mask.bool(), {}
+    resid, valid = rec[layer], batch.mask.bool()
     print(
         f"{enc.name}: {batch.ids.shape[0]} answer rows x {batch.ids.shape[1]} tokens, context "
         f"{batch.context.mask.shape[1]} tokens, {k} copies, from block {layer + 1}"
     )
     a = stacked_logits(model, layer, batch, resid, k)
-    b = packed_logits(model, layer, batch, resid, k, kept)
+    b = packed_logits(model, layer, batch, resid, k)
     for i in range(k):
         da = (a[i] - clean)[valid].abs().max().item()
         db = (b[i] - clean)[valid].abs().max().item()
@@ -102,7 +80,7 @@ def main() -> None:
         t0 = time.perf_counter()
         stacked_logits(model, layer, batch, resid, k)
         t1 = time.perf_counter()
-        packed_logits(model, layer, batch, resid, k, kept)
+        packed_logits(model, layer, batch, resid, k)
         t2 = time.perf_counter()
         print(
             f"stacked {(t1 - t0) * 1e3:7.1f} ms   packed {(t2 - t1) * 1e3:7.1f} ms   "
